@@ -1,0 +1,118 @@
+//! The `cloudpc` command line (clap). Parses, dispatches, prints; the work is done by the modules.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod device;
+mod misc;
+mod querylog;
+mod run;
+
+/// Global options shared by every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Globals {
+    /// Config file (TOML). Without one, built-in defaults are used.
+    #[arg(long, global = true, env = "CLOUDPC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory (SQLite database, keys, certificates, list cache).
+    #[arg(long, global = true, env = "CLOUDPC_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Globals {
+    /// The state dir to use.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(crate::paths::default_state_dir)
+    }
+
+    /// The config in force: the file when given, else the defaults.
+    pub fn config(&self) -> anyhow::Result<crate::config::Config> {
+        match &self.config {
+            Some(p) => Ok(crate::config::Config::load(p)?),
+            None => Ok(crate::config::Config::default()),
+        }
+    }
+
+    /// Directory that relative paths in the config are taken from.
+    pub fn base_dir(&self) -> PathBuf {
+        self.config
+            .as_ref()
+            .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+/// cloudpc — your Cloud PC as private DNS resolver and WireGuard hub for all your devices.
+#[derive(Debug, Parser)]
+#[command(name = "cloudpc", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub globals: Globals,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub: the resolver and the WireGuard hub (built-in defaults without a config).
+    Run,
+    /// Write a commented config file and make the hub's keys.
+    Init(device::InitArgs),
+    /// Register, list, remove and rename devices.
+    #[command(subcommand)]
+    Device(device::DeviceCmd),
+    /// Show live counters from the running hub.
+    Status(misc::StatusArgs),
+    /// Block a domain (and its subdomains) for every device.
+    #[command(subcommand)]
+    Block(misc::RuleCmd),
+    /// Never block a domain (beats every block list).
+    #[command(subcommand)]
+    Allow(misc::RuleCmd),
+    /// Switch the personal VPN (internet through the hub) on or off at run time.
+    Internet(misc::InternetArgs),
+    /// Show and manage block list subscriptions.
+    Lists(misc::ListsArgs),
+    /// The encrypted query log (off by default).
+    #[command(subcommand)]
+    Querylog(querylog::QuerylogCmd),
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let g = cli.globals.clone();
+    let result = match cli.command {
+        Command::Run => run::run(&g),
+        Command::Init(a) => device::init(&g, a),
+        Command::Device(c) => device::device(&g, c),
+        Command::Status(a) => misc::status(&g, a),
+        Command::Block(c) => misc::rule(&g, crate::store::RuleAction::Block, c),
+        Command::Allow(c) => misc::rule(&g, crate::store::RuleAction::Allow, c),
+        Command::Internet(a) => misc::internet(&g, a),
+        Command::Lists(a) => misc::lists(&g, a),
+        Command::Querylog(c) => querylog::querylog(&g, c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CLOUDPC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

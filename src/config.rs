@@ -1,0 +1,324 @@
+//! The TOML settings: defaults, loading and validation with errors that name the key.
+//!
+//! Every setting has a built-in default so `cloudpc run` works with no file at all.
+//! `config/cloudpc.example.toml` documents each one; keep the two in step.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A setting has the wrong type or an unknown key is present.
+    #[error("config file {path}: setting `{key}`: {message}")]
+    Parse {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    /// A setting parsed but its value cannot work.
+    #[error("config: setting `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// How a blocked name is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockedAnswer {
+    /// `0.0.0.0` for A, `::` for AAAA, NOERROR/NODATA for other types.
+    #[default]
+    Null,
+    /// NXDOMAIN.
+    Nxdomain,
+    /// REFUSED.
+    Refused,
+}
+
+/// All settings.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub dns: DnsConfig,
+    pub filter: FilterConfig,
+    pub wireguard: WireguardConfig,
+    pub egress: EgressConfig,
+    pub querylog: QueryLogConfig,
+}
+
+/// `[dns]`: the resolver.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Plain DNS (UDP and TCP) listen addresses; the hub's overlay addresses are added when the hub runs.
+    pub listen: Vec<SocketAddr>,
+    /// DNS-over-TLS listen addresses.
+    pub tls_listen: Vec<SocketAddr>,
+    /// DNS-over-HTTPS listen addresses (path `/dns-query`).
+    pub https_listen: Vec<SocketAddr>,
+    /// Client networks answered besides loopback and the overlay.
+    pub allow_from: Vec<IpNet>,
+    /// Upstream resolvers, tried in order with fail-over.
+    pub upstreams: Vec<String>,
+    /// Extra PEM CA bundle trusted for DoT/DoH upstreams.
+    pub upstream_ca: String,
+    /// Local zone answered from the device registry and zone files.
+    pub zone: String,
+    /// Directory of RFC 1035 zone files.
+    pub zones_dir: String,
+    pub dns64: bool,
+    pub dns64_prefix: Ipv6Net,
+    pub blocked_answer: BlockedAnswer,
+    /// TTL of synthesised blocked answers, seconds.
+    pub blocked_ttl: u32,
+    /// TLS certificate and key (PEM) for DoT and DoH; empty = self-signed, kept in the state dir.
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// Queries per second allowed per client address (0 = unlimited).
+    pub rate_limit: u32,
+    /// Number of answers kept in the cache.
+    pub cache_size: usize,
+    /// Seconds a TCP/DoT connection may stay idle.
+    pub tcp_idle_timeout: u64,
+    /// Seconds to wait for an upstream answer.
+    pub upstream_timeout: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
+            tls_listen: vec![],
+            https_listen: vec![],
+            allow_from: vec![],
+            upstreams: vec!["tls://9.9.9.9:853#dns.quad9.net".into()],
+            upstream_ca: String::new(),
+            zone: "mesh".into(),
+            zones_dir: "zones".into(),
+            dns64: true,
+            dns64_prefix: "64:ff9b::/96".parse().expect("constant"),
+            blocked_answer: BlockedAnswer::Null,
+            blocked_ttl: 10,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            rate_limit: 2000,
+            cache_size: 100_000,
+            tcp_idle_timeout: 10,
+            upstream_timeout: 3,
+        }
+    }
+}
+
+/// `[filter]`: block lists and overrides.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterConfig {
+    /// List files (ABP or hosts syntax).
+    pub lists: Vec<String>,
+    /// Names blocked with their subdomains.
+    pub block: Vec<String>,
+    /// Names never blocked (beats every block).
+    pub allow: Vec<String>,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            lists: vec![DEFAULT_LIST.into()],
+            block: vec![],
+            allow: vec![],
+        }
+    }
+}
+
+/// The bundled list's path; when it is not on disk the copy built into the binary is used.
+pub const DEFAULT_LIST: &str = "blocklists/default.txt";
+
+/// `[wireguard]`: the hub.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WireguardConfig {
+    pub listen_port: u16,
+    /// `HOST:PORT` that device configs dial.
+    pub endpoint: String,
+    pub ipv4: Ipv4Net,
+    /// ULA /48; empty = generated at first start and kept in the state database.
+    pub ipv6: String,
+    pub mtu: u16,
+    /// Name of the hub's TUN interface.
+    pub interface: String,
+}
+
+impl Default for WireguardConfig {
+    fn default() -> Self {
+        WireguardConfig {
+            listen_port: 51820,
+            endpoint: String::new(),
+            ipv4: "100.96.0.0/16".parse().expect("constant"),
+            ipv6: String::new(),
+            mtu: 1420,
+            interface: "cloudpc0".into(),
+        }
+    }
+}
+
+/// `[egress]`: the personal VPN towards the internet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    pub internet: bool,
+    /// Interface towards the internet; `auto` = the default route's.
+    pub interface: String,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            internet: true,
+            interface: "auto".into(),
+        }
+    }
+}
+
+/// `[querylog]`: off unless the owner turns it on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryLogConfig {
+    pub retention_days: u32,
+}
+
+impl Default for QueryLogConfig {
+    fn default() -> Self {
+        QueryLogConfig { retention_days: 7 }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                key,
+                message: inner.message().to_string(),
+            }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let inv = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.dns.upstreams.is_empty() {
+            return inv("dns.upstreams", "at least one upstream is needed".into());
+        }
+        for u in &self.dns.upstreams {
+            if let Err(e) = crate::dns::upstream::UpstreamSpec::parse(u) {
+                return inv("dns.upstreams", e.to_string());
+            }
+        }
+        if self.dns.dns64_prefix.prefix_len() != 96 {
+            return inv(
+                "dns.dns64_prefix",
+                "only a /96 prefix is supported, e.g. \"64:ff9b::/96\"".into(),
+            );
+        }
+        if !crate::dns::name::is_valid_zone(&self.dns.zone) {
+            return inv(
+                "dns.zone",
+                format!("{:?} is not a DNS name, e.g. \"mesh\"", self.dns.zone),
+            );
+        }
+        if self.dns.tls_cert.is_empty() != self.dns.tls_key.is_empty() {
+            return inv(
+                "dns.tls_cert",
+                "tls_cert and tls_key must be set together".into(),
+            );
+        }
+        if !self.wireguard.ipv6.is_empty() {
+            match self.wireguard.ipv6.parse::<Ipv6Net>() {
+                Ok(n) if n.prefix_len() <= 64 => {}
+                _ => {
+                    return inv(
+                        "wireguard.ipv6",
+                        format!(
+                            "{:?} is not an IPv6 prefix of /64 or shorter, e.g. \"fd12:3456:789a::/48\"",
+                            self.wireguard.ipv6
+                        ),
+                    )
+                }
+            }
+        }
+        if self.wireguard.ipv4.prefix_len() > 30 {
+            return inv(
+                "wireguard.ipv4",
+                "the overlay needs a /30 or larger range".into(),
+            );
+        }
+        if !(1280..=9000).contains(&self.wireguard.mtu) {
+            return inv("wireguard.mtu", "expected a value from 1280 to 9000".into());
+        }
+        Ok(())
+    }
+
+    /// True when `ip` may use the resolver: loopback, the overlay, or `allow_from`.
+    pub fn client_allowed(&self, ip: IpAddr, overlay: &[IpNet]) -> bool {
+        ip.is_loopback()
+            || overlay.iter().any(|n| n.contains(&ip))
+            || self.dns.allow_from.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.dns.zone, "mesh");
+        assert_eq!(c.wireguard.listen_port, 51820);
+        assert!(c.dns.upstreams[0].starts_with("tls://"));
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = Config::parse("[dns]\nlisten = [\"nonsense\"]\n", Path::new("x.toml")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("dns.listen"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let e = Config::parse("[dns]\nlisen = []\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn bad_blocked_answer_names_the_key() {
+        let e = Config::parse("[dns]\nblocked_answer = \"maybe\"\n", Path::new("x.toml"))
+            .unwrap_err();
+        assert!(e.to_string().contains("dns.blocked_answer"), "{e}");
+    }
+}

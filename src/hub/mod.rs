@@ -1,0 +1,1 @@
+//! The WireGuard hub. (Being built: see the hub work item.)
