@@ -1,1 +1,4 @@
-//! The WireGuard hub. (Being built: see the hub work item.)
+//! The WireGuard hub: boringtun sessions per device, routing device↔device, TUN for the hub's
+//! own services and egress, NAT64, roaming. (Data plane being built: see the hub work item.)
+
+pub mod keys;
