@@ -146,6 +146,8 @@ pub const DEFAULT_LIST: &str = "blocklists/default.txt";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WireguardConfig {
+    /// Run the WireGuard hub (false = resolver only).
+    pub enabled: bool,
     pub listen_port: u16,
     /// `HOST:PORT` that device configs dial.
     pub endpoint: String,
@@ -160,6 +162,7 @@ pub struct WireguardConfig {
 impl Default for WireguardConfig {
     fn default() -> Self {
         WireguardConfig {
+            enabled: true,
             listen_port: 51820,
             endpoint: String::new(),
             ipv4: "100.96.0.0/16".parse().expect("constant"),
@@ -317,8 +320,8 @@ mod tests {
 
     #[test]
     fn bad_blocked_answer_names_the_key() {
-        let e = Config::parse("[dns]\nblocked_answer = \"maybe\"\n", Path::new("x.toml"))
-            .unwrap_err();
+        let e =
+            Config::parse("[dns]\nblocked_answer = \"maybe\"\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("dns.blocked_answer"), "{e}");
     }
 }

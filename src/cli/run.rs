@@ -1,7 +1,353 @@
-//! `cloudpc run`: starts the resolver and the hub and serves until SIGINT/SIGTERM.
+//! `cloudpc run`: starts the WireGuard hub and the resolver and serves until SIGINT/SIGTERM.
+//! SIGHUP reloads lists and zone files; device and rule changes made with the CLI are picked
+//! up within a second by watching the state database.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use super::Globals;
+use crate::config::{Config, DEFAULT_LIST};
+use crate::control::{Reporter, StatusReport};
+use crate::dns::engine::{Policy, Resolver, Settings};
+use crate::dns::local::{read_zone_files, LocalData};
+use crate::dns::stats::Stats;
+use crate::dns::upstream::{UpstreamSpec, Upstreams};
+use crate::filter::{Filter, FilterSet, ListLoader, ListSource, DEFAULT_LIST_TEXT};
+use crate::store::{Overlay, RuleAction, Store};
 
-pub fn run(_g: &Globals) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+pub fn run(g: &Globals) -> anyhow::Result<()> {
+    let cfg = g.config()?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(g.state_dir(), g.base_dir(), cfg))
+}
+
+fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Loads every configured list; the bundled list stands in for a missing `blocklists/default.txt`.
+fn load_lists(cfg: &Config, base: &Path, loader: &mut ListLoader) -> (FilterSet, usize) {
+    let mut paths = Vec::new();
+    let mut builtin = Vec::new();
+    for l in &cfg.filter.lists {
+        let p = resolve_path(base, l);
+        if l == DEFAULT_LIST && !p.exists() {
+            builtin.push(ListSource {
+                origin: format!("{DEFAULT_LIST} (built in)"),
+                text: DEFAULT_LIST_TEXT.to_string(),
+            });
+        } else {
+            paths.push(p);
+        }
+    }
+    let (mut sources, mut errors) = loader.load(&paths);
+    sources.extend(builtin);
+    let (set, errs) = FilterSet::build(&sources, &[], &[]);
+    errors.extend(errs);
+    for e in &errors {
+        // The message may quote a rule (a domain): keep it at debug, the place at warn.
+        tracing::warn!(list = %e.origin, line = e.line, "list entry skipped");
+        tracing::debug!(error = %e, "list entry skipped");
+    }
+    tracing::info!(
+        rules = set.len(),
+        lists = sources.len(),
+        "filter lists loaded"
+    );
+    (set, errors.len())
+}
+
+/// The owner's own rules: config `block`/`allow` plus `cloudpc block|allow add`.
+fn rules_set(cfg: &Config, store: &Store) -> anyhow::Result<FilterSet> {
+    let mut block = cfg.filter.block.clone();
+    let mut allow = cfg.filter.allow.clone();
+    for (d, a) in store.rules()? {
+        match a {
+            RuleAction::Block => block.push(d),
+            RuleAction::Allow => allow.push(d),
+        }
+    }
+    let (set, errs) = FilterSet::build(&[], &block, &allow);
+    for e in errs {
+        tracing::warn!(line = e.line, "a block/allow setting was skipped");
+        tracing::debug!(error = %e, "rule skipped");
+    }
+    Ok(set)
+}
+
+fn local_data(cfg: &Config, base: &Path, store: &Store, overlay: &Overlay) -> LocalData {
+    let devices = store.devices().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read devices");
+        vec![]
+    });
+    let (files, mut errors) = read_zone_files(&resolve_path(base, &cfg.dns.zones_dir));
+    let (data, errs) = LocalData::build(&cfg.dns.zone, &devices, Some(overlay), &files);
+    errors.extend(errs);
+    for e in errors {
+        tracing::warn!(error = %e, "zone data skipped");
+    }
+    data
+}
+
+async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let store = Store::open(&state_dir)?;
+    let overlay = store.overlay(&cfg.wireguard)?;
+
+    let hub = if cfg.wireguard.enabled {
+        Some(
+            crate::hub::start(crate::hub::HubParams {
+                cfg: cfg.clone(),
+                state_dir: state_dir.clone(),
+                overlay,
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
+
+    let mut loader = ListLoader::default();
+    let (lists, list_errors) = load_lists(&cfg, &base, &mut loader);
+    let policy = Policy {
+        rules: Filter::new(rules_set(&cfg, &store)?),
+        lists: Filter::new(lists),
+    };
+    let specs: Vec<UpstreamSpec> = cfg
+        .dns
+        .upstreams
+        .iter()
+        .map(|u| UpstreamSpec::parse(u))
+        .collect::<Result<_, _>>()?;
+    let upstreams = Upstreams::new(
+        &specs,
+        &cfg.dns.upstream_ca,
+        Duration::from_secs(cfg.dns.upstream_timeout.max(1)),
+    )
+    .await?;
+    let stats = Arc::new(Stats::default());
+    let settings = Settings {
+        dns64: cfg.dns.dns64.then_some(cfg.dns.dns64_prefix),
+        blocked_answer: cfg.dns.blocked_answer,
+        blocked_ttl: cfg.dns.blocked_ttl,
+        allow_from: cfg.dns.allow_from.clone(),
+        overlay: overlay.nets().to_vec(),
+        rate_limit: cfg.dns.rate_limit,
+        cache_size: cfg.dns.cache_size,
+    };
+    let resolver = Arc::new(Resolver::new(
+        settings,
+        policy,
+        local_data(&cfg, &base, &store, &overlay),
+        upstreams,
+        stats.clone(),
+    ));
+
+    // Plain DNS on the configured addresses and, with the hub, on its overlay addresses.
+    let mut listen: Vec<SocketAddr> = cfg.dns.listen.clone();
+    if hub.is_some() {
+        listen.push(SocketAddr::from((overlay.hub_v4(), 53)));
+        listen.push(SocketAddr::from((overlay.hub_v6(), 53)));
+    }
+    listen.dedup();
+    let idle = Duration::from_secs(cfg.dns.tcp_idle_timeout.max(1));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        crate::dns::server::MAX_CONNECTIONS,
+    ));
+    for a in &listen {
+        crate::dns::server::serve_udp(resolver.clone(), *a)?;
+        let l = crate::dns::server::bind_tcp(*a).await?;
+        crate::dns::server::serve_stream(resolver.clone(), l, None, idle, slots.clone());
+    }
+    if !cfg.dns.tls_listen.is_empty() || !cfg.dns.https_listen.is_empty() {
+        let mut names = vec!["cloudpc".to_string(), "localhost".to_string()];
+        if let Some((host, _)) = cfg.wireguard.endpoint.rsplit_once(':') {
+            names.push(host.trim_matches(['[', ']']).to_string());
+        }
+        names.extend(
+            listen
+                .iter()
+                .chain(&cfg.dns.tls_listen)
+                .chain(&cfg.dns.https_listen)
+                .filter(|a| !a.ip().is_unspecified())
+                .map(|a| a.ip().to_string()),
+        );
+        names.sort();
+        names.dedup();
+        let m = crate::dns::tls::load_or_create(
+            &cfg.dns.tls_cert,
+            &cfg.dns.tls_key,
+            &state_dir,
+            &names,
+        )?;
+        for a in &cfg.dns.tls_listen {
+            let acc =
+                tokio_rustls::TlsAcceptor::from(crate::dns::tls::server_config(&m, &[b"dot"])?);
+            let l = crate::dns::server::bind_tcp(*a).await?;
+            crate::dns::server::serve_stream(resolver.clone(), l, Some(acc), idle, slots.clone());
+        }
+        for a in &cfg.dns.https_listen {
+            let acc = tokio_rustls::TlsAcceptor::from(crate::dns::tls::server_config(
+                &m,
+                &[b"h2", b"http/1.1"],
+            )?);
+            let l = crate::dns::server::bind_tcp(*a).await?;
+            crate::dns::doh::serve(resolver.clone(), l, acc, idle, slots.clone());
+        }
+    }
+    let all_listen: Vec<String> = listen
+        .iter()
+        .map(|a| format!("dns://{a}"))
+        .chain(cfg.dns.tls_listen.iter().map(|a| format!("tls://{a}")))
+        .chain(
+            cfg.dns
+                .https_listen
+                .iter()
+                .map(|a| format!("https://{a}/dns-query")),
+        )
+        .collect();
+
+    let hub = Arc::new(tokio::sync::Mutex::new(hub));
+    let reporter: Reporter = {
+        let (resolver, hub, sd) = (resolver.clone(), hub.clone(), state_dir.clone());
+        let all_listen = all_listen.clone();
+        Arc::new(move || {
+            let hub_status = hub
+                .try_lock()
+                .ok()
+                .and_then(|h| h.as_ref().map(|h| h.status()))
+                .unwrap_or_default();
+            let devices = device_report(&sd, &resolver.stats, hub_status);
+            StatusReport {
+                pid: std::process::id(),
+                uptime_secs: started.elapsed().as_secs(),
+                dns: resolver.stats.snapshot(),
+                cache_entries: resolver.cache_len(),
+                filter_rules: resolver.policy.lists.load().len()
+                    + resolver.policy.rules.load().len(),
+                list_errors,
+                listen: all_listen.clone(),
+                devices,
+            }
+        })
+    };
+    let sock = crate::control::serve(&state_dir, reporter)?;
+    tracing::info!(listen = ?all_listen, "cloudpc is serving");
+
+    // Watch the database for CLI changes (devices, rules) and apply them within a second.
+    {
+        let (resolver, cfg, base, sd) = (
+            resolver.clone(),
+            cfg.clone(),
+            base.clone(),
+            state_dir.clone(),
+        );
+        tokio::spawn(async move {
+            let Ok(watch) = Store::open(&sd) else { return };
+            let mut last = watch.data_version().unwrap_or(0);
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let v = watch.data_version().unwrap_or(last);
+                if v == last {
+                    continue;
+                }
+                last = v;
+                resolver.set_local(local_data(&cfg, &base, &watch, &overlay));
+                match rules_set(&cfg, &watch) {
+                    Ok(set) => {
+                        resolver.policy.rules.store(set);
+                        resolver.clear_cache();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read rules"),
+                }
+                tracing::info!("state changed; devices and rules reloaded");
+            }
+        });
+    }
+
+    wait_for_exit(&resolver, &cfg, &base, &state_dir, &overlay, &mut loader).await;
+    tracing::info!("shutting down");
+    if let Some(h) = hub.lock().await.take() {
+        h.shutdown().await;
+    }
+    let _ = std::fs::remove_file(sock);
+    Ok(())
+}
+
+/// Waits for SIGINT/SIGTERM; reloads lists and zone files on SIGHUP.
+async fn wait_for_exit(
+    resolver: &Arc<Resolver>,
+    cfg: &Config,
+    base: &Path,
+    state_dir: &Path,
+    overlay: &Overlay,
+    loader: &mut ListLoader,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                let (set, _) = load_lists(cfg, base, loader);
+                resolver.policy.lists.store(set);
+                resolver.clear_cache();
+                if let Ok(store) = Store::open(state_dir) {
+                    resolver.set_local(local_data(cfg, base, &store, overlay));
+                }
+                tracing::info!("lists and zone files reloaded");
+            }
+        }
+    }
+}
+
+fn device_report(
+    state_dir: &Path,
+    stats: &Stats,
+    hub: Vec<crate::hub::DeviceStatus>,
+) -> Vec<serde_json::Value> {
+    let devices = Store::open(state_dir)
+        .and_then(|s| s.devices())
+        .unwrap_or_default();
+    devices
+        .into_iter()
+        .map(|d| {
+            let c4 = stats.client(d.ipv4.into());
+            let c6 = stats.client(d.ipv6.into());
+            let mut v = hub
+                .iter()
+                .find(|h| h.name == d.name)
+                .and_then(|h| serde_json::to_value(h).ok())
+                .unwrap_or_else(|| serde_json::json!({}));
+            if let Some(o) = v.as_object_mut() {
+                o.insert("name".into(), d.name.clone().into());
+                o.insert("ipv4".into(), d.ipv4.to_string().into());
+                o.insert("ipv6".into(), d.ipv6.to_string().into());
+                o.insert("queries".into(), (c4.queries + c6.queries).into());
+                o.insert("blocked".into(), (c4.blocked + c6.blocked).into());
+            }
+            v
+        })
+        .collect()
 }

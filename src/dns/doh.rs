@@ -1,0 +1,137 @@
+//! DNS-over-HTTPS (RFC 8484): GET `?dns=` (base64url) and POST `application/dns-message` on
+//! `/dns-query`, over HTTP/1.1 and HTTP/2 (ALPN), with rustls.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::engine::{Resolver, Transport};
+
+/// The path DoH is served on.
+pub const PATH: &str = "/dns-query";
+const CONTENT_TYPE: &str = "application/dns-message";
+/// Largest DNS message (RFC 1035 over TCP / RFC 8484 §6).
+const MAX_BODY: usize = 65_535;
+
+type Resp = Response<Full<Bytes>>;
+
+fn plain(status: StatusCode, text: &'static str) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+/// Answers one HTTP request.
+pub async fn handle_request(
+    resolver: Arc<Resolver>,
+    peer: SocketAddr,
+    req: Request<hyper::body::Incoming>,
+) -> Resp {
+    if req.uri().path() != PATH {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found; DNS-over-HTTPS is at /dns-query\n",
+        );
+    }
+    let query: Vec<u8> = match *req.method() {
+        Method::GET => {
+            let q = req.uri().query().unwrap_or("");
+            let Some(v) = q.split('&').find_map(|kv| kv.strip_prefix("dns=")) else {
+                return plain(StatusCode::BAD_REQUEST, "missing dns= parameter\n");
+            };
+            match URL_SAFE_NO_PAD.decode(v.trim_end_matches('=')) {
+                Ok(b) if b.len() <= MAX_BODY => b,
+                _ => return plain(StatusCode::BAD_REQUEST, "dns= is not base64url\n"),
+            }
+        }
+        Method::POST => {
+            let ct = req
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !ct.starts_with(CONTENT_TYPE) {
+                return plain(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "content-type must be application/dns-message\n",
+                );
+            }
+            match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes().to_vec(),
+                Err(_) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"),
+            }
+        }
+        _ => return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST\n"),
+    };
+    match resolver.handle(&query, peer.ip(), Transport::Stream).await {
+        Some(ans) => {
+            let ttl = super::wire::ttl_fields(&ans)
+                .and_then(|t| t.iter().map(|x| x.1).min())
+                .unwrap_or(0);
+            Response::builder()
+                .header(hyper::header::CONTENT_TYPE, CONTENT_TYPE)
+                .header(hyper::header::CACHE_CONTROL, format!("max-age={ttl}"))
+                .body(Full::new(Bytes::from(ans)))
+                .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "error\n"))
+        }
+        None => plain(StatusCode::BAD_REQUEST, "not a DNS query\n"),
+    }
+}
+
+/// Serves DoH on `listener` with TLS (`acceptor` must offer ALPN h2 and http/1.1).
+pub fn serve(
+    resolver: Arc<Resolver>,
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    idle: Duration,
+    slots: Arc<Semaphore>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (r, acc) = (resolver.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let Ok(Ok(tls)) =
+                    tokio::time::timeout(Duration::from_secs(10), acc.accept(tcp)).await
+                else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req| {
+                    let r = r.clone();
+                    async move { Ok::<_, Infallible>(handle_request(r, peer, req).await) }
+                });
+                let mut b = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                b.http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(idle);
+                b.http2()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .keep_alive_interval(Some(idle))
+                    .max_concurrent_streams(100);
+                let io = hyper_util::rt::TokioIo::new(tls);
+                let conn = b.serve_connection(io, svc);
+                // Bound a connection's life when it goes quiet.
+                let _ = tokio::time::timeout(idle * 30, conn).await;
+            });
+        }
+    });
+}

@@ -1,0 +1,511 @@
+//! The resolver's decisions: a query in, an answer out.
+//!
+//! Order (DESIGN.md): access control → rate limit → local names → filter → cache → upstream
+//! (with CNAME uncloaking) → DNS64. [`Resolver::handle_fast`] answers refusals, blocked names
+//! and cache hits synchronously into a reused buffer; everything else returns
+//! [`Fast::Slow`] and goes through [`Resolver::handle`].
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::AAAA;
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use ipnet::{IpNet, Ipv6Net};
+
+use super::cache::{self, Cache, Entry, MAX_NEGATIVE_TTL, MAX_TTL};
+use super::local::LocalData;
+use super::ratelimit::RateLimiter;
+use super::stats::Stats;
+use super::upstream::{UpstreamAnswer, Upstreams};
+use super::wire::{self, QueryView, WireError};
+use crate::config::BlockedAnswer;
+use crate::filter::{Filter, Verdict};
+
+/// How the query arrived: UDP answers are size-limited (TC bit), streams are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Stream,
+}
+
+/// Outcome of the fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fast {
+    /// `out` holds the answer.
+    Answered,
+    /// Send nothing.
+    Drop,
+    /// Needs the general path ([`Resolver::handle`]).
+    Slow,
+}
+
+/// Settings the resolver runs with (fixed for the process lifetime, but for the overlay).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dns64: Option<Ipv6Net>,
+    pub blocked_answer: BlockedAnswer,
+    pub blocked_ttl: u32,
+    pub allow_from: Vec<IpNet>,
+    pub overlay: Vec<IpNet>,
+    pub rate_limit: u32,
+    pub cache_size: usize,
+}
+
+/// Block policy: the owner's own rules (config and `cloudpc block|allow`) over the lists.
+pub struct Policy {
+    /// Config `block`/`allow` and run-time rules; allow here beats everything.
+    pub rules: Filter,
+    /// Subscribed and bundled lists.
+    pub lists: Filter,
+}
+
+impl Policy {
+    /// The verdict for a lower-case name without trailing dot.
+    pub fn check(&self, name: &str) -> Verdict {
+        match self.rules.load().check(name) {
+            Verdict::Pass => self.lists.load().check(name),
+            v => v,
+        }
+    }
+}
+
+/// The resolver.
+pub struct Resolver {
+    settings: Settings,
+    pub policy: Policy,
+    local: ArcSwap<LocalData>,
+    cache: Cache,
+    upstreams: Upstreams,
+    pub stats: Arc<Stats>,
+    limiter: RateLimiter,
+}
+
+thread_local! {
+    static NAME_BUF: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(256));
+}
+
+impl Resolver {
+    /// A resolver over the given parts.
+    pub fn new(
+        settings: Settings,
+        policy: Policy,
+        local: LocalData,
+        upstreams: Upstreams,
+        stats: Arc<Stats>,
+    ) -> Resolver {
+        Resolver {
+            limiter: RateLimiter::new(settings.rate_limit),
+            cache: Cache::new(settings.cache_size),
+            settings,
+            policy,
+            local: ArcSwap::from_pointee(local),
+            upstreams,
+            stats,
+        }
+    }
+
+    /// Replaces the local data (devices or zone files changed).
+    pub fn set_local(&self, local: LocalData) {
+        self.local.store(Arc::new(local));
+    }
+
+    /// Number of cached answers.
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Forgets every cached answer (after a filter change).
+    pub fn clear_cache(&self) {
+        self.cache.clear();
+    }
+
+    fn client_allowed(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        ip.is_loopback()
+            || self.settings.overlay.iter().any(|n| n.contains(&ip))
+            || self.settings.allow_from.iter().any(|n| n.contains(&ip))
+    }
+
+    fn is_overlay(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.settings.overlay.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Answers what can be answered without waiting: errors, refusals, blocked names, cache hits.
+    pub fn handle_fast(
+        &self,
+        query: &[u8],
+        client: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> Fast {
+        Stats::bump(&self.stats.queries);
+        let q = match QueryView::parse(query) {
+            Ok(q) => q,
+            Err(WireError::Drop) => {
+                Stats::bump(&self.stats.malformed);
+                return Fast::Drop;
+            }
+            Err(WireError::Malformed { id, flags }) => {
+                Stats::bump(&self.stats.malformed);
+                wire::header_only_answer(id, flags, wire::RCODE_FORMERR, out);
+                return Fast::Answered;
+            }
+            Err(WireError::NotImplemented { id, flags }) => {
+                Stats::bump(&self.stats.malformed);
+                wire::header_only_answer(id, flags, wire::RCODE_NOTIMP, out);
+                return Fast::Answered;
+            }
+        };
+        if !self.client_allowed(client) {
+            Stats::bump(&self.stats.refused);
+            wire::error_answer(&q, query, wire::RCODE_REFUSED, false, out);
+            return Fast::Answered;
+        }
+        let now = Instant::now();
+        if !self.limiter.allow(canonical(client), now) {
+            Stats::bump(&self.stats.rate_limited);
+            if transport == Transport::Udp {
+                return Fast::Drop;
+            }
+            wire::error_answer(&q, query, wire::RCODE_REFUSED, false, out);
+            return Fast::Answered;
+        }
+        if q.qclass != wire::CLASS_IN {
+            Stats::bump(&self.stats.refused);
+            wire::error_answer(&q, query, wire::RCODE_REFUSED, false, out);
+            return Fast::Answered;
+        }
+        if q.edns.is_some_and(|e| e.version > 0) {
+            // RFC 6891 §6.1.3: BADVERS is extended rcode 16 = upper bits 1, lower 0.
+            wire::error_answer(&q, query, 0, false, out);
+            let n = out.len();
+            out[n - 6] = 1;
+            return Fast::Answered;
+        }
+        NAME_BUF.with(|buf| {
+            let mut name = buf.borrow_mut();
+            if !q.qname_text(&mut name) || self.maybe_local(&name) {
+                return Fast::Slow;
+            }
+            if self.policy.check(&name) == Verdict::Block {
+                self.write_blocked(&q, query, out);
+                self.count(client, true);
+                return Fast::Answered;
+            }
+            let mut kb = [0u8; 262];
+            let key = cache::key(&q, &mut kb);
+            if let Some(e) = self.cache.get(key, now) {
+                e.write_answer(&q, now, out);
+                Stats::bump(&self.stats.cache_hits);
+                self.finish(&q, query, transport, out);
+                self.count(client, false);
+                return Fast::Answered;
+            }
+            Fast::Slow
+        })
+    }
+
+    /// A cheap over-approximation of "answered from local data"; the slow path decides exactly.
+    fn maybe_local(&self, name: &str) -> bool {
+        name.ends_with(".arpa") || {
+            let local = self.local.load();
+            local.zone_suffixes().iter().any(|z| {
+                name == z.as_str()
+                    || (name.len() > z.len()
+                        && name.ends_with(z.as_str())
+                        && name.as_bytes()[name.len() - z.len() - 1] == b'.')
+            })
+        }
+    }
+
+    fn count(&self, client: IpAddr, blocked: bool) {
+        Stats::bump(&self.stats.answered);
+        if blocked {
+            Stats::bump(&self.stats.blocked);
+        }
+        if self.is_overlay(client) {
+            self.stats.count_client(canonical(client), blocked);
+        }
+    }
+
+    /// Applies the UDP size limit (TC bit) to a finished answer.
+    fn finish(&self, q: &QueryView<'_>, query: &[u8], transport: Transport, out: &mut Vec<u8>) {
+        if transport == Transport::Udp && out.len() > q.udp_limit() {
+            let rcode = out.get(3).map(|f| f & 0x0F).unwrap_or(0);
+            wire::error_answer(q, query, rcode, true, out);
+        }
+    }
+
+    fn write_blocked(&self, q: &QueryView<'_>, query: &[u8], out: &mut Vec<u8>) {
+        match self.settings.blocked_answer {
+            BlockedAnswer::Nxdomain => {
+                wire::error_answer(q, query, wire::RCODE_NXDOMAIN, false, out)
+            }
+            BlockedAnswer::Refused => wire::error_answer(q, query, wire::RCODE_REFUSED, false, out),
+            BlockedAnswer::Null => {
+                let rdlen = match q.qtype {
+                    wire::TYPE_A => 4,
+                    wire::TYPE_AAAA => 16,
+                    _ => 0,
+                };
+                out.clear();
+                let flags = wire::response_flags(q.flags, wire::RCODE_NOERROR, false);
+                wire::put_header(
+                    out,
+                    q.id,
+                    flags,
+                    [1, (rdlen > 0) as u16, 0, q.edns.is_some() as u16],
+                );
+                out.extend_from_slice(&query[wire::HEADER_LEN..q.question_end]);
+                if rdlen > 0 {
+                    out.extend_from_slice(&[0xC0, 12]);
+                    out.extend_from_slice(&q.qtype.to_be_bytes());
+                    out.extend_from_slice(&wire::CLASS_IN.to_be_bytes());
+                    out.extend_from_slice(&self.settings.blocked_ttl.to_be_bytes());
+                    out.extend_from_slice(&(rdlen as u16).to_be_bytes());
+                    out.extend(std::iter::repeat_n(0u8, rdlen));
+                }
+                if let Some(e) = q.edns {
+                    wire::put_opt(out, e.dnssec_ok);
+                }
+            }
+        }
+    }
+
+    /// Answers a query: the fast path, then local data or the upstreams. `None` = send nothing.
+    pub async fn handle(
+        &self,
+        query: &[u8],
+        client: IpAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(512);
+        match self.handle_fast(query, client, transport, &mut out) {
+            Fast::Answered => Some(out),
+            Fast::Drop => None,
+            Fast::Slow => {
+                self.handle_slow(query, client, transport, &mut out).await;
+                Some(out)
+            }
+        }
+    }
+
+    /// The general path, for queries [`handle_fast`](Self::handle_fast) returned `Slow` for.
+    pub async fn handle_slow(
+        &self,
+        query: &[u8],
+        client: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) {
+        let Ok(q) = QueryView::parse(query) else {
+            return;
+        };
+        let Ok(name) = Name::read(&mut BinDecoder::new(q.qname)) else {
+            Stats::bump(&self.stats.malformed);
+            wire::error_answer(&q, query, wire::RCODE_FORMERR, false, out);
+            return;
+        };
+        let mut name = name.to_lowercase();
+        name.set_fqdn(true);
+        let qtype = RecordType::from(q.qtype);
+        let now = Instant::now();
+
+        let local = self.local.load_full();
+        if local.is_local(&name) {
+            let a = local.answer(&name, qtype);
+            Stats::bump(&self.stats.local);
+            self.template(&q, &name, qtype, a.rcode, a.answers, a.authorities, true)
+                .write_answer(&q, now, out);
+            self.finish(&q, query, transport, out);
+            self.count(client, false);
+            return;
+        }
+
+        let text = name_text(&name);
+        let verdict = self.policy.check(&text);
+        if verdict == Verdict::Block {
+            self.write_blocked(&q, query, out);
+            self.count(client, true);
+            return;
+        }
+
+        let answer = match self.upstreams.query(name.clone(), qtype).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream failed");
+                Stats::bump(&self.stats.upstream_failures);
+                wire::error_answer(&q, query, wire::RCODE_SERVFAIL, false, out);
+                self.count(client, false);
+                return;
+            }
+        };
+        Stats::bump(&self.stats.forwarded);
+
+        // CNAME uncloaking: a blocked name anywhere in the chain blocks the answer, unless the
+        // owner allowed the name asked for.
+        if verdict != Verdict::Allow && self.chain_blocked(&answer) {
+            self.write_blocked(&q, query, out);
+            self.count(client, true);
+            return;
+        }
+
+        let answer = match self.settings.dns64 {
+            Some(prefix) if qtype == RecordType::AAAA => self.dns64(&name, prefix, answer).await,
+            _ => answer,
+        };
+
+        let ttl = cache_ttl(&answer);
+        let entry = self.template(
+            &q,
+            &name,
+            qtype,
+            answer.rcode,
+            answer.answers,
+            answer.authorities,
+            false,
+        );
+        entry.write_answer(&q, now, out);
+        self.finish(&q, query, transport, out);
+        self.count(client, false);
+        if ttl > 0 && entry.rcode() != wire::RCODE_SERVFAIL {
+            let mut kb = [0u8; 262];
+            let key = cache::key(&q, &mut kb).to_vec();
+            if let Some(e) = Entry::new(entry_bytes(&entry), ttl, now) {
+                self.cache.insert(&key, e);
+            }
+        }
+    }
+
+    fn chain_blocked(&self, a: &UpstreamAnswer) -> bool {
+        a.answers.iter().any(|r| match &r.data {
+            RData::CNAME(c) => self.policy.check(&name_text(&c.0)) == Verdict::Block,
+            _ => false,
+        })
+    }
+
+    /// RFC 6147 §5.1: synthesise AAAA from A when the name has no AAAA of its own.
+    async fn dns64(&self, name: &Name, prefix: Ipv6Net, answer: UpstreamAnswer) -> UpstreamAnswer {
+        let has_aaaa = answer
+            .answers
+            .iter()
+            .any(|r| r.record_type() == RecordType::AAAA);
+        if answer.rcode != ResponseCode::NoError || has_aaaa {
+            return answer;
+        }
+        let Ok(a) = self.upstreams.query(name.clone(), RecordType::A).await else {
+            return answer;
+        };
+        if self.chain_blocked(&a) {
+            return answer;
+        }
+        let mut synth = Vec::new();
+        for r in &a.answers {
+            match &r.data {
+                RData::A(v4) => {
+                    let mut b = prefix.network().octets();
+                    b[12..].copy_from_slice(&v4.0.octets());
+                    synth.push(Record::from_rdata(
+                        r.name.clone(),
+                        r.ttl,
+                        RData::AAAA(AAAA(Ipv6Addr::from(b))),
+                    ));
+                }
+                RData::CNAME(_) => synth.push(r.clone()),
+                _ => {}
+            }
+        }
+        if !synth.iter().any(|r| r.record_type() == RecordType::AAAA) {
+            return answer;
+        }
+        UpstreamAnswer {
+            rcode: ResponseCode::NoError,
+            answers: synth,
+            authorities: vec![],
+        }
+    }
+
+    /// Builds the reusable answer (id 0, lower-case question, no OPT).
+    #[allow(clippy::too_many_arguments)]
+    fn template(
+        &self,
+        q: &QueryView<'_>,
+        name: &Name,
+        qtype: RecordType,
+        rcode: ResponseCode,
+        answers: Vec<Record>,
+        authorities: Vec<Record>,
+        authoritative: bool,
+    ) -> Entry {
+        let mut m = Message::new(0, MessageType::Response, OpCode::Query);
+        m.metadata.recursion_available = true;
+        m.metadata.authoritative = authoritative;
+        m.metadata.response_code = rcode;
+        m.metadata.recursion_desired = q.rd();
+        let mut query = Query::query(name.clone(), qtype);
+        query.set_query_class(DNSClass::IN);
+        m.add_query(query);
+        m.insert_answers(answers);
+        m.insert_authorities(authorities);
+        let bytes = m.to_vec().unwrap_or_else(|_| {
+            let mut b = Vec::new();
+            wire::put_header(&mut b, 0, wire::response_flags(q.flags, 2, false), [0; 4]);
+            b
+        });
+        Entry::new(bytes.clone(), 0, Instant::now()).unwrap_or_else(|| {
+            let mut b = Vec::new();
+            wire::put_header(&mut b, 0, wire::response_flags(q.flags, 2, false), [0; 4]);
+            Entry::new(b, 0, Instant::now()).expect("a bare header always walks")
+        })
+    }
+}
+
+fn entry_bytes(e: &Entry) -> Vec<u8> {
+    e.bytes().to_vec()
+}
+
+/// Lower-case dotted text of a name without the trailing dot.
+fn name_text(n: &Name) -> String {
+    let s = n.to_ascii().to_ascii_lowercase();
+    s.strip_suffix('.').map(str::to_string).unwrap_or(s)
+}
+
+/// IPv4-mapped IPv6 client addresses count as their IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// How long an answer may be cached: the smallest TTL in it, or for a negative answer the
+/// SOA's TTL and MINIMUM (RFC 2308 §5); 0 = do not cache.
+fn cache_ttl(a: &UpstreamAnswer) -> u32 {
+    match a.rcode {
+        ResponseCode::NoError if !a.answers.is_empty() => a
+            .answers
+            .iter()
+            .map(|r| r.ttl)
+            .min()
+            .unwrap_or(0)
+            .min(MAX_TTL),
+        ResponseCode::NoError | ResponseCode::NXDomain => a
+            .authorities
+            .iter()
+            .find_map(|r| match &r.data {
+                RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+                _ => None,
+            })
+            .unwrap_or(30)
+            .min(MAX_NEGATIVE_TTL),
+        _ => 0,
+    }
+}

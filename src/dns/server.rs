@@ -1,0 +1,199 @@
+//! Moving bytes: UDP (RFC 1035), TCP and DoT (RFC 7766 / RFC 7858: pipelining, out-of-order
+//! answers, idle timeouts). The answers come from [`Resolver`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::engine::{Fast, Resolver, Transport};
+
+/// Most TCP/DoT/DoH connections served at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Most queries in flight on one connection (RFC 7766 §6.2.1.1 pipelining).
+const MAX_IN_FLIGHT: usize = 32;
+/// Time allowed for a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Socket buffer size asked for on UDP sockets (bursts of queries are short-lived).
+const UDP_BUFFER: usize = 4 << 20;
+
+/// Why a listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Binding failed (port in use, no permission for port < 1024, address not local).
+    #[error(
+        "cannot listen on {addr}: {source} (port 53/853/443 need root or CAP_NET_BIND_SERVICE)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_port(true)?;
+    let _ = s.set_recv_buffer_size(UDP_BUFFER);
+    let _ = s.set_send_buffer_size(UDP_BUFFER);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// Serves UDP on `addr` with one socket per core (SO_REUSEPORT).
+pub fn serve_udp(resolver: Arc<Resolver>, addr: SocketAddr) -> Result<(), ServeError> {
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut sockets = Vec::new();
+    for _ in 0..n {
+        let s = bind_udp(addr).map_err(|source| ServeError::Bind { addr, source })?;
+        sockets.push(Arc::new(s));
+    }
+    for sock in sockets {
+        tokio::spawn(udp_loop(resolver.clone(), sock));
+    }
+    Ok(())
+}
+
+async fn udp_loop(resolver: Arc<Resolver>, sock: Arc<UdpSocket>) {
+    let mut buf = vec![0u8; 65535];
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let (n, peer) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP errors surface here on Linux; they concern one peer, not the socket.
+                tracing::trace!(error = %e, "udp receive error");
+                continue;
+            }
+        };
+        let query = &buf[..n];
+        match resolver.handle_fast(query, peer.ip(), Transport::Udp, &mut out) {
+            Fast::Answered => {
+                let _ = sock.send_to(&out, peer).await;
+            }
+            Fast::Drop => {}
+            Fast::Slow => {
+                let (r, s, q) = (resolver.clone(), sock.clone(), query.to_vec());
+                tokio::spawn(async move {
+                    let mut out = Vec::with_capacity(512);
+                    r.handle_slow(&q, peer.ip(), Transport::Udp, &mut out).await;
+                    if !out.is_empty() {
+                        let _ = s.send_to(&out, peer).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Binds a TCP listener.
+pub async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    let make = || -> std::io::Result<TcpListener> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.set_reuse_address(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        TcpListener::from_std(s.into())
+    };
+    make().map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves plain DNS over TCP (or DoT when `tls` is given) on `listener`.
+pub fn serve_stream(
+    resolver: Arc<Resolver>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    idle: Duration,
+    slots: Arc<Semaphore>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                drop(tcp);
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (r, tls) = (resolver.clone(), tls.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tls {
+                    None => handle_stream(r, tcp, peer, idle).await,
+                    Some(acc) => {
+                        if let Ok(Ok(s)) =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acc.accept(tcp)).await
+                        {
+                            handle_stream(r, s, peer, idle).await
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// One DNS-over-stream connection: length-prefixed messages, answered concurrently and
+/// written as they finish. Closed after `idle` without a new query, or when a peer sends a
+/// length prefix and stalls.
+pub async fn handle_stream<S>(resolver: Arc<Resolver>, stream: S, peer: SocketAddr, idle: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let Ok(len) = u16::try_from(msg.len()) else {
+                continue;
+            };
+            let mut framed = Vec::with_capacity(msg.len() + 2);
+            framed.extend_from_slice(&len.to_be_bytes());
+            framed.extend_from_slice(&msg);
+            if wr.write_all(&framed).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let len = match tokio::time::timeout(idle, rd.read_u16()).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => n as usize,
+        };
+        let mut msg = vec![0u8; len];
+        match tokio::time::timeout(idle, rd.read_exact(&mut msg)).await {
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let (r, tx) = (resolver.clone(), tx.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Some(ans) = r.handle(&msg, peer.ip(), Transport::Stream).await {
+                let _ = tx.send(ans).await;
+            }
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
