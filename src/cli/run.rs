@@ -168,7 +168,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result
         crate::dns::server::MAX_CONNECTIONS,
     ));
     for a in &listen {
-        crate::dns::server::serve_udp(resolver.clone(), *a)?;
+        crate::dns::server::serve_udp(resolver.clone(), *a, tokio::runtime::Handle::current())?;
         let l = crate::dns::server::bind_tcp(*a).await?;
         crate::dns::server::serve_stream(resolver.clone(), l, None, idle, slots.clone());
     }

@@ -13,5 +13,6 @@ pub mod ratelimit;
 pub mod server;
 pub mod stats;
 pub mod tls;
+pub mod udp_batch;
 pub mod upstream;
 pub mod wire;

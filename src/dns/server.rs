@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::engine::{Fast, Resolver, Transport};
+use super::engine::{Resolver, Transport};
 
 /// Most TCP/DoT/DoH connections served at once.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -33,7 +33,7 @@ pub enum ServeError {
     },
 }
 
-fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -42,13 +42,18 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     s.set_reuse_port(true)?;
     let _ = s.set_recv_buffer_size(UDP_BUFFER);
     let _ = s.set_send_buffer_size(UDP_BUFFER);
-    s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
+    Ok(s.into())
 }
 
-/// Serves UDP on `addr` with one socket per core (SO_REUSEPORT).
-pub fn serve_udp(resolver: Arc<Resolver>, addr: SocketAddr) -> Result<(), ServeError> {
+/// Serves UDP on `addr`: one socket and one thread per core (SO_REUSEPORT). Each thread
+/// receives and answers in batches (recvmmsg/sendmmsg), answering cache hits and blocked names
+/// in place; queries that need an upstream go to the async runtime and are answered from there.
+pub fn serve_udp(
+    resolver: Arc<Resolver>,
+    addr: SocketAddr,
+    rt: tokio::runtime::Handle,
+) -> Result<(), ServeError> {
     let n = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -58,41 +63,13 @@ pub fn serve_udp(resolver: Arc<Resolver>, addr: SocketAddr) -> Result<(), ServeE
         sockets.push(Arc::new(s));
     }
     for sock in sockets {
-        tokio::spawn(udp_loop(resolver.clone(), sock));
+        let (r, rt) = (resolver.clone(), rt.clone());
+        std::thread::Builder::new()
+            .name("dns-udp".into())
+            .spawn(move || super::udp_batch::run(r, sock, rt))
+            .map_err(|source| ServeError::Bind { addr, source })?;
     }
     Ok(())
-}
-
-async fn udp_loop(resolver: Arc<Resolver>, sock: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; 65535];
-    let mut out = Vec::with_capacity(4096);
-    loop {
-        let (n, peer) = match sock.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
-                // ICMP errors surface here on Linux; they concern one peer, not the socket.
-                tracing::trace!(error = %e, "udp receive error");
-                continue;
-            }
-        };
-        let query = &buf[..n];
-        match resolver.handle_fast(query, peer.ip(), Transport::Udp, &mut out) {
-            Fast::Answered => {
-                let _ = sock.send_to(&out, peer).await;
-            }
-            Fast::Drop => {}
-            Fast::Slow => {
-                let (r, s, q) = (resolver.clone(), sock.clone(), query.to_vec());
-                tokio::spawn(async move {
-                    let mut out = Vec::with_capacity(512);
-                    r.handle_slow(&q, peer.ip(), Transport::Udp, &mut out).await;
-                    if !out.is_empty() {
-                        let _ = s.send_to(&out, peer).await;
-                    }
-                });
-            }
-        }
-    }
 }
 
 /// Binds a TCP listener.
