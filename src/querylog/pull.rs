@@ -452,7 +452,7 @@ pub struct PullReport {
 }
 
 /// Fetches every new entry from the hub into the local copy (no decryption).
-/// Returns (fetched, damaged) and the local row id before the pull.
+/// Returns (entries stored, entries damaged in transit and skipped).
 async fn sync_local(req: &PullRequest, local: &LocalCopy) -> Result<(u64, u64), PullError> {
     let addrs = req.hub.resolve().await?;
     let addr = *addrs
