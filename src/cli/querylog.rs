@@ -219,6 +219,11 @@ fn print_report(r: &PullReport, json: bool) -> anyhow::Result<()> {
         if r.fetched == 1 { "y" } else { "ies" },
         r.local_total
     );
+    if !r.hub_enabled {
+        eprintln!(
+            "note: the query log is off on the hub (`cloudpc querylog enable` there turns it on)"
+        );
+    }
     if r.damaged > 0 {
         eprintln!(
             "skipped {} damaged entr{}",

@@ -188,6 +188,7 @@ struct WireEntry {
 #[derive(Debug, serde::Deserialize)]
 struct WirePage {
     log_id: String,
+    enabled: bool,
     last_seq: i64,
     more: bool,
     entries: Vec<WireEntry>,
@@ -449,11 +450,13 @@ pub struct PullReport {
     pub damaged: u64,
     /// Intact entries encrypted to other keys.
     pub not_for_this_key: u64,
+    /// Whether the hub's query log is on.
+    pub hub_enabled: bool,
 }
 
 /// Fetches every new entry from the hub into the local copy (no decryption).
-/// Returns (entries stored, entries damaged in transit and skipped).
-async fn sync_local(req: &PullRequest, local: &LocalCopy) -> Result<(u64, u64), PullError> {
+/// Returns (entries stored, entries damaged in transit and skipped, whether the hub's log is on).
+async fn sync_local(req: &PullRequest, local: &LocalCopy) -> Result<(u64, u64, bool), PullError> {
     let addrs = req.hub.resolve().await?;
     let addr = *addrs
         .first()
@@ -465,8 +468,10 @@ async fn sync_local(req: &PullRequest, local: &LocalCopy) -> Result<(u64, u64), 
     let (mut log_id, mut since) = local.current()?;
     let (mut fetched, mut damaged) = (0u64, 0u64);
     let mut restarted = false;
+    let mut enabled;
     loop {
         let page = fetch_page(addr, req.source, &host, since).await?;
+        enabled = page.enabled;
         if page.log_id != log_id || page.last_seq < since {
             // A different log (the hub's state was recreated), or one that went backwards:
             // continue from our cursor in that log, or from its start.
@@ -496,7 +501,7 @@ async fn sync_local(req: &PullRequest, local: &LocalCopy) -> Result<(u64, u64), 
             break;
         }
     }
-    Ok((fetched, damaged))
+    Ok((fetched, damaged, enabled))
 }
 
 /// Pulls from the hub, then decrypts what is to be shown. Damaged entries are counted, not fatal.
@@ -506,13 +511,14 @@ pub async fn pull(
 ) -> Result<PullReport, PullError> {
     let local = LocalCopy::open(&req.dir, &req.hub)?;
     let before = local.max_rowid()?;
-    let (fetched, damaged_wire) = sync_local(req, &local).await?;
+    let (fetched, damaged_wire, hub_enabled) = sync_local(req, &local).await?;
     let rows = match req.since_ms {
         Some(ms) => local.ciphertexts(Some(ms.div_euclid(1000)), None)?,
         None => local.ciphertexts(None, Some(before))?,
     };
     let mut report = decrypt_rows(&rows, identities, req.since_ms);
     report.fetched = fetched;
+    report.hub_enabled = hub_enabled;
     report.damaged += damaged_wire;
     report.local_total = local.len()?;
     Ok(report)

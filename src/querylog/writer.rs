@@ -440,6 +440,12 @@ mod tests {
     }
 
     #[test]
+    fn handle_can_be_shared_across_tasks() {
+        fn shareable<T: Send + Sync + Clone + 'static>() {}
+        shareable::<QueryLog>();
+    }
+
+    #[test]
     fn nothing_is_written_while_off() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _h) = QueryLog::start(dir.path(), &cfg()).unwrap();
