@@ -566,6 +566,13 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn hub_parser_never_panics(s in "\\PC{0,60}") {
+            let _ = HubAddr::parse(&s);
+        }
+    }
+
     fn sample(name: &str, ms: i64) -> LogEntry {
         LogEntry {
             time_ms: ms,

@@ -463,6 +463,13 @@ mod tests {
         assert_eq!(p["last_seq"], 5);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn query_parser_never_panics(q in "\\PC{0,60}") {
+            let _ = parse_query(&q);
+        }
+    }
+
     #[test]
     fn bad_query_is_400() {
         assert!(parse_query("since=-1").is_err());
