@@ -33,16 +33,13 @@ pub enum PullError {
     #[error("--hub {0:?}: expected an address like 100.96.0.1, 100.96.0.1:8053, [fd12::1]:8053 or a host name")]
     BadHub(String),
     /// The hub's name did not resolve.
-    #[error("cannot resolve hub {host}: {source}")]
-    Resolve {
-        host: String,
-        source: std::io::Error,
-    },
+    #[error("cannot resolve hub {host}: {error}")]
+    Resolve { host: String, error: std::io::Error },
     /// No TCP connection to the hub.
-    #[error("cannot connect to the hub at {addr}: {source} (is the tunnel up, and is `cloudpc run` running with the query log sync API?)")]
+    #[error("cannot connect to the hub at {addr}: {error} (is the tunnel up, and is `cloudpc run` running with the query log sync API?)")]
     Connect {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The hub did not answer in time.
     #[error("the hub at {0} did not answer in time")]
@@ -63,16 +60,16 @@ pub enum PullError {
     #[error("identity file {path}: {message}")]
     Identity { path: PathBuf, message: String },
     /// The local copy could not be read or written.
-    #[error("local copy {path}: {source}")]
+    #[error("local copy {path}: {error}")]
     Local {
         path: PathBuf,
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
     /// The local directory could not be created.
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}: {error}")]
     LocalDir {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -147,9 +144,9 @@ impl HubAddr {
         }
         let addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
-            .map_err(|source| PullError::Resolve {
+            .map_err(|error| PullError::Resolve {
                 host: self.host.clone(),
-                source,
+                error,
             })?;
         Ok(addrs.collect())
     }
@@ -210,16 +207,16 @@ async fn fetch_page(
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
     }
-    .map_err(|source| PullError::Connect { addr, source })?;
+    .map_err(|error| PullError::Connect { addr, error })?;
     if let Some(src) = source {
         socket
             .bind(SocketAddr::new(src, 0))
-            .map_err(|source| PullError::Connect { addr, source })?;
+            .map_err(|error| PullError::Connect { addr, error })?;
     }
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
         .await
         .map_err(|_| PullError::Timeout(addr))?
-        .map_err(|source| PullError::Connect { addr, source })?;
+        .map_err(|error| PullError::Connect { addr, error })?;
     let exchange = async {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -272,9 +269,9 @@ pub struct LocalCopy {
 impl LocalCopy {
     /// Opens (creating) `dir/hub-ADDR-PORT.db`.
     pub fn open(dir: &Path, hub: &HubAddr) -> Result<LocalCopy, PullError> {
-        std::fs::create_dir_all(dir).map_err(|source| PullError::LocalDir {
+        std::fs::create_dir_all(dir).map_err(|error| PullError::LocalDir {
             path: dir.to_path_buf(),
-            source,
+            error,
         })?;
         #[cfg(unix)]
         {
@@ -282,9 +279,9 @@ impl LocalCopy {
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
         let path = dir.join(format!("{}.db", hub.file_stem()));
-        let local = |source| PullError::Local {
+        let local = |error| PullError::Local {
             path: path.clone(),
-            source,
+            error,
         };
         let conn = Connection::open(&path).map_err(local)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(local)?;
@@ -304,10 +301,10 @@ impl LocalCopy {
         Ok(LocalCopy { conn, path })
     }
 
-    fn err(&self, source: rusqlite::Error) -> PullError {
+    fn err(&self, error: rusqlite::Error) -> PullError {
         PullError::Local {
             path: self.path.clone(),
-            source,
+            error,
         }
     }
 

@@ -45,10 +45,10 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     /// A listen address could not be bound (not assigned yet, or in use).
-    #[error("cannot listen for query log sync on {addr}: {source}")]
+    #[error("cannot listen for query log sync on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// No listen address was given.
     #[error("the query log sync server needs at least one listen address")]
@@ -110,7 +110,7 @@ pub async fn serve_sync(
     for addr in listen {
         let l = TcpListener::bind(addr)
             .await
-            .map_err(|source| SyncError::Bind { addr, source })?;
+            .map_err(|error| SyncError::Bind { addr, error })?;
         addrs.push(l.local_addr().unwrap_or(addr));
         listeners.push(l);
     }
