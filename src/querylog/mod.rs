@@ -19,6 +19,32 @@
 //! 4. `cloudpc querylog pull` ([`pull`]) fetches the new ciphertexts on an owner device, keeps a
 //!    local copy and decrypts them with the device's age identity.
 //!
+//! ```no_run
+//! # async fn hub(state_dir: &std::path::Path, cfg: &cloudpc::config::Config,
+//! #              overlay: cloudpc::store::Overlay) -> anyhow::Result<()> {
+//! use cloudpc::querylog::{serve_sync, QueryEvent, QueryLog, Verdict, SYNC_PORT};
+//! let (log, _writer) = QueryLog::start(state_dir, &cfg.querylog)?;
+//! let sync = serve_sync(
+//!     vec![(overlay.hub_v4(), SYNC_PORT).into(), (overlay.hub_v6(), SYNC_PORT).into()],
+//!     state_dir,
+//!     overlay,
+//! )
+//! .await?;
+//! // In the query path, per answered query:
+//! if log.is_enabled() {
+//!     log.record(QueryEvent {
+//!         time: std::time::SystemTime::now(),
+//!         client: "100.96.0.2".parse()?,
+//!         name: "example.com".into(),
+//!         qtype: 1,
+//!         verdict: Verdict::Forwarded,
+//!         rcode: 0,
+//!         upstream_ms: Some(12),
+//!     });
+//! }
+//! # drop(sync); Ok(()) }
+//! ```
+//!
 //! What is stored in plaintext next to each ciphertext: a sequence number and the time in Unix
 //! seconds (needed for retention pruning and paging). Device, client address, name, type,
 //! verdict, answer code and latency are only inside the ciphertext, whose plaintext is padded to
