@@ -36,10 +36,10 @@ pub enum ControlError {
     #[error("cloudpc is not running with state dir {dir} (no control socket at {sock}); start it with `cloudpc run`")]
     NotRunning { dir: PathBuf, sock: PathBuf },
     /// The socket could not be bound or talked to.
-    #[error("control socket {path}: {source}")]
+    #[error("control socket {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The answer was not understood.
     #[error("control socket answered something unreadable: {0}")]
@@ -50,9 +50,9 @@ pub enum ControlError {
 pub fn serve(state_dir: &Path, reporter: Reporter) -> Result<PathBuf, ControlError> {
     let path = crate::paths::control_socket(state_dir);
     let _ = std::fs::remove_file(&path);
-    let io = |source| ControlError::Io {
+    let io = |cause| ControlError::Io {
         path: path.clone(),
-        source,
+        cause,
     };
     let listener = UnixListener::bind(&path).map_err(io)?;
     {
@@ -103,9 +103,9 @@ pub async fn request_status(state_dir: &Path) -> Result<StatusReport, ControlErr
             sock: path.clone(),
         })?;
     let (rd, mut wr) = conn.into_split();
-    let io = |source| ControlError::Io {
+    let io = |cause| ControlError::Io {
         path: path.clone(),
-        source,
+        cause,
     };
     wr.write_all(b"status\n").await.map_err(io)?;
     let mut line = String::new();

@@ -16,16 +16,16 @@ pub const DB_FILE: &str = "state.db";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The state directory could not be created or used.
-    #[error("cannot use state directory {path}: {source}")]
+    #[error("cannot use state directory {path}: {cause}")]
     Dir {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// SQLite refused: corrupt file, full disk, locked database.
-    #[error("state database {path}: {source} (if the file is corrupt, move it away and run `cloudpc init` again)")]
+    #[error("state database {path}: {cause} (if the file is corrupt, move it away and run `cloudpc init` again)")]
     Db {
         path: PathBuf,
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// A device with that name already exists.
     #[error("a device named {0:?} already exists; pick another name or remove it first")]
@@ -128,9 +128,9 @@ CREATE TABLE IF NOT EXISTS rules (
 impl Store {
     /// Opens (creating if needed) the database in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {
+        std::fs::create_dir_all(state_dir).map_err(|cause| StoreError::Dir {
             path: state_dir.to_path_buf(),
-            source,
+            cause,
         })?;
         #[cfg(unix)]
         {
@@ -138,9 +138,9 @@ impl Store {
             let _ = std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700));
         }
         let path = state_dir.join(DB_FILE);
-        let db = |source| StoreError::Db {
+        let db = |cause| StoreError::Db {
             path: path.clone(),
-            source,
+            cause,
         };
         let conn = Connection::open(&path).map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -151,10 +151,10 @@ impl Store {
         Ok(Store { conn, path })
     }
 
-    fn db(&self, source: rusqlite::Error) -> StoreError {
+    fn db(&self, cause: rusqlite::Error) -> StoreError {
         StoreError::Db {
             path: self.path.clone(),
-            source,
+            cause,
         }
     }
 
@@ -211,9 +211,9 @@ impl Store {
         overlay: &Overlay,
     ) -> Result<Device, StoreError> {
         let path = self.path.clone();
-        let db = |source| StoreError::Db {
+        let db = |cause| StoreError::Db {
             path: path.clone(),
-            source,
+            cause,
         };
         let tx = self.conn.transaction().map_err(db)?;
         let dup: Option<String> = tx

@@ -148,13 +148,17 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result
         rate_limit: cfg.dns.rate_limit,
         cache_size: cfg.dns.cache_size,
     };
-    let resolver = Arc::new(Resolver::new(
-        settings,
-        policy,
-        local_data(&cfg, &base, &store, &overlay),
-        upstreams,
-        stats.clone(),
-    ));
+    let (querylog, _querylog_writer) = crate::querylog::QueryLog::start(&state_dir, &cfg.querylog)?;
+    let resolver = Arc::new(
+        Resolver::new(
+            settings,
+            policy,
+            local_data(&cfg, &base, &store, &overlay),
+            upstreams,
+            stats.clone(),
+        )
+        .with_querylog(querylog),
+    );
 
     // Plain DNS on the configured addresses and, with the hub, on its overlay addresses.
     let mut listen: Vec<SocketAddr> = cfg.dns.listen.clone();
@@ -219,6 +223,17 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result
                 .map(|a| format!("https://{a}/dns-query")),
         )
         .collect();
+
+    // Owner devices fetch the encrypted query log over the tunnel, on the overlay only.
+    let _sync = if hub.is_some() {
+        let addrs = vec![
+            SocketAddr::from((overlay.hub_v4(), crate::querylog::SYNC_PORT)),
+            SocketAddr::from((overlay.hub_v6(), crate::querylog::SYNC_PORT)),
+        ];
+        Some(crate::querylog::serve_sync(addrs, &state_dir, overlay).await?)
+    } else {
+        None
+    };
 
     let hub = Arc::new(tokio::sync::Mutex::new(hub));
     let reporter: Reporter = {

@@ -24,6 +24,7 @@ use super::upstream::{UpstreamAnswer, Upstreams};
 use super::wire::{self, QueryView, WireError};
 use crate::config::BlockedAnswer;
 use crate::filter::{Filter, Verdict};
+use crate::querylog::{QueryEvent, QueryLog, Verdict as LogVerdict};
 
 /// How the query arrived: UDP answers are size-limited (TC bit), streams are not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,7 @@ pub struct Resolver {
     upstreams: Upstreams,
     pub stats: Arc<Stats>,
     limiter: RateLimiter,
+    querylog: QueryLog,
 }
 
 thread_local! {
@@ -105,7 +107,39 @@ impl Resolver {
             local: ArcSwap::from_pointee(local),
             upstreams,
             stats,
+            querylog: QueryLog::disabled(),
         }
+    }
+
+    /// Records queries to `log` (which does nothing while the owner has not turned it on).
+    pub fn with_querylog(mut self, log: QueryLog) -> Resolver {
+        self.querylog = log;
+        self
+    }
+
+    /// Hands a finished query to the query log when it is on (names never reach the log
+    /// otherwise).
+    fn log_query(
+        &self,
+        client: IpAddr,
+        name: &str,
+        qtype: u16,
+        verdict: LogVerdict,
+        out: &[u8],
+        upstream_ms: Option<u32>,
+    ) {
+        if !self.querylog.is_enabled() {
+            return;
+        }
+        self.querylog.record(QueryEvent {
+            time: std::time::SystemTime::now(),
+            client: canonical(client),
+            name: name.to_string(),
+            qtype,
+            verdict,
+            rcode: out.get(3).map(|f| (f & 0x0F) as u16).unwrap_or(0),
+            upstream_ms,
+        });
     }
 
     /// Replaces the local data (devices or zone files changed).
@@ -195,6 +229,7 @@ impl Resolver {
             if self.policy.check(&name) == Verdict::Block {
                 self.write_blocked(&q, query, out);
                 self.count(client, true);
+                self.log_query(client, &name, q.qtype, LogVerdict::Blocked, out, None);
                 return Fast::Answered;
             }
             let mut kb = [0u8; 262];
@@ -204,6 +239,7 @@ impl Resolver {
                 Stats::bump(&self.stats.cache_hits);
                 self.finish(&q, query, transport, out);
                 self.count(client, false);
+                self.log_query(client, &name, q.qtype, LogVerdict::Cached, out, None);
                 return Fast::Answered;
             }
             Fast::Slow
@@ -324,6 +360,7 @@ impl Resolver {
                 .write_answer(&q, now, out);
             self.finish(&q, query, transport, out);
             self.count(client, false);
+            self.log_query(client, &name_text(&name), q.qtype, LogVerdict::Local, out, None);
             return;
         }
 
@@ -332,9 +369,11 @@ impl Resolver {
         if verdict == Verdict::Block {
             self.write_blocked(&q, query, out);
             self.count(client, true);
+            self.log_query(client, &text, q.qtype, LogVerdict::Blocked, out, None);
             return;
         }
 
+        let asked = Instant::now();
         let answer = match self.upstreams.query(name.clone(), qtype).await {
             Ok(a) => a,
             Err(e) => {
@@ -342,9 +381,11 @@ impl Resolver {
                 Stats::bump(&self.stats.upstream_failures);
                 wire::error_answer(&q, query, wire::RCODE_SERVFAIL, false, out);
                 self.count(client, false);
+                self.log_query(client, &text, q.qtype, LogVerdict::Forwarded, out, None);
                 return;
             }
         };
+        let upstream_ms = Some(asked.elapsed().as_millis().min(u32::MAX as u128) as u32);
         Stats::bump(&self.stats.forwarded);
 
         // CNAME uncloaking: a blocked name anywhere in the chain blocks the answer, unless the
@@ -352,6 +393,7 @@ impl Resolver {
         if verdict != Verdict::Allow && self.chain_blocked(&answer) {
             self.write_blocked(&q, query, out);
             self.count(client, true);
+            self.log_query(client, &text, q.qtype, LogVerdict::Blocked, out, upstream_ms);
             return;
         }
 
@@ -373,6 +415,7 @@ impl Resolver {
         entry.write_answer(&q, now, out);
         self.finish(&q, query, transport, out);
         self.count(client, false);
+        self.log_query(client, &text, q.qtype, LogVerdict::Forwarded, out, upstream_ms);
         if ttl > 0 && entry.rcode() != wire::RCODE_SERVFAIL {
             let mut kb = [0u8; 262];
             let key = cache::key(&q, &mut kb).to_vec();

@@ -25,11 +25,11 @@ const UDP_BUFFER: usize = 4 << 20;
 pub enum ServeError {
     /// Binding failed (port in use, no permission for port < 1024, address not local).
     #[error(
-        "cannot listen on {addr}: {source} (port 53/853/443 need root or CAP_NET_BIND_SERVICE)"
+        "cannot listen on {addr}: {cause} (port 53/853/443 need root or CAP_NET_BIND_SERVICE)"
     )]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -59,7 +59,7 @@ pub fn serve_udp(
         .unwrap_or(1);
     let mut sockets = Vec::new();
     for _ in 0..n {
-        let s = bind_udp(addr).map_err(|source| ServeError::Bind { addr, source })?;
+        let s = bind_udp(addr).map_err(|cause| ServeError::Bind { addr, cause })?;
         sockets.push(Arc::new(s));
     }
     for sock in sockets {
@@ -67,7 +67,7 @@ pub fn serve_udp(
         std::thread::Builder::new()
             .name("dns-udp".into())
             .spawn(move || super::udp_batch::run(r, sock, rt))
-            .map_err(|source| ServeError::Bind { addr, source })?;
+            .map_err(|cause| ServeError::Bind { addr, cause })?;
     }
     Ok(())
 }
@@ -86,7 +86,7 @@ pub async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         s.listen(1024)?;
         TcpListener::from_std(s.into())
     };
-    make().map_err(|source| ServeError::Bind { addr, source })
+    make().map_err(|cause| ServeError::Bind { addr, cause })
 }
 
 /// Serves plain DNS over TCP (or DoT when `tls` is given) on `listener`.

@@ -15,10 +15,10 @@ pub const HUB_KEY_FILE: &str = "hub.key";
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// Reading or writing the key file failed.
-    #[error("hub key file {path}: {source}")]
+    #[error("hub key file {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The key file or a `--pubkey` is not 32 bytes of base64.
     #[error("{what} is not a WireGuard key (44 characters of base64, as `wg genkey | wg pubkey` prints)")]
@@ -65,9 +65,9 @@ pub fn decode_key(s: &str, what: &str) -> Result<[u8; 32], KeyError> {
 /// Loads the hub key from `state_dir`, creating it (mode 0600) on first use.
 pub fn load_or_create_hub_key(state_dir: &Path) -> Result<KeyPair, KeyError> {
     let path = state_dir.join(HUB_KEY_FILE);
-    let io = |source| KeyError::Io {
+    let io = |cause| KeyError::Io {
         path: path.clone(),
-        source,
+        cause,
     };
     match std::fs::read_to_string(&path) {
         Ok(s) => {
