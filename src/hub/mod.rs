@@ -2,3 +2,5 @@
 //! own services and egress, NAT64, roaming. (Data plane being built: see the hub work item.)
 
 pub mod keys;
+pub mod qr;
+pub mod wgconfig;
