@@ -2,5 +2,6 @@
 //! own services and egress, NAT64, roaming. (Data plane being built: see the hub work item.)
 
 pub mod keys;
+pub mod nat64;
 pub mod qr;
 pub mod wgconfig;
