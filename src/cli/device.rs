@@ -350,7 +350,12 @@ fn add(cfg: &Config, state_dir: &Path, a: AddArgs) -> anyhow::Result<()> {
     let mut d = store.add_device(&a.name, &public, a.split, &overlay)?;
     if a.group.is_some() || a.owner || a.no_log {
         let group = a.group.as_deref().map(Some);
-        store.set_device(&d.name, group, Some(a.owner), Some(a.no_log))?;
+        // Two writes: undo the registration if the second fails, so a device never exists
+        // whose private key was not shown.
+        if let Err(e) = store.set_device(&d.name, group, Some(a.owner), Some(a.no_log)) {
+            let _ = store.remove_device(&d.name);
+            return Err(e.into());
+        }
         d = store.device(&d.name)?;
     }
 

@@ -25,8 +25,8 @@
 //! filtering (a reply is accepted only from a remote the device has sent to); TCP bindings are
 //! made by a SYN from the device only; port preservation when the device's port ≥ 1024 is free,
 //! else a random free pool port. Not translated (dropped, with a reason): IPv6 extension
-//! headers and fragments, IPv4 fragments, ICMPv6 errors from devices, ICMP other than echo and
-//! the errors of RFC 7915 §4.2, destinations that RFC 6052 §3.1 excludes from the well-known
+//! headers and fragments, IPv4 fragments, ICMP other than echo and the errors of RFC 7915
+//! §4.2 / §5.2 (errors about TCP and UDP sessions go both ways; about echo only 4→6), destinations that RFC 6052 §3.1 excludes from the well-known
 //! prefix (private, shared, loopback, link-local, multicast). Hop limit / TTL ≤ 1 is dropped
 //! rather than answered with Time Exceeded.
 
@@ -388,7 +388,7 @@ impl Nat64 {
                 }
                 match payload[0] {
                     128 => {}
-                    0..=127 => return Err(Nat64Drop::Unsupported("ICMPv6 error from a device")),
+                    1..=4 => return self.icmp_error_6to4(&ip, payload, ttl, now, out),
                     _ => return Err(Nat64Drop::Unsupported("ICMPv6 type")),
                 }
                 let id = be16(payload, 4);
@@ -647,5 +647,100 @@ impl Nat64 {
         ));
         put16(out, ic + 2, ck);
         Ok(dev)
+    }
+}
+
+/// ICMPv4 errors are at most 576 bytes (RFC 1812 §4.3.2.3).
+const ICMPV4_ERROR_MAX: usize = 576;
+
+impl Nat64 {
+    /// An ICMPv6 error from a device about a packet we translated to it becomes an ICMPv4 error
+    /// from the pool address to the remote host, its quoted packet translated back to the
+    /// remote's view (RFC 7915 §5.2-5.3).
+    fn icmp_error_6to4(
+        &mut self,
+        outer: &Ipv6View<'_>,
+        icmp: &[u8],
+        ttl: u8,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Nat64Drop> {
+        out.clear();
+        let word = u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]);
+        let (ty, code, mut rest) = map_icmp6_error(icmp[0], icmp[1], word)
+            .ok_or(Nat64Drop::Unsupported("ICMPv6 error type or code"))?;
+        if icmp[0] == 2 {
+            // Packet Too Big: the IPv4 packet is 20 bytes smaller (RFC 7915 §5.2).
+            let mtu4 = word.saturating_sub(20).clamp(68, 65535);
+            rest = mtu4;
+        }
+        let inner = Ipv6View::new_checked_quoted(&icmp[8..])?;
+        // A device may only report about packets it received.
+        if inner.dst() != outer.src() || !self.prefix.contains(&inner.src()) {
+            return Err(Nat64Drop::NoBinding);
+        }
+        let quoted = inner.payload();
+        if quoted.len() < 8 {
+            return Err(Nat64Drop::Malformed("ICMPv6 error quotes too little"));
+        }
+        let (proto, ck_at) = match inner.next_header() {
+            PROTO_TCP => (Proto::Tcp, 16),
+            PROTO_UDP => (Proto::Udp, 6),
+            _ => return Err(Nat64Drop::Unsupported("ICMPv6 error about this protocol")),
+        };
+        let dev = outer.src();
+        let remote6 = inner.src();
+        let remote = self.extract(&remote6);
+        let (remote_port, dev_port) = (be16(quoted, 0), be16(quoted, 2));
+        let pool_port = self.lookup_v6(proto, dev, dev_port, remote, remote_port, now)?;
+
+        let keep = quoted.len().min(ICMPV4_ERROR_MAX - 2 * IPV4_HEADER_LEN - 8);
+        let total = (2 * IPV4_HEADER_LEN + 8 + keep) as u16;
+        let ident = self.ident(false);
+        emit_ipv4(
+            out,
+            outer.traffic_class(),
+            total,
+            ident,
+            false,
+            ttl,
+            PROTO_ICMP,
+            self.pool,
+            remote,
+        );
+        let ic = out.len();
+        out.extend_from_slice(&[ty, code, 0, 0]);
+        out.extend_from_slice(&rest.to_be_bytes());
+        let inner_total = u16::try_from(IPV4_HEADER_LEN + usize::from(inner.payload_len_field()))
+            .map_err(|_| Nat64Drop::Malformed("quoted packet too large for IPv4"))?;
+        emit_ipv4(
+            out,
+            inner.traffic_class(),
+            inner_total,
+            0,
+            false,
+            inner.hop_limit(),
+            inner.next_header(),
+            remote,
+            self.pool,
+        );
+        let t = out.len();
+        out.extend_from_slice(&quoted[..keep]);
+        put16(out, t + 2, pool_port);
+        if keep >= ck_at + 2 {
+            let ck = be16(out, t + ck_at);
+            let mut new = adjust(
+                ck,
+                &words_v6(remote6, dev, dev_port),
+                &words_v4(remote, self.pool, pool_port),
+            );
+            if proto == Proto::Udp && new == 0 {
+                new = 0xffff;
+            }
+            put16(out, t + ck_at, new);
+        }
+        let ck = finish(sum(0, &out[ic..]));
+        put16(out, ic + 2, ck);
+        Ok(())
     }
 }

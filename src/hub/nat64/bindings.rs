@@ -232,6 +232,34 @@ impl Nat64 {
         Ok((binding.v6, binding.v6_port))
     }
 
+    /// The pool port of a live session, looked up from the device's side, without refreshing
+    /// it (for ICMP errors).
+    pub(super) fn lookup_v6(
+        &self,
+        proto: Proto,
+        v6: Ipv6Addr,
+        v6_port: u16,
+        remote: Ipv4Addr,
+        remote_port: u16,
+        now: Instant,
+    ) -> Result<u16, Nat64Drop> {
+        let table = &self.tables[proto as usize];
+        let pool_port = *table
+            .by_v6
+            .get(&(v6, v6_port))
+            .ok_or(Nat64Drop::NoBinding)?;
+        let live = table.by_pool.get(&pool_port).is_some_and(|b| {
+            b.sessions
+                .iter()
+                .any(|s| s.remote == remote && s.remote_port == remote_port && s.expires > now)
+        });
+        if live {
+            Ok(pool_port)
+        } else {
+            Err(Nat64Drop::NoBinding)
+        }
+    }
+
     /// Removes expired sessions, and bindings left without one.
     pub fn expire(&mut self, now: Instant) {
         for table in &mut self.tables {

@@ -597,6 +597,82 @@ fn hot_path_reuses_the_output_buffer() {
     assert_eq!(out.as_ptr(), ptr);
 }
 
+#[test]
+fn device_port_unreachable_becomes_icmpv4_error_to_the_remote() {
+    let mut n = nat();
+    let now = t0();
+    let q = v6(DEV, server6(), PROTO_UDP, 64, udp_datagram(5353, 53, b"q"));
+    let mut out = vec![];
+    n.translate_6to4(&q, now, &mut out).unwrap();
+    let pool_port = be16(&out[20..], 0);
+    let reply = v4(
+        SERVER,
+        POOL,
+        PROTO_UDP,
+        60,
+        udp_datagram(53, pool_port, b"late answer"),
+    );
+    let mut back = vec![];
+    n.translate_4to6(&reply, now, &mut back).unwrap();
+    // The device's socket is gone: it answers Port Unreachable quoting what it received.
+    let mut err = vec![1, 4, 0, 0, 0, 0, 0, 0];
+    err.extend_from_slice(&back);
+    let icmp6 = v6(DEV, server6(), PROTO_ICMPV6, 64, err);
+    n.translate_6to4(&icmp6, now, &mut out).unwrap();
+    let ip = check_v4(&out);
+    assert_eq!(
+        (ip.src(), ip.dst(), ip.protocol()),
+        (POOL, SERVER, PROTO_ICMP)
+    );
+    let m = ip.payload();
+    assert_eq!((m[0], m[1]), (3, 3), "Port Unreachable");
+    // The quoted packet is the server's, as it sent it (but for the TTL we decremented).
+    let inner = check_v4(&m[8..]);
+    assert_eq!((inner.src(), inner.dst()), (SERVER, POOL));
+    assert_eq!(inner.ttl(), 59);
+    assert_eq!(inner.payload(), &reply[20..]);
+
+    // An error quoting a packet sent to someone else is refused.
+    let other: Ipv6Addr = "fd00:1:2::9".parse().unwrap();
+    let mut err = vec![1, 4, 0, 0, 0, 0, 0, 0];
+    err.extend_from_slice(&back);
+    let forged = v6(other, server6(), PROTO_ICMPV6, 64, err);
+    assert_eq!(
+        n.translate_6to4(&forged, now, &mut out),
+        Err(Nat64Drop::NoBinding)
+    );
+}
+
+#[test]
+fn device_packet_too_big_becomes_frag_needed_with_mtu_minus_20() {
+    let mut n = nat();
+    let now = t0();
+    let syn = syn_out(&mut n, now, 40000);
+    let pool_port = be16(&syn[20..], 0);
+    let data = tcp_segment(443, pool_port, 0x10, &[1; 1000]);
+    let big = v4(SERVER, POOL, PROTO_TCP, 60, data);
+    let mut back = vec![];
+    n.translate_4to6(&big, now, &mut back).unwrap();
+    let mut err = vec![2, 0, 0, 0];
+    err.extend_from_slice(&1300u32.to_be_bytes());
+    err.extend_from_slice(&back);
+    let icmp6 = v6(DEV, server6(), PROTO_ICMPV6, 64, err);
+    let mut out = vec![];
+    n.translate_6to4(&icmp6, now, &mut out).unwrap();
+    let ip = check_v4(&out);
+    assert!(out.len() <= 576, "ICMPv4 errors stay within 576 bytes");
+    let m = ip.payload();
+    assert_eq!((m[0], m[1]), (3, 4));
+    assert_eq!(be16(m, 6), 1280);
+    let inner = Ipv4View::new_checked(&m[8..], true).unwrap();
+    assert_eq!(
+        inner.total_len(),
+        big.len(),
+        "the quoted length is the original's"
+    );
+    assert_eq!(be16(inner.payload(), 2), pool_port);
+}
+
 proptest! {
     #[test]
     fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200)) {
@@ -607,7 +683,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_packets_never_panic(pos in 0usize..120, val in any::<u8>(), cut in 0usize..40, which in 0usize..5) {
+    fn mutated_packets_never_panic(pos in 0usize..120, val in any::<u8>(), cut in 0usize..40, which in 0usize..6) {
         let mut n = nat();
         let now = t0();
         let syn = syn_out(&mut n, now, 40000);
@@ -619,12 +695,18 @@ proptest! {
         err.extend_from_slice(&syn);
         let mut err2 = vec![12, 0, 0, 0, 9, 0, 0, 0];
         err2.extend_from_slice(&udp4);
+        let mut back = vec![];
+        let reply = v4(SERVER, POOL, PROTO_UDP, 60, udp_datagram(53, be16(&udp4[20..], 0), b"a"));
+        n.translate_4to6(&reply, now, &mut back).unwrap();
+        let mut err6 = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        err6.extend_from_slice(&back);
         let candidates = [
             v4(ROUTER, POOL, PROTO_ICMP, 60, err),
             v4(ROUTER, POOL, PROTO_ICMP, 60, err2),
             v4(SERVER, POOL, PROTO_TCP, 60, tcp_segment(443, be16(&syn[20..], 0), 0x12, b"x")),
             v6(DEV, server6(), PROTO_ICMPV6, 64, icmp_echo(128, 1, 1, b"x")),
             udp,
+            v6(DEV, server6(), PROTO_ICMPV6, 64, err6),
         ];
         let mut p = candidates[which].clone();
         if pos < p.len() {
@@ -633,7 +715,9 @@ proptest! {
         if cut < 20 {
             p.truncate(p.len().saturating_sub(cut));
         }
-        let _ = n.translate_6to4(&p, now, &mut out);
+        if n.translate_6to4(&p, now, &mut out).is_ok() {
+            Ipv4View::new_checked(&out, false).unwrap();
+        }
         if let Ok(_dev) = n.translate_4to6(&p, now, &mut out) {
             // Whatever comes out is a well-formed IPv6 packet.
             Ipv6View::new_checked(&out).unwrap();

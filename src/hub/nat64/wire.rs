@@ -175,6 +175,16 @@ pub struct Ipv6View<'a> {
 
 impl<'a> Ipv6View<'a> {
     pub fn new_checked(buf: &'a [u8]) -> Result<Self, Nat64Drop> {
+        Self::check(buf, false)
+    }
+
+    /// Like [`Ipv6View::new_checked`] but accepts a packet shorter than its payload length
+    /// (the quoted packet inside an ICMPv6 error); [`Ipv6View::payload`] is then what is present.
+    pub fn new_checked_quoted(buf: &'a [u8]) -> Result<Self, Nat64Drop> {
+        Self::check(buf, true)
+    }
+
+    fn check(buf: &'a [u8], truncated_ok: bool) -> Result<Self, Nat64Drop> {
         if buf.len() < IPV6_HEADER_LEN {
             return Err(Nat64Drop::Malformed("IPv6 header truncated"));
         }
@@ -187,9 +197,20 @@ impl<'a> Ipv6View<'a> {
             return Err(Nat64Drop::Malformed("IPv6 payload length zero"));
         }
         if IPV6_HEADER_LEN + payload_len > buf.len() {
-            return Err(Nat64Drop::Malformed("IPv6 payload length beyond packet"));
+            if !truncated_ok {
+                return Err(Nat64Drop::Malformed("IPv6 payload length beyond packet"));
+            }
+            return Ok(Ipv6View {
+                buf,
+                payload_len: buf.len() - IPV6_HEADER_LEN,
+            });
         }
         Ok(Ipv6View { buf, payload_len })
+    }
+
+    /// The payload length field (the original length for a quoted packet).
+    pub fn payload_len_field(&self) -> u16 {
+        be16(self.buf, 4)
     }
     pub fn traffic_class(&self) -> u8 {
         (be16(self.buf, 0) >> 4) as u8
@@ -300,6 +321,34 @@ pub fn map_icmp4_error(ty: u8, code: u8, pointer: u8) -> Option<Icmp6Error> {
             };
             Some(ParameterProblem(0, p))
         }
+        _ => None,
+    }
+}
+
+/// What an ICMPv6 error becomes in ICMPv4 (RFC 7915 §5.2): type, code, and the second word
+/// (pointer for Parameter Problem; the MTU is filled in by the caller for Packet Too Big).
+pub fn map_icmp6_error(ty: u8, code: u8, pointer: u32) -> Option<(u8, u8, u32)> {
+    match (ty, code) {
+        (1, 0 | 2 | 3) => Some((3, 1, 0)),
+        (1, 1) => Some((3, 10, 0)),
+        (1, 4) => Some((3, 3, 0)),
+        (2, _) => Some((3, 4, 0)),
+        (3, c @ (0 | 1)) => Some((11, c, 0)),
+        (4, 0) => {
+            let p = match pointer {
+                0 => 0,
+                1 => 1,
+                4 | 5 => 2,
+                6 => 9,
+                7 => 8,
+                8..=23 => 12,
+                24..=39 => 16,
+                _ => return None,
+            };
+            // The pointer is the first byte of the second word.
+            Some((12, 0, p << 24))
+        }
+        (4, 1) => Some((3, 2, 0)),
         _ => None,
     }
 }
