@@ -143,7 +143,11 @@ pub fn init(g: &Globals, a: InitArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
 
-    let cfg_arg = shell_quote(&std::path::absolute(&path).unwrap_or(path.clone()));
+    let mut cfg_arg = shell_quote(&std::path::absolute(&path).unwrap_or(path.clone()));
+    if let Some(dir) = &g.state_dir {
+        let dir = std::path::absolute(dir).unwrap_or(dir.clone());
+        cfg_arg.push_str(&format!(" --state-dir {}", shell_quote(&dir)));
+    }
     println!("Wrote {}", path.display());
     println!("State dir:       {}", state_dir.display());
     println!("Hub public key:  {}", hub.public_b64());

@@ -195,6 +195,11 @@ impl Nat64 {
         self.prefix.contains(dst)
     }
 
+    /// True when an IPv4 destination is the pool address (the packet belongs here).
+    pub fn handles_v4_dst(&self, dst: &Ipv4Addr) -> bool {
+        *dst == self.pool
+    }
+
     /// Bindings per protocol.
     pub fn stats(&self) -> Nat64Stats {
         Nat64Stats {
