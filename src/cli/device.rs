@@ -1,43 +1,533 @@
-//! `cloudpc init` and `cloudpc device ...`
+//! `cloudpc init` and `cloudpc device ...`: parse, check, call the store and the config/QR
+//! renderers, print. Every check that can refuse runs before anything is written, so a refused
+//! `device add` leaves no half-registered device (and no lost private key) behind.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
 
 use super::Globals;
+use crate::config::Config;
+use crate::hub::keys::{self, KeyPair};
+use crate::hub::{qr, wgconfig};
+use crate::store::{Device, Store};
+
+/// The example config shipped in `config/`, the template `cloudpc init` writes.
+pub const EXAMPLE_CONFIG: &str = include_str!("../../config/cloudpc.example.toml");
+
+/// Where `cloudpc init` writes without `--config`.
+pub const DEFAULT_CONFIG_PATH: &str = "cloudpc.toml";
 
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
-    /// HOST[:PORT] that device configs dial.
-    #[arg(long)]
+    /// HOST[:PORT] that device configs dial: this machine's public name or address
+    /// (without a port, wireguard.listen_port is used).
+    #[arg(long, value_name = "HOST[:PORT]")]
     pub endpoint: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DeviceCmd {
-    /// Register a device and print its WireGuard config.
-    Add {
-        /// Device name (a DNS label: letters, digits, '-').
-        name: String,
-    },
+    /// Register a device and print its WireGuard config (or a QR code of it).
+    Add(AddArgs),
     /// List registered devices.
-    List,
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one device.
+    Show {
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a device; a running hub cuts it off at once.
+    #[command(alias = "rm")]
+    Remove { name: String },
+    /// Rename a device (its key and addresses stay).
+    Rename { old: String, new: String },
+    /// Change a device's policy group, owner or query-log flags.
+    Set(SetArgs),
 }
 
-pub fn init(_g: &Globals, _a: InitArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// Device name: a DNS label (letters, digits, '-'); it becomes NAME.<zone>.
+    pub name: String,
+    /// The device's own WireGuard public key (`wg pubkey`); the private key then never exists
+    /// on the hub. Without it the hub makes a key pair, prints the private key once and keeps
+    /// only the public key.
+    #[arg(long, value_name = "KEY")]
+    pub pubkey: Option<String>,
+    /// Split tunnel: route only the private network through the hub, not all internet traffic.
+    #[arg(long)]
+    pub split: bool,
+    /// Print the config as a QR code in the terminal (for the phone app's "scan from QR code").
+    #[arg(long)]
+    pub qr: bool,
+    /// Also write the config to FILE: a QR image (.png, .svg) or the config text (.conf).
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Policy group (a [groups.NAME] in the config).
+    #[arg(long, value_name = "G")]
+    pub group: Option<String>,
+    /// Mark the device as the owner's: it may pull the encrypted query log.
+    #[arg(long)]
+    pub owner: bool,
+    /// Never log this device's queries, even with the query log on.
+    #[arg(long)]
+    pub no_log: bool,
 }
 
-pub fn device(g: &Globals, c: DeviceCmd) -> anyhow::Result<()> {
-    let cfg = g.config()?;
-    let mut store = crate::store::Store::open(&g.state_dir())?;
+#[derive(Debug, clap::Args)]
+pub struct SetArgs {
+    pub name: String,
+    /// Put the device in policy group G.
+    #[arg(long, value_name = "G", conflicts_with = "no_group")]
+    pub group: Option<String>,
+    /// Back to the default policy.
+    #[arg(long)]
+    pub no_group: bool,
+    /// May pull the encrypted query log.
+    #[arg(long, conflicts_with = "no_owner")]
+    pub owner: bool,
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Log this device's queries when the query log is on (the default).
+    #[arg(long, conflicts_with = "no_log")]
+    pub log: bool,
+    /// Never log this device's queries.
+    #[arg(long)]
+    pub no_log: bool,
+}
+
+/// `cloudpc init`.
+pub fn init(g: &Globals, a: InitArgs) -> anyhow::Result<()> {
+    let path = g
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    if path.exists() {
+        bail!(
+            "{} already exists; cloudpc init does not overwrite a config. Edit it, or move it away and run init again",
+            path.display()
+        );
+    }
+    let endpoint = a.endpoint.as_deref().map(str::trim).unwrap_or("");
+    if !endpoint.is_empty() {
+        // The listen port is only a stand-in here; the file keeps what was typed.
+        wgconfig::endpoint_with_port(endpoint, 51820)?;
+    }
+    let text = config_with_endpoint(EXAMPLE_CONFIG, endpoint);
+    let cfg = Config::parse(&text, &path).context("the built-in config template is broken")?;
+
+    let state_dir = g.state_dir();
+    let store = Store::open(&state_dir)?;
+    let hub = keys::load_or_create_hub_key(&state_dir)?;
     let overlay = store.overlay(&cfg.wireguard)?;
-    match c {
-        DeviceCmd::Add { name } => {
-            let d = store.add_device(&name, &format!("placeholder-{name}"), false, &overlay)?;
-            println!("{} {} {}", d.name, d.ipv4, d.ipv6);
+
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // create_new: never clobber a file that appeared since the check above.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+
+    let mut cfg_arg = shell_quote(&std::path::absolute(&path).unwrap_or(path.clone()));
+    if let Some(dir) = &g.state_dir {
+        let dir = std::path::absolute(dir).unwrap_or(dir.clone());
+        cfg_arg.push_str(&format!(" --state-dir {}", shell_quote(&dir)));
+    }
+    println!("Wrote {}", path.display());
+    println!("State dir:       {}", state_dir.display());
+    println!("Hub public key:  {}", hub.public_b64());
+    println!(
+        "Overlay:         {} (hub {}), {} (hub {})",
+        overlay.v4,
+        overlay.hub_v4(),
+        overlay.v6,
+        overlay.hub_v6()
+    );
+    if endpoint.is_empty() {
+        println!("Endpoint:        not set");
+    } else {
+        println!("Endpoint:        {endpoint}");
+    }
+    println!();
+    println!("Next steps:");
+    let mut n = 1;
+    if endpoint.is_empty() {
+        println!(
+            "  {n}. Set wireguard.endpoint in {} to this machine's public name or address",
+            path.display()
+        );
+        n += 1;
+    }
+    println!(
+        "  {n}. Open UDP port {} in the firewall of this machine / cloud provider",
+        cfg.wireguard.listen_port
+    );
+    println!(
+        "  {}. Start the hub:   cloudpc --config {cfg_arg} run",
+        n + 1
+    );
+    println!(
+        "  {}. Add a device:    cloudpc --config {cfg_arg} device add phone --qr",
+        n + 2
+    );
+    Ok(())
+}
+
+/// The config template with `wireguard.endpoint` set to `endpoint` (empty = unset).
+fn config_with_endpoint(template: &str, endpoint: &str) -> String {
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut section = "";
+    for line in template.lines() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            section = t;
         }
-        DeviceCmd::List => {
-            for d in store.devices()? {
-                println!("{} {} {}", d.name, d.ipv4, d.ipv6);
-            }
+        if section == "[wireguard]" && t.starts_with("endpoint") && t.contains('=') {
+            out.push_str(&format!("endpoint = {}\n", toml_string(endpoint)));
+        } else {
+            out.push_str(line);
+            out.push('\n');
         }
     }
+    out
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn shell_quote(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@".contains(&b))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// `cloudpc device ...`.
+pub fn device(g: &Globals, c: DeviceCmd) -> anyhow::Result<()> {
+    let cfg = g.config()?;
+    let state_dir = g.state_dir();
+    match c {
+        DeviceCmd::Add(a) => add(&cfg, &state_dir, a),
+        DeviceCmd::List { json } => {
+            let store = Store::open(&state_dir)?;
+            let devices = store.devices()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&devices)?);
+            } else if devices.is_empty() {
+                eprintln!("No devices yet; add one with `cloudpc device add NAME`.");
+            } else {
+                print!("{}", device_table(&devices));
+            }
+            Ok(())
+        }
+        DeviceCmd::Show { name, json } => {
+            let store = Store::open(&state_dir)?;
+            let d = store.device(&name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                println!("name:        {}.{}", d.name, cfg.dns.zone);
+                println!("ipv4:        {}", d.ipv4);
+                println!("ipv6:        {}", d.ipv6);
+                println!("public key:  {}", d.public_key);
+                println!("tunnel:      {}", if d.split { "split" } else { "full" });
+                println!("group:       {}", d.group.as_deref().unwrap_or("(default)"));
+                println!("owner:       {}", if d.owner { "yes" } else { "no" });
+                println!(
+                    "query log:   {}",
+                    if d.no_log { "never" } else { "when on" }
+                );
+            }
+            Ok(())
+        }
+        DeviceCmd::Remove { name } => {
+            let store = Store::open(&state_dir)?;
+            let d = store.device(&name)?;
+            store.remove_device(&d.name)?;
+            eprintln!(
+                "Removed device {:?}; a running hub cuts it off at once. Its addresses may be given to a new device.",
+                d.name
+            );
+            Ok(())
+        }
+        DeviceCmd::Rename { old, new } => {
+            check_name(&new)?;
+            let store = Store::open(&state_dir)?;
+            store.rename_device(&old, &new)?;
+            eprintln!(
+                "Renamed {old:?} to {new:?} ({new}.{}); its key and addresses are unchanged.",
+                cfg.dns.zone
+            );
+            Ok(())
+        }
+        DeviceCmd::Set(s) => set(&state_dir, s),
+    }
+}
+
+/// Refuses a name that is not a DNS label.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    if !crate::dns::name::is_valid_label(name) {
+        bail!(
+            "{name:?} is not a valid device name: use 1 to 63 letters, digits or '-', not starting or ending with '-' (it becomes a DNS name, e.g. my-phone)"
+        );
+    }
     Ok(())
+}
+
+fn check_group(group: &str) -> anyhow::Result<()> {
+    if !crate::dns::name::is_valid_label(group) {
+        bail!(
+            "{group:?} is not a valid group name: use letters, digits or '-' as in [groups.NAME]"
+        );
+    }
+    Ok(())
+}
+
+/// What `--output` writes.
+enum OutputKind {
+    Image,
+    ConfigText,
+}
+
+fn output_kind(path: &Path) -> anyhow::Result<OutputKind> {
+    if qr::ImageFormat::from_path(path).is_some() {
+        return Ok(OutputKind::Image);
+    }
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("conf") => Ok(OutputKind::ConfigText),
+        _ => Err(qr::QrError::UnsupportedExtension(path.to_path_buf()).into()),
+    }
+}
+
+fn add(cfg: &Config, state_dir: &Path, a: AddArgs) -> anyhow::Result<()> {
+    // Everything that can refuse runs before the store is touched.
+    check_name(&a.name)?;
+    if let Some(g) = &a.group {
+        check_group(g)?;
+    }
+    let output_kind = a.output.as_deref().map(output_kind).transpose()?;
+    if a.pubkey.is_some() && (a.qr || matches!(output_kind, Some(OutputKind::Image))) {
+        bail!(
+            "--qr and image output are for importing a complete tunnel into a phone app, which needs the private key; \
+             with --pubkey the key stays on your device. Leave out --qr/--output and add the printed [Peer] and \
+             addresses to the tunnel you made on the device, or drop --pubkey to have the hub make the key"
+        );
+    }
+    let endpoint =
+        wgconfig::endpoint_with_port(&cfg.wireguard.endpoint, cfg.wireguard.listen_port)?;
+    let (device_key, public) = match &a.pubkey {
+        Some(k) => {
+            use base64::Engine;
+            let raw = keys::decode_key(k, "--pubkey")?;
+            (None, base64::engine::general_purpose::STANDARD.encode(raw))
+        }
+        None => {
+            let kp = KeyPair::generate();
+            let public = kp.public_b64();
+            (Some(kp), public)
+        }
+    };
+
+    let mut store = Store::open(state_dir)?;
+    let hub = keys::load_or_create_hub_key(state_dir)?;
+    let overlay = store.overlay(&cfg.wireguard)?;
+    let mut d = store.add_device(&a.name, &public, a.split, &overlay)?;
+    if a.group.is_some() || a.owner || a.no_log {
+        let group = a.group.as_deref().map(Some);
+        // Two writes: undo the registration if the second fails, so a device never exists
+        // whose private key was not shown.
+        if let Err(e) = store.set_device(&d.name, group, Some(a.owner), Some(a.no_log)) {
+            let _ = store.remove_device(&d.name);
+            return Err(e.into());
+        }
+        d = store.device(&d.name)?;
+    }
+
+    let private = device_key.as_ref().map(KeyPair::private_b64);
+    let hub_public = hub.public_b64();
+    let text = wgconfig::DeviceConfig {
+        private_key: private.as_deref(),
+        device_v4: d.ipv4,
+        device_v6: d.ipv6,
+        overlay,
+        search_domain: &cfg.dns.zone,
+        mtu: cfg.wireguard.mtu,
+        hub_public_key: &hub_public,
+        endpoint: &endpoint,
+        split: d.split,
+    }
+    .render();
+
+    if let (Some(path), Some(kind)) = (&a.output, &output_kind) {
+        match kind {
+            OutputKind::Image => {
+                qr::write_image(&text, path)?;
+            }
+            OutputKind::ConfigText => qr::write_private_file(path, text.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?,
+        }
+    }
+    if a.qr {
+        use std::io::IsTerminal;
+        print!("{}", qr::terminal(&text, std::io::stdout().is_terminal())?);
+    } else {
+        print!("{text}");
+    }
+
+    eprintln!();
+    eprintln!(
+        "Registered {:?} as {}.{} ({}, {}); a running hub accepts it within a second.",
+        d.name, d.name, cfg.dns.zone, d.ipv4, d.ipv6
+    );
+    if let Some(path) = &a.output {
+        eprintln!("Wrote {} (mode 0600).", path.display());
+    }
+    if device_key.is_some() {
+        eprintln!(
+            "The private key is shown only now{}; the hub keeps only the public key. Keep it secret.",
+            if a.qr { " (inside the QR code)" } else { "" }
+        );
+        if a.qr {
+            eprintln!("Scan it in the WireGuard app: + → Scan from QR code.");
+        }
+    } else {
+        eprintln!(
+            "Your device keeps its own private key: add a line `PrivateKey = <its key>` under [Interface] \
+             (in the phone apps: edit the tunnel you created and copy these addresses, DNS and [Peer] in)."
+        );
+    }
+    Ok(())
+}
+
+fn set(state_dir: &Path, s: SetArgs) -> anyhow::Result<()> {
+    if let Some(g) = &s.group {
+        check_group(g)?;
+    }
+    let group = match (&s.group, s.no_group) {
+        (Some(g), _) => Some(Some(g.as_str())),
+        (None, true) => Some(None),
+        (None, false) => None,
+    };
+    let flag = |on: bool, off: bool| match (on, off) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let owner = flag(s.owner, s.no_owner);
+    let no_log = flag(s.no_log, s.log);
+    if group.is_none() && owner.is_none() && no_log.is_none() {
+        bail!(
+            "nothing to change: give --group G, --no-group, --owner, --no-owner, --log or --no-log"
+        );
+    }
+    let store = Store::open(state_dir)?;
+    store.set_device(&s.name, group, owner, no_log)?;
+    let d = store.device(&s.name)?;
+    eprintln!("Device {:?}: {}", d.name, flags(&d));
+    Ok(())
+}
+
+fn flags(d: &Device) -> String {
+    let mut f = vec![if d.split { "split" } else { "full" }.to_string()];
+    if let Some(g) = &d.group {
+        f.push(format!("group={g}"));
+    }
+    if d.owner {
+        f.push("owner".into());
+    }
+    if d.no_log {
+        f.push("no-log".into());
+    }
+    f.join(",")
+}
+
+/// The `device list` table, one header line and one line per device.
+fn device_table(devices: &[Device]) -> String {
+    let rows: Vec<[String; 5]> = devices
+        .iter()
+        .map(|d| {
+            [
+                d.name.clone(),
+                d.ipv4.to_string(),
+                d.ipv6.to_string(),
+                d.public_key.clone(),
+                flags(d),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "IPV4", "IPV6", "PUBLIC KEY", "FLAGS"].map(String::from);
+    let mut widths = [0usize; 5];
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(rows.iter()) {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_template_sets_only_the_wireguard_endpoint() {
+        let t = config_with_endpoint(EXAMPLE_CONFIG, "vpn.test:4000");
+        let c = Config::parse(&t, Path::new("x")).unwrap();
+        assert_eq!(c.wireguard.endpoint, "vpn.test:4000");
+        let empty = config_with_endpoint(EXAMPLE_CONFIG, "");
+        let c = Config::parse(&empty, Path::new("x")).unwrap();
+        assert_eq!(c.wireguard.endpoint, "");
+        assert_eq!(t.lines().count(), EXAMPLE_CONFIG.lines().count());
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let d = Device {
+            name: "phone".into(),
+            public_key: "k".into(),
+            ipv4: "100.96.0.2".parse().unwrap(),
+            ipv6: "fd00::2".parse().unwrap(),
+            split: true,
+            group: Some("kids".into()),
+            owner: true,
+            no_log: false,
+            created_at: 0,
+        };
+        let t = device_table(&[d]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("NAME "));
+        assert_eq!(lines[0].find("IPV4"), lines[1].find("100.96.0.2"));
+        assert!(lines[1].ends_with("split,group=kids,owner"));
+    }
 }

@@ -360,7 +360,14 @@ impl Resolver {
                 .write_answer(&q, now, out);
             self.finish(&q, query, transport, out);
             self.count(client, false);
-            self.log_query(client, &name_text(&name), q.qtype, LogVerdict::Local, out, None);
+            self.log_query(
+                client,
+                &name_text(&name),
+                q.qtype,
+                LogVerdict::Local,
+                out,
+                None,
+            );
             return;
         }
 
@@ -393,7 +400,14 @@ impl Resolver {
         if verdict != Verdict::Allow && self.chain_blocked(&answer) {
             self.write_blocked(&q, query, out);
             self.count(client, true);
-            self.log_query(client, &text, q.qtype, LogVerdict::Blocked, out, upstream_ms);
+            self.log_query(
+                client,
+                &text,
+                q.qtype,
+                LogVerdict::Blocked,
+                out,
+                upstream_ms,
+            );
             return;
         }
 
@@ -415,7 +429,14 @@ impl Resolver {
         entry.write_answer(&q, now, out);
         self.finish(&q, query, transport, out);
         self.count(client, false);
-        self.log_query(client, &text, q.qtype, LogVerdict::Forwarded, out, upstream_ms);
+        self.log_query(
+            client,
+            &text,
+            q.qtype,
+            LogVerdict::Forwarded,
+            out,
+            upstream_ms,
+        );
         if ttl > 0 && entry.rcode() != wire::RCODE_SERVFAIL {
             let mut kb = [0u8; 262];
             let key = cache::key(&q, &mut kb).to_vec();

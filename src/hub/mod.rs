@@ -2,6 +2,9 @@
 //! own services and egress, NAT64, roaming. (Data plane being built: see the hub work item.)
 
 pub mod keys;
+pub mod nat64;
+pub mod qr;
+pub mod wgconfig;
 
 /// What the hub needs to start.
 pub struct HubParams {
