@@ -25,6 +25,7 @@ block = ["blocked-by-config.test"]
 allow = ["allowed.adtracker.test"]
 [wireguard]
 enabled = false
+endpoint = "vpn.example.test"
 {extra}
 "#,
         list = list.display()
