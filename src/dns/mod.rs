@@ -14,5 +14,6 @@ pub mod server;
 pub mod stats;
 pub mod tls;
 pub mod udp_batch;
+pub mod udp_client;
 pub mod upstream;
 pub mod wire;

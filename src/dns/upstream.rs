@@ -155,6 +155,7 @@ mod pool {
     //! reuse, TLS and HTTPS transports).
     use super::UpstreamSpec;
     use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -188,10 +189,17 @@ mod pool {
         pub authorities: Vec<Record>,
     }
 
-    /// The configured upstreams.
-    #[derive(Clone)]
-    pub struct Upstreams {
+    /// One configured upstream: hickory-resolver's pool for its transport, plus the
+    /// long-lived-socket client for `udp://` (the pool then only serves TCP after truncation).
+    struct Server {
         pool: NameServerPool<TokioRuntimeProvider>,
+        fast: Option<crate::dns::udp_client::UdpClient>,
+    }
+
+    /// The configured upstreams, tried in order from the last one that answered.
+    pub struct Upstreams {
+        servers: Vec<Server>,
+        preferred: AtomicUsize,
         timeout: Duration,
     }
 
@@ -237,18 +245,19 @@ mod pool {
             timeout: Duration,
         ) -> Result<Upstreams, UpstreamError> {
             let mut servers = Vec::new();
+            let mut fast = Vec::new();
             for s in specs {
+                fast.push(None);
                 match s {
                     UpstreamSpec::Udp(a) => {
-                        // UDP with TCP fall-back on truncation.
-                        servers.push(server(a.ip(), a.port(), ConnectionConfig::udp()));
-                        let mut t = server(a.ip(), a.port(), ConnectionConfig::tcp());
-                        t.connections[0].port = a.port();
-                        servers
-                            .last_mut()
-                            .expect("just pushed")
-                            .connections
-                            .push(t.connections.pop().expect("one connection"));
+                        // Queries go over the long-lived UDP sockets; the pool is the TCP
+                        // fall-back for truncated answers.
+                        servers.push(server(a.ip(), a.port(), ConnectionConfig::tcp()));
+                        *fast.last_mut().expect("just pushed") = Some(
+                            crate::dns::udp_client::UdpClient::new(*a)
+                                .await
+                                .map_err(|e| UpstreamError::Failed(e.to_string()))?,
+                        );
                     }
                     UpstreamSpec::Tcp(a) => {
                         servers.push(server(a.ip(), a.port(), ConnectionConfig::tcp()))
@@ -303,22 +312,94 @@ mod pool {
                 config: tls_config(upstream_ca)?,
             };
             let cx = Arc::new(PoolContext::new(opts, tls));
-            let pool = NameServerPool::from_config(servers, cx, TokioRuntimeProvider::new());
-            Ok(Upstreams { pool, timeout })
+            let servers = servers
+                .into_iter()
+                .zip(fast)
+                .map(|(s, fast)| Server {
+                    pool: NameServerPool::from_config([s], cx.clone(), TokioRuntimeProvider::new()),
+                    fast,
+                })
+                .collect();
+            Ok(Upstreams {
+                servers,
+                preferred: AtomicUsize::new(0),
+                timeout,
+            })
         }
 
-        /// Asks the upstreams for `name`/`qtype`.
+        /// Asks the upstreams for `name`/`qtype`: the last one that answered first, then the
+        /// others in order (fail-over).
         pub async fn query(
             &self,
+            name: Name,
+            qtype: RecordType,
+        ) -> Result<UpstreamAnswer, UpstreamError> {
+            let n = self.servers.len();
+            let start = self.preferred.load(Ordering::Relaxed) % n.max(1);
+            let mut last = UpstreamError::Failed("no upstream configured".into());
+            for k in 0..n {
+                let i = (start + k) % n;
+                match self.query_one(&self.servers[i], &name, qtype).await {
+                    Ok(a) if !matches!(a.rcode, ResponseCode::NoError | ResponseCode::NXDomain) => {
+                        last = UpstreamError::Failed(format!("upstream answered {}", a.rcode));
+                    }
+                    Ok(a) => {
+                        if i != start {
+                            self.preferred.store(i, Ordering::Relaxed);
+                        }
+                        return Ok(a);
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        }
+
+        async fn query_one(
+            &self,
+            server: &Server,
+            name: &Name,
+            qtype: RecordType,
+        ) -> Result<UpstreamAnswer, UpstreamError> {
+            if let Some(fast) = &server.fast {
+                use hickory_proto::serialize::binary::BinEncodable;
+                let wire = name
+                    .to_bytes()
+                    .map_err(|e| UpstreamError::Failed(e.to_string()))?;
+                match fast.query(&wire, u16::from(qtype), self.timeout).await {
+                    Ok(bytes) => {
+                        let msg = hickory_proto::op::Message::from_vec(&bytes)
+                            .map_err(|e| UpstreamError::Failed(e.to_string()))?;
+                        let rcode = msg.metadata.response_code;
+                        if rcode != ResponseCode::NoError && rcode != ResponseCode::NXDomain {
+                            return Err(UpstreamError::Failed(format!(
+                                "upstream answered {rcode}"
+                            )));
+                        }
+                        return Ok(UpstreamAnswer {
+                            rcode,
+                            answers: msg.answers,
+                            authorities: msg.authorities,
+                        });
+                    }
+                    Err(crate::dns::udp_client::UdpClientError::Truncated) => {}
+                    Err(e) => return Err(UpstreamError::Failed(e.to_string())),
+                }
+            }
+            self.query_pool(&server.pool, name.clone(), qtype).await
+        }
+
+        async fn query_pool(
+            &self,
+            pool: &NameServerPool<TokioRuntimeProvider>,
             name: Name,
             qtype: RecordType,
         ) -> Result<UpstreamAnswer, UpstreamError> {
             let mut q = Query::query(name, qtype);
             q.set_query_class(hickory_proto::rr::DNSClass::IN);
             let opts = DnsRequestOptions::default();
-            let mut stream = self.pool.lookup(q, opts);
-            // The pool tries every server in turn; bound the whole exchange too.
-            let limit = self.timeout * 2 + Duration::from_millis(500);
+            let mut stream = pool.lookup(q, opts);
+            let limit = self.timeout + Duration::from_millis(500);
             let first = tokio::time::timeout(limit, stream.next())
                 .await
                 .map_err(|_| UpstreamError::Failed("timed out".into()))?;
