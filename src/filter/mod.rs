@@ -51,6 +51,7 @@ mod load;
 mod names;
 mod parse;
 mod set;
+mod syntax;
 
 use std::sync::Arc;
 

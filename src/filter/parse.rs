@@ -12,6 +12,9 @@ use std::net::IpAddr;
 use adblock::lists::{parse_filter, FilterParseError, ParseOptions, ParsedLine};
 
 use super::names::{label_count, name_hash};
+use super::syntax::{
+    has_option, is_cosmetic, is_domain, is_host_wide_option, is_local_name, is_too_wide, strip_dot,
+};
 use super::{ListError, ListSource};
 
 /// Lines longer than this are not rules (issue 4's "10 MB lines").
@@ -247,22 +250,6 @@ fn anchored_name(rule: &str) -> Result<Option<&str>, String> {
     Ok(Some(name))
 }
 
-/// Options that leave `||name^` a rule about the whole host as seen by DNS.
-fn is_host_wide_option(option: &str) -> bool {
-    matches!(
-        option.trim().to_ascii_lowercase().as_str(),
-        "important" | "third-party" | "3p" | "all" | "document" | "doc" | "popup" | "badfilter"
-    )
-}
-
-fn has_option(rule: &str, wanted: &str) -> bool {
-    rule.rsplit_once('$').is_some_and(|(_, options)| {
-        options
-            .split(',')
-            .any(|o| o.trim().eq_ignore_ascii_case(wanted))
-    })
-}
-
 /// Any other ABP network rule: the `adblock` parser decides.
 fn engine_line(line: &str, exception: bool, sink: &mut impl RuleSink) -> Result<LineKind, String> {
     if is_too_wide(line) {
@@ -279,73 +266,6 @@ fn engine_line(line: &str, exception: bool, sink: &mut impl RuleSink) -> Result<
         // Cosmetic or other rules that do not apply to DNS.
         Err(_) => Ok(LineKind::Ignored),
     }
-}
-
-/// A pattern with fewer than three characters besides anchors and wildcards (`*`, `|`, `.`,
-/// `^$all`) matches nearly every URL and so every name; a list that holds one is broken.
-fn is_too_wide(line: &str) -> bool {
-    let rule = line.strip_prefix("@@").unwrap_or(line);
-    if rule.len() > 2 && rule.starts_with('/') && rule[1..].contains('/') {
-        return false; // a regex
-    }
-    let pattern = rule.rsplit_once('$').map_or(rule, |(p, _)| p);
-    pattern
-        .bytes()
-        .filter(|b| !matches!(b, b'*' | b'|' | b'^' | b'.' | b'/' | b':'))
-        .count()
-        < 3
-}
-
-/// `##`, `#@#`, `#?#`, `#$#`, `#%#` and friends: element hiding and scripts, nothing for DNS.
-fn is_cosmetic(line: &str) -> bool {
-    let bytes = line.as_bytes();
-    if line.contains("$$") || line.contains("$@$") {
-        return true;
-    }
-    bytes.iter().enumerate().any(|(i, &b)| {
-        b == b'#' && bytes[i + 1..bytes.len().min(i + 5)].contains(&b'#') && {
-            // `# comment #` in hosts lines is not cosmetic: the marker has no spaces inside.
-            !bytes[i + 1..bytes.len().min(i + 5)].contains(&b' ')
-        }
-    })
-}
-
-/// Names that hosts files map for the machine itself; they are never blocked.
-fn is_local_name(name: &str) -> bool {
-    const LOCAL: &[&str] = &[
-        "localhost",
-        "localhost.localdomain",
-        "local",
-        "broadcasthost",
-        "ip6-localhost",
-        "ip6-loopback",
-        "ip6-localnet",
-        "ip6-mcastprefix",
-        "ip6-allnodes",
-        "ip6-allrouters",
-        "ip6-allhosts",
-    ];
-    LOCAL.iter().any(|l| l.eq_ignore_ascii_case(name))
-}
-
-fn strip_dot(name: &str) -> &str {
-    name.strip_suffix('.').unwrap_or(name)
-}
-
-/// A DNS name as lists write it: labels of letters, digits, `-` and `_` (1–63 bytes each), at most
-/// 253 bytes, one optional trailing dot. Case does not matter (hashing folds it).
-pub(crate) fn is_domain(name: &str) -> bool {
-    let name = strip_dot(name);
-    if name.is_empty() || name.len() > 253 {
-        return false;
-    }
-    name.split('.').all(|label| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    })
 }
 
 #[cfg(test)]
