@@ -163,7 +163,7 @@ fn parse_line(line: &str, sink: &mut impl RuleSink) -> Result<LineKind, String> 
         return Ok(LineKind::Ignored);
     }
     if let Some(rest) = line.strip_prefix("@@") {
-        if let Some(name) = anchored_name(rest)? {
+        if let Some(name) = anchored_name(rest) {
             let name = strip_dot(name);
             sink.allow(name_hash(name), label_count(name));
             return Ok(LineKind::Rules(1));
@@ -171,7 +171,7 @@ fn parse_line(line: &str, sink: &mut impl RuleSink) -> Result<LineKind, String> 
         return engine_line(line, true, sink);
     }
     if line.starts_with("||") {
-        if let Some(name) = anchored_name(line)? {
+        if let Some(name) = anchored_name(line) {
             let name = strip_dot(name);
             if has_option(line, "badfilter") {
                 sink.unblock(name_hash(name), label_count(name));
@@ -227,10 +227,8 @@ fn parse_hosts_names<'a>(
 
 /// For `||name^` forms (input starts with `||`): `Some(name)` when the rule is exactly a whole-host
 /// anchor whose options do not narrow it; `None` when it is some other rule for the engine.
-fn anchored_name(rule: &str) -> Result<Option<&str>, String> {
-    let Some(body) = rule.strip_prefix("||") else {
-        return Ok(None);
-    };
+fn anchored_name(rule: &str) -> Option<&str> {
+    let body = rule.strip_prefix("||")?;
     let (pattern, options) = match body.find('$') {
         Some(i) => (&body[..i], Some(&body[i + 1..])),
         None => (body, None),
@@ -239,15 +237,8 @@ fn anchored_name(rule: &str) -> Result<Option<&str>, String> {
         .strip_suffix("^|")
         .or_else(|| pattern.strip_suffix('^'))
         .unwrap_or(pattern);
-    if !is_domain(name) {
-        return Ok(None);
-    }
-    if let Some(options) = options {
-        if !options.split(',').all(is_host_wide_option) {
-            return Ok(None);
-        }
-    }
-    Ok(Some(name))
+    let host_wide = options.is_none_or(|o| o.split(',').all(is_host_wide_option));
+    (is_domain(name) && host_wide).then_some(name)
 }
 
 /// Any other ABP network rule: the `adblock` parser decides.

@@ -224,11 +224,11 @@ proptest! {
             prop_assert_eq!(set.check(d), Verdict::Block);
             prop_assert_eq!(set.check(&format!("{sub}.{d}")), Verdict::Block);
         }
-        for u in &unrelated {
-            let covered = listed.iter().any(|d| u == d || u.ends_with(&format!(".{d}")));
+        let unrelated = unrelated.iter().flat_map(|u| [u.clone(), format!("x{u}")]);
+        for u in unrelated {
+            let covered = listed.iter().any(|d| u == *d || u.ends_with(&format!(".{d}")));
             if !covered {
-                prop_assert_eq!(set.check(u), Verdict::Pass);
-                prop_assert_eq!(set.check(&format!("x{u}")), Verdict::Pass);
+                prop_assert_eq!(set.check(&u), Verdict::Pass);
             }
         }
     }
