@@ -28,8 +28,10 @@
 //! # Semantics
 //!
 //! - `||name^`, hosts lines (`0.0.0.0 name`, `127.0.0.1 a b`, `:: name`), bare `name` lines and
-//!   config `block` names block the name and all its subdomains. `localhost`-style hosts entries
-//!   are ignored.
+//!   config `block` names block the name and all its subdomains (`||name` without `^` and
+//!   `*.name` are read the same way). `localhost`-style hosts entries are ignored. Options that
+//!   do not narrow a rule below the whole host (`$important`, `$third-party`, `$all`,
+//!   `$document`, `$popup`) keep `||name^` a plain name; `$badfilter` cancels it.
 //! - `@@||name^` and config `allow` names allow the name and its subdomains and beat every block,
 //!   including `$important` ones.
 //! - Other ABP network rules (wildcards, regexes, rules with narrowing options) go to the
@@ -51,6 +53,7 @@ mod load;
 mod names;
 mod parse;
 mod set;
+mod syntax;
 
 use std::sync::Arc;
 

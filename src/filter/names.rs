@@ -107,21 +107,20 @@ pub(crate) struct NameSet {
 }
 
 impl NameSet {
-    /// Builds the set from `(hash, label count)` pairs; duplicates are merged.
-    pub(crate) fn from_hashes(mut entries: Vec<(u64, usize)>) -> NameSet {
-        entries.sort_unstable();
-        entries.dedup_by_key(|e| e.0);
-        if entries.is_empty() {
+    /// Builds the set from name hashes (duplicates are merged) and the mask of label counts seen.
+    fn from_hashes(mut hashes: Vec<u64>, label_mask: u64) -> NameSet {
+        hashes.sort_unstable();
+        hashes.dedup();
+        if hashes.is_empty() {
             return NameSet::default();
         }
-        let capacity = entries.len() + entries.len() / 2 + 8;
+        let capacity = hashes.len() + hashes.len() / 2 + 8;
         let mut set = NameSet {
             slots: vec![0u64; capacity].into_boxed_slice(),
-            len: entries.len(),
-            label_mask: 0,
+            len: hashes.len(),
+            label_mask,
         };
-        for (hash, labels) in entries {
-            set.label_mask |= label_bit(labels);
+        for hash in hashes {
             let mut i = set.home(hash);
             while set.slots[i] != 0 {
                 i = if i + 1 == capacity { 0 } else { i + 1 };
@@ -180,17 +179,62 @@ fn label_bit(labels: usize) -> u64 {
     1u64 << (labels.clamp(1, 64) - 1)
 }
 
+/// Gathers names for a [`NameSet`]: 8 bytes per name while a list is parsed.
+#[derive(Debug, Default)]
+pub(crate) struct NameSetBuilder {
+    hashes: Vec<u64>,
+    label_mask: u64,
+}
+
+impl NameSetBuilder {
+    /// Adds the name with `hash` and `labels` labels.
+    pub(crate) fn push(&mut self, hash: u64, labels: usize) {
+        self.hashes.push(hash);
+        self.label_mask |= label_bit(labels);
+    }
+
+    /// Names pushed so far (duplicates included).
+    pub(crate) fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// True when nothing was pushed.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Drops the names pushed after the first `len`. The label mask keeps their bits: it only
+    /// has to be a superset of the labels present, so a stale bit costs a probe, never a result.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.hashes.truncate(len);
+    }
+
+    /// Hashes pushed so far.
+    pub(crate) fn hashes(&self) -> &[u64] {
+        &self.hashes
+    }
+
+    /// Keeps only the hashes for which `keep` is true.
+    pub(crate) fn retain(&mut self, keep: impl FnMut(&u64) -> bool) {
+        self.hashes.retain(keep);
+    }
+
+    /// The finished set.
+    pub(crate) fn build(self) -> NameSet {
+        NameSet::from_hashes(self.hashes, self.label_mask)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn set_of(names: &[&str]) -> NameSet {
-        NameSet::from_hashes(
-            names
-                .iter()
-                .map(|n| (name_hash(n), label_count(n)))
-                .collect(),
-        )
+        let mut builder = NameSetBuilder::default();
+        for n in names {
+            builder.push(name_hash(n), label_count(n));
+        }
+        builder.build()
     }
 
     #[test]

@@ -12,6 +12,9 @@ use std::net::IpAddr;
 use adblock::lists::{parse_filter, FilterParseError, ParseOptions, ParsedLine};
 
 use super::names::{label_count, name_hash};
+use super::syntax::{
+    has_option, is_cosmetic, is_domain, is_host_wide_option, is_local_name, is_too_wide, strip_dot,
+};
 use super::{ListError, ListSource};
 
 /// Lines longer than this are not rules (issue 4's "10 MB lines").
@@ -160,7 +163,7 @@ fn parse_line(line: &str, sink: &mut impl RuleSink) -> Result<LineKind, String> 
         return Ok(LineKind::Ignored);
     }
     if let Some(rest) = line.strip_prefix("@@") {
-        if let Some(name) = anchored_name(rest)? {
+        if let Some(name) = anchored_name(rest) {
             let name = strip_dot(name);
             sink.allow(name_hash(name), label_count(name));
             return Ok(LineKind::Rules(1));
@@ -168,7 +171,7 @@ fn parse_line(line: &str, sink: &mut impl RuleSink) -> Result<LineKind, String> 
         return engine_line(line, true, sink);
     }
     if line.starts_with("||") {
-        if let Some(name) = anchored_name(line)? {
+        if let Some(name) = anchored_name(line) {
             let name = strip_dot(name);
             if has_option(line, "badfilter") {
                 sink.unblock(name_hash(name), label_count(name));
@@ -224,10 +227,8 @@ fn parse_hosts_names<'a>(
 
 /// For `||name^` forms (input starts with `||`): `Some(name)` when the rule is exactly a whole-host
 /// anchor whose options do not narrow it; `None` when it is some other rule for the engine.
-fn anchored_name(rule: &str) -> Result<Option<&str>, String> {
-    let Some(body) = rule.strip_prefix("||") else {
-        return Ok(None);
-    };
+fn anchored_name(rule: &str) -> Option<&str> {
+    let body = rule.strip_prefix("||")?;
     let (pattern, options) = match body.find('$') {
         Some(i) => (&body[..i], Some(&body[i + 1..])),
         None => (body, None),
@@ -236,31 +237,8 @@ fn anchored_name(rule: &str) -> Result<Option<&str>, String> {
         .strip_suffix("^|")
         .or_else(|| pattern.strip_suffix('^'))
         .unwrap_or(pattern);
-    if !is_domain(name) {
-        return Ok(None);
-    }
-    if let Some(options) = options {
-        if !options.split(',').all(is_host_wide_option) {
-            return Ok(None);
-        }
-    }
-    Ok(Some(name))
-}
-
-/// Options that leave `||name^` a rule about the whole host as seen by DNS.
-fn is_host_wide_option(option: &str) -> bool {
-    matches!(
-        option.trim().to_ascii_lowercase().as_str(),
-        "important" | "third-party" | "3p" | "all" | "document" | "doc" | "popup" | "badfilter"
-    )
-}
-
-fn has_option(rule: &str, wanted: &str) -> bool {
-    rule.rsplit_once('$').is_some_and(|(_, options)| {
-        options
-            .split(',')
-            .any(|o| o.trim().eq_ignore_ascii_case(wanted))
-    })
+    let host_wide = options.is_none_or(|o| o.split(',').all(is_host_wide_option));
+    (is_domain(name) && host_wide).then_some(name)
 }
 
 /// Any other ABP network rule: the `adblock` parser decides.
@@ -279,73 +257,6 @@ fn engine_line(line: &str, exception: bool, sink: &mut impl RuleSink) -> Result<
         // Cosmetic or other rules that do not apply to DNS.
         Err(_) => Ok(LineKind::Ignored),
     }
-}
-
-/// A pattern with fewer than three characters besides anchors and wildcards (`*`, `|`, `.`,
-/// `^$all`) matches nearly every URL and so every name; a list that holds one is broken.
-fn is_too_wide(line: &str) -> bool {
-    let rule = line.strip_prefix("@@").unwrap_or(line);
-    if rule.len() > 2 && rule.starts_with('/') && rule[1..].contains('/') {
-        return false; // a regex
-    }
-    let pattern = rule.rsplit_once('$').map_or(rule, |(p, _)| p);
-    pattern
-        .bytes()
-        .filter(|b| !matches!(b, b'*' | b'|' | b'^' | b'.' | b'/' | b':'))
-        .count()
-        < 3
-}
-
-/// `##`, `#@#`, `#?#`, `#$#`, `#%#` and friends: element hiding and scripts, nothing for DNS.
-fn is_cosmetic(line: &str) -> bool {
-    let bytes = line.as_bytes();
-    if line.contains("$$") || line.contains("$@$") {
-        return true;
-    }
-    bytes.iter().enumerate().any(|(i, &b)| {
-        b == b'#' && bytes[i + 1..bytes.len().min(i + 5)].contains(&b'#') && {
-            // `# comment #` in hosts lines is not cosmetic: the marker has no spaces inside.
-            !bytes[i + 1..bytes.len().min(i + 5)].contains(&b' ')
-        }
-    })
-}
-
-/// Names that hosts files map for the machine itself; they are never blocked.
-fn is_local_name(name: &str) -> bool {
-    const LOCAL: &[&str] = &[
-        "localhost",
-        "localhost.localdomain",
-        "local",
-        "broadcasthost",
-        "ip6-localhost",
-        "ip6-loopback",
-        "ip6-localnet",
-        "ip6-mcastprefix",
-        "ip6-allnodes",
-        "ip6-allrouters",
-        "ip6-allhosts",
-    ];
-    LOCAL.iter().any(|l| l.eq_ignore_ascii_case(name))
-}
-
-fn strip_dot(name: &str) -> &str {
-    name.strip_suffix('.').unwrap_or(name)
-}
-
-/// A DNS name as lists write it: labels of letters, digits, `-` and `_` (1–63 bytes each), at most
-/// 253 bytes, one optional trailing dot. Case does not matter (hashing folds it).
-pub(crate) fn is_domain(name: &str) -> bool {
-    let name = strip_dot(name);
-    if name.is_empty() || name.len() > 253 {
-        return false;
-    }
-    name.split('.').all(|label| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    })
 }
 
 #[cfg(test)]

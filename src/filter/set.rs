@@ -7,8 +7,9 @@ use adblock::lists::ParseOptions;
 use adblock::request::Request;
 use adblock::Engine;
 
-use super::names::{label_count, name_hash, NameSet, Suffixes};
-use super::parse::{is_domain, parse_list, RuleSink};
+use super::names::{label_count, name_hash, NameSet, NameSetBuilder, Suffixes};
+use super::parse::{parse_list, RuleSink};
+use super::syntax::is_domain;
 use super::{ListError, ListSource, Verdict};
 
 /// How many rules of each kind a [`FilterSet`] holds.
@@ -74,17 +75,17 @@ impl FilterSet {
                     });
                     continue;
                 }
-                let entry = (name_hash(name), label_count(name));
+                let (hash, labels) = (name_hash(name), label_count(name));
                 if is_allow {
-                    rules.allow.push(entry);
+                    rules.allow.push(hash, labels);
                 } else {
-                    rules.block.push(entry);
+                    rules.block.push(hash, labels);
                 }
             }
         }
         if !rules.unblock.is_empty() {
-            let cancelled: HashSet<u64> = rules.unblock.iter().map(|e| e.0).collect();
-            rules.block.retain(|e| !cancelled.contains(&e.0));
+            let cancelled: HashSet<u64> = rules.unblock.hashes().iter().copied().collect();
+            rules.block.retain(|h| !cancelled.contains(h));
         }
         let engine = (rules.engine_rules > 0).then(|| {
             let mut set = adblock::lists::FilterSet::new(false);
@@ -99,8 +100,8 @@ impl FilterSet {
             }
         });
         let set = FilterSet {
-            block: NameSet::from_hashes(rules.block),
-            allow: NameSet::from_hashes(rules.allow),
+            block: rules.block.build(),
+            allow: rules.allow.build(),
             engine,
         };
         tracing::debug!(counts = ?set.counts(), errors = errors.len(), "filter set built");
@@ -193,9 +194,9 @@ impl EngineRules {
 /// Rules gathered while parsing, before the sets are built.
 #[derive(Default)]
 struct Collector {
-    block: Vec<(u64, usize)>,
-    allow: Vec<(u64, usize)>,
-    unblock: Vec<(u64, usize)>,
+    block: NameSetBuilder,
+    allow: NameSetBuilder,
+    unblock: NameSetBuilder,
     engine_text: String,
     engine_rules: usize,
     engine_exceptions: usize,
@@ -228,13 +229,13 @@ impl Collector {
 
 impl RuleSink for Collector {
     fn block(&mut self, hash: u64, labels: usize) {
-        self.block.push((hash, labels));
+        self.block.push(hash, labels);
     }
     fn allow(&mut self, hash: u64, labels: usize) {
-        self.allow.push((hash, labels));
+        self.allow.push(hash, labels);
     }
     fn unblock(&mut self, hash: u64, labels: usize) {
-        self.unblock.push((hash, labels));
+        self.unblock.push(hash, labels);
     }
     fn engine_rule(&mut self, rule: &str, exception: bool) {
         self.engine_text.push_str(rule);
