@@ -52,6 +52,23 @@ pub struct Config {
     pub wireguard: WireguardConfig,
     pub egress: EgressConfig,
     pub querylog: QueryLogConfig,
+    /// Per-device policy groups: `[groups.NAME]`.
+    pub groups: std::collections::BTreeMap<String, GroupConfig>,
+}
+
+/// `[groups.NAME]`: a policy for the devices put in the group (`cloudpc device set NAME
+/// --group G`). Unset fields follow the default policy.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupConfig {
+    /// Lists for this group instead of `filter.lists` (unset = the default lists).
+    pub lists: Option<Vec<String>>,
+    /// Names blocked for this group, besides `filter.block`.
+    pub block: Vec<String>,
+    /// Names allowed for this group, besides `filter.allow` (beats every block).
+    pub allow: Vec<String>,
+    /// How this group's blocked names are answered (unset = `dns.blocked_answer`).
+    pub blocked_answer: Option<BlockedAnswer>,
 }
 
 /// `[dns]`: the resolver.
@@ -273,6 +290,14 @@ impl Config {
                 }
             }
         }
+        for name in self.groups.keys() {
+            if !crate::dns::name::is_valid_label(name) {
+                return inv(
+                    "groups",
+                    format!("{name:?} is not a group name: use letters, digits or '-'"),
+                );
+            }
+        }
         if self.wireguard.ipv4.prefix_len() > 30 {
             return inv(
                 "wireguard.ipv4",
@@ -310,6 +335,20 @@ mod tests {
         let e = Config::parse("[dns]\nlisten = [\"nonsense\"]\n", Path::new("x.toml")).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("dns.listen"), "{msg}");
+    }
+
+    #[test]
+    fn groups_parse_with_their_own_settings() {
+        let c = Config::parse(
+            "[groups.kids]\nlists = [\"k.txt\"]\nblock = [\"games.example\"]\nblocked_answer = \"nxdomain\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let g = &c.groups["kids"];
+        assert_eq!(g.lists.as_deref(), Some(&["k.txt".to_string()][..]));
+        assert_eq!(g.blocked_answer, Some(BlockedAnswer::Nxdomain));
+        let e = Config::parse("[groups.kids]\nblok = []\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("groups.kids"), "{e}");
     }
 
     #[test]

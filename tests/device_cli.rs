@@ -16,7 +16,7 @@ impl Env {
     /// A temp dir with a config whose endpoint is set.
     fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = "[wireguard]\nendpoint = \"vpn.test.example\"\nipv6 = \"fd42:4242:4242::/48\"\n";
+        let cfg = "[wireguard]\nendpoint = \"vpn.test.example\"\nipv6 = \"fd42:4242:4242::/48\"\n[groups.kids]\n";
         std::fs::write(dir.path().join("cloudpc.toml"), cfg).unwrap();
         Env { dir }
     }

@@ -100,3 +100,72 @@ print(n)
         "NOERROR"
     );
 }
+
+#[test]
+fn group_policy_follows_the_device_and_counts_are_per_device() {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let ns = format!("cpgrp{}", std::process::id());
+    let _net = Net {
+        names: vec![ns.clone()],
+    };
+    sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
+    // The devices' overlay addresses, as the hub's TUN would carry them.
+    sh(&format!(
+        "ip -n {ns} addr add 100.96.0.2/32 dev lo && ip -n {ns} addr add 100.96.0.3/32 dev lo"
+    ));
+    let in_ns = ["ip", "netns", "exec", ns.as_str()];
+    let _knot = Knot::start_with("127.0.0.53", &in_ns);
+    let cfg = r#"[dns]
+listen = ["127.0.0.1:53"]
+upstreams = ["udp://127.0.0.53:53"]
+[filter]
+lists = []
+[wireguard]
+enabled = false
+endpoint = "vpn.example.test"
+[groups.kids]
+block = ["v4only.example.test"]
+blocked_answer = "nxdomain"
+"#;
+    let hub = Cloudpc::start_with("127.0.0.1", cfg, &in_ns);
+    let bad = hub.cli(&["device", "add", "x", "--group", "nosuchgroup"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("groups.nosuchgroup"));
+    assert!(hub
+        .cli(&["device", "add", "kid", "--group", "kids"])
+        .status
+        .success());
+    assert!(hub.cli(&["device", "add", "parent"]).status.success());
+    let dig_from = |src: &str| -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, "dig", "-b", src, "@127.0.0.1"])
+            .args(["v4only.example.test", "A", "+time=2", "+tries=1"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(eventually(3, || rcode_of(&dig_from("100.96.0.2")) == "NXDOMAIN"));
+    let parent = dig_from("100.96.0.3");
+    assert!(parent.contains("192.0.2.20"), "{parent}");
+    assert!(hub.short("v4only.example.test", "A") == ["192.0.2.20"]);
+    // Moving the parent into the group applies within a second or two, cache or not.
+    assert!(hub
+        .cli(&["device", "set", "parent", "--group", "kids"])
+        .status
+        .success());
+    assert!(eventually(3, || rcode_of(&dig_from("100.96.0.3")) == "NXDOMAIN"));
+    let st = hub.cli(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let kid = v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "kid")
+        .unwrap()
+        .clone();
+    assert!(kid["queries"].as_u64().unwrap() >= 1, "{v}");
+    assert!(kid["blocked"].as_u64().unwrap() >= 1, "{v}");
+}

@@ -280,7 +280,7 @@ pub fn device(g: &Globals, c: DeviceCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        DeviceCmd::Set(s) => set(&state_dir, s),
+        DeviceCmd::Set(s) => set(&cfg, &state_dir, s),
     }
 }
 
@@ -294,10 +294,15 @@ fn check_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_group(group: &str) -> anyhow::Result<()> {
+fn check_group(cfg: &Config, group: &str) -> anyhow::Result<()> {
     if !crate::dns::name::is_valid_label(group) {
         bail!(
             "{group:?} is not a valid group name: use letters, digits or '-' as in [groups.NAME]"
+        );
+    }
+    if !cfg.groups.contains_key(group) {
+        bail!(
+            "there is no group {group:?} in the config; add a [groups.{group}] section (see config/cloudpc.example.toml)"
         );
     }
     Ok(())
@@ -323,7 +328,7 @@ fn add(cfg: &Config, state_dir: &Path, a: AddArgs) -> anyhow::Result<()> {
     // Everything that can refuse runs before the store is touched.
     check_name(&a.name)?;
     if let Some(g) = &a.group {
-        check_group(g)?;
+        check_group(cfg, g)?;
     }
     let output_kind = a.output.as_deref().map(output_kind).transpose()?;
     if a.pubkey.is_some() && (a.qr || matches!(output_kind, Some(OutputKind::Image))) {
@@ -419,9 +424,9 @@ fn add(cfg: &Config, state_dir: &Path, a: AddArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn set(state_dir: &Path, s: SetArgs) -> anyhow::Result<()> {
+fn set(cfg: &Config, state_dir: &Path, s: SetArgs) -> anyhow::Result<()> {
     if let Some(g) = &s.group {
-        check_group(g)?;
+        check_group(cfg, g)?;
     }
     let group = match (&s.group, s.no_group) {
         (Some(g), _) => Some(Some(g.as_str())),

@@ -2,6 +2,7 @@
 //! SIGHUP reloads lists and zone files; device and rule changes made with the CLI are picked
 //! up within a second by watching the state database.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use anyhow::Context;
 use super::Globals;
 use crate::config::{Config, DEFAULT_LIST};
 use crate::control::{Reporter, StatusReport};
-use crate::dns::engine::{Policy, Resolver, Settings};
+use crate::dns::engine::{Groups, Policy, Resolver, Settings};
 use crate::dns::local::{read_zone_files, LocalData};
 use crate::dns::stats::Stats;
 use crate::dns::upstream::{UpstreamSpec, Upstreams};
@@ -38,11 +39,11 @@ fn resolve_path(base: &Path, p: &str) -> PathBuf {
     }
 }
 
-/// Loads every configured list; the bundled list stands in for a missing `blocklists/default.txt`.
-fn load_lists(cfg: &Config, base: &Path, loader: &mut ListLoader) -> (FilterSet, usize) {
+/// Loads the given list entries; the bundled list stands in for a missing `blocklists/default.txt`.
+fn load_lists(entries: &[String], base: &Path, loader: &mut ListLoader) -> (FilterSet, usize) {
     let mut paths = Vec::new();
     let mut builtin = Vec::new();
-    for l in &cfg.filter.lists {
+    for l in entries {
         let p = resolve_path(base, l);
         if l == DEFAULT_LIST && !p.exists() {
             builtin.push(ListSource {
@@ -70,10 +71,72 @@ fn load_lists(cfg: &Config, base: &Path, loader: &mut ListLoader) -> (FilterSet,
     (set, errors.len())
 }
 
-/// The owner's own rules: config `block`/`allow` plus `cloudpc block|allow add`.
-fn rules_set(cfg: &Config, store: &Store) -> anyhow::Result<FilterSet> {
+/// Lists of groups that have their own, by group name (built at start and on SIGHUP).
+type GroupLists = HashMap<String, Arc<Filter>>;
+
+fn group_lists(cfg: &Config, base: &Path) -> GroupLists {
+    let mut out = HashMap::new();
+    for (name, g) in &cfg.groups {
+        if let Some(lists) = &g.lists {
+            let (set, _) = load_lists(lists, base, &mut ListLoader::default());
+            out.insert(name.clone(), Arc::new(Filter::new(set)));
+        }
+    }
+    out
+}
+
+/// The group policies and which device addresses they apply to.
+fn groups(
+    cfg: &Config,
+    store: &Store,
+    default_lists: &Arc<Filter>,
+    lists: &GroupLists,
+) -> anyhow::Result<Groups> {
+    let mut policies: HashMap<&str, (u8, Arc<Policy>)> = HashMap::new();
+    for (i, (name, g)) in cfg.groups.iter().enumerate() {
+        let rules = rules_set(cfg, store, &g.block, &g.allow)?;
+        let policy = Policy {
+            rules: Filter::new(rules),
+            lists: lists
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| default_lists.clone()),
+            blocked_answer: g.blocked_answer.unwrap_or(cfg.dns.blocked_answer),
+        };
+        let id = u8::try_from(i + 1).unwrap_or(u8::MAX);
+        policies.insert(name.as_str(), (id, Arc::new(policy)));
+    }
+    let mut out = Groups::default();
+    for d in store.devices()? {
+        let Some(g) = d.group.as_deref() else {
+            continue;
+        };
+        match policies.get(g) {
+            Some(p) => {
+                out.by_ip.insert(d.ipv4.into(), p.clone());
+                out.by_ip.insert(d.ipv6.into(), p.clone());
+            }
+            None => tracing::warn!(
+                group = g,
+                "a device's group is not in the config; it gets the default policy"
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// The owner's own rules: config `block`/`allow` plus `cloudpc block|allow add`, plus a
+/// group's own `extra_block`/`extra_allow`.
+fn rules_set(
+    cfg: &Config,
+    store: &Store,
+    extra_block: &[String],
+    extra_allow: &[String],
+) -> anyhow::Result<FilterSet> {
     let mut block = cfg.filter.block.clone();
     let mut allow = cfg.filter.allow.clone();
+    block.extend_from_slice(extra_block);
+    allow.extend_from_slice(extra_allow);
     for (d, a) in store.rules()? {
         match a {
             RuleAction::Block => block.push(d),
@@ -121,11 +184,13 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result
     };
 
     let mut loader = ListLoader::default();
-    let (lists, list_errors) = load_lists(&cfg, &base, &mut loader);
+    let (lists, list_errors) = load_lists(&cfg.filter.lists, &base, &mut loader);
     let policy = Policy {
-        rules: Filter::new(rules_set(&cfg, &store)?),
-        lists: Filter::new(lists),
+        rules: Filter::new(rules_set(&cfg, &store, &[], &[])?),
+        lists: Arc::new(Filter::new(lists)),
+        blocked_answer: cfg.dns.blocked_answer,
     };
+    let mut glists = group_lists(&cfg, &base);
     let specs: Vec<UpstreamSpec> = cfg
         .dns
         .upstreams
@@ -141,7 +206,6 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result
     let stats = Arc::new(Stats::default());
     let settings = Settings {
         dns64: cfg.dns.dns64.then_some(cfg.dns.dns64_prefix),
-        blocked_answer: cfg.dns.blocked_answer,
         blocked_ttl: cfg.dns.blocked_ttl,
         allow_from: cfg.dns.allow_from.clone(),
         overlay: overlay.nets().to_vec(),
@@ -159,6 +223,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result
         )
         .with_querylog(querylog),
     );
+    resolver.set_groups(groups(&cfg, &store, &resolver.policy.lists, &glists)?);
 
     // Plain DNS on the configured addresses and, with the hub, on its overlay addresses.
     let mut listen: Vec<SocketAddr> = cfg.dns.listen.clone();
@@ -263,7 +328,9 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result
     tracing::info!(listen = ?all_listen, "cloudpc is serving");
 
     // Watch the database for CLI changes (devices, rules) and apply them within a second.
+    let glists_shared = Arc::new(parking_lot::Mutex::new(std::mem::take(&mut glists)));
     {
+        let glists_watch = glists_shared.clone();
         let (resolver, cfg, base, sd) = (
             resolver.clone(),
             cfg.clone(),
@@ -281,19 +348,33 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result
                 }
                 last = v;
                 resolver.set_local(local_data(&cfg, &base, &watch, &overlay));
-                match rules_set(&cfg, &watch) {
+                match rules_set(&cfg, &watch, &[], &[]) {
                     Ok(set) => {
                         resolver.policy.rules.store(set);
                         resolver.clear_cache();
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot read rules"),
                 }
+                let glists = glists_watch.lock().clone();
+                match groups(&cfg, &watch, &resolver.policy.lists, &glists) {
+                    Ok(g) => resolver.set_groups(g),
+                    Err(e) => tracing::warn!(error = %e, "cannot read devices for groups"),
+                }
                 tracing::info!("state changed; devices and rules reloaded");
             }
         });
     }
 
-    wait_for_exit(&resolver, &cfg, &base, &state_dir, &overlay, &mut loader).await;
+    wait_for_exit(
+        &resolver,
+        &cfg,
+        &base,
+        &state_dir,
+        &overlay,
+        &mut loader,
+        &glists_shared,
+    )
+    .await;
     tracing::info!("shutting down");
     if let Some(h) = hub.lock().await.take() {
         h.shutdown().await;
@@ -310,6 +391,7 @@ async fn wait_for_exit(
     state_dir: &Path,
     overlay: &Overlay,
     loader: &mut ListLoader,
+    glists: &parking_lot::Mutex<GroupLists>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut hup), Ok(mut int)) = (
@@ -325,12 +407,17 @@ async fn wait_for_exit(
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = hup.recv() => {
-                let (set, _) = load_lists(cfg, base, loader);
+                let (set, _) = load_lists(&cfg.filter.lists, base, loader);
                 resolver.policy.lists.store(set);
-                resolver.clear_cache();
+                let fresh = group_lists(cfg, base);
+                *glists.lock() = fresh.clone();
                 if let Ok(store) = Store::open(state_dir) {
                     resolver.set_local(local_data(cfg, base, &store, overlay));
+                    if let Ok(g) = groups(cfg, &store, &resolver.policy.lists, &fresh) {
+                        resolver.set_groups(g);
+                    }
                 }
+                resolver.clear_cache();
                 tracing::info!("lists and zone files reloaded");
             }
         }

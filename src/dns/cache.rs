@@ -80,8 +80,10 @@ impl Entry {
     }
 }
 
-/// Builds the cache key of a query into `buf`: lower-case name, type, class, DO bit.
-pub fn key<'b>(q: &QueryView<'_>, buf: &'b mut [u8; 262]) -> &'b [u8] {
+/// Builds the cache key of a query into `buf`: lower-case name, type, class, DO bit and the
+/// id of the policy that admitted it (answers that passed one group's CNAME check are not
+/// served to another group).
+pub fn key<'b>(q: &QueryView<'_>, policy: u8, buf: &'b mut [u8; 263]) -> &'b [u8] {
     let n = q.qname.len().min(256);
     for (d, s) in buf.iter_mut().zip(&q.qname[..n]) {
         *d = s.to_ascii_lowercase();
@@ -89,7 +91,8 @@ pub fn key<'b>(q: &QueryView<'_>, buf: &'b mut [u8; 262]) -> &'b [u8] {
     buf[n..n + 2].copy_from_slice(&q.qtype.to_be_bytes());
     buf[n + 2..n + 4].copy_from_slice(&q.qclass.to_be_bytes());
     buf[n + 4] = q.edns.map(|e| e.dnssec_ok as u8).unwrap_or(0);
-    &buf[..n + 5]
+    buf[n + 5] = policy;
+    &buf[..n + 6]
 }
 
 type Shard = HashMap<Box<[u8]>, Arc<Entry>, FxBuildHasher>;

@@ -48,7 +48,6 @@ pub enum Fast {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub dns64: Option<Ipv6Net>,
-    pub blocked_answer: BlockedAnswer,
     pub blocked_ttl: u32,
     pub allow_from: Vec<IpNet>,
     pub overlay: Vec<IpNet>,
@@ -60,8 +59,18 @@ pub struct Settings {
 pub struct Policy {
     /// Config `block`/`allow` and run-time rules; allow here beats everything.
     pub rules: Filter,
-    /// Subscribed and bundled lists.
-    pub lists: Filter,
+    /// Subscribed and bundled lists (shared between policies that use the same lists).
+    pub lists: Arc<Filter>,
+    /// How blocked names are answered.
+    pub blocked_answer: BlockedAnswer,
+}
+
+/// Group policies by device overlay address (issue 4: a query's device is known by its
+/// overlay source address, which WireGuard ties to the device's key).
+#[derive(Default)]
+pub struct Groups {
+    /// Address → (policy id ≥ 1, policy). The id keeps cached answers apart per policy.
+    pub by_ip: std::collections::HashMap<IpAddr, (u8, Arc<Policy>)>,
 }
 
 impl Policy {
@@ -78,6 +87,7 @@ impl Policy {
 pub struct Resolver {
     settings: Settings,
     pub policy: Policy,
+    groups: ArcSwap<Groups>,
     local: ArcSwap<LocalData>,
     cache: Cache,
     upstreams: Upstreams,
@@ -104,6 +114,7 @@ impl Resolver {
             cache: Cache::new(settings.cache_size),
             settings,
             policy,
+            groups: ArcSwap::from_pointee(Groups::default()),
             local: ArcSwap::from_pointee(local),
             upstreams,
             stats,
@@ -140,6 +151,20 @@ impl Resolver {
             rcode: out.get(3).map(|f| (f & 0x0F) as u16).unwrap_or(0),
             upstream_ms,
         });
+    }
+
+    /// Replaces the group policies (devices, groups or rules changed).
+    pub fn set_groups(&self, groups: Groups) {
+        self.groups.store(Arc::new(groups));
+    }
+
+    /// The group policy of `client`, if its device is in a group.
+    fn group_of(&self, client: IpAddr) -> Option<(u8, Arc<Policy>)> {
+        let g = self.groups.load();
+        if g.by_ip.is_empty() {
+            return None;
+        }
+        g.by_ip.get(&canonical(client)).cloned()
     }
 
     /// Replaces the local data (devices or zone files changed).
@@ -226,14 +251,19 @@ impl Resolver {
             if !q.qname_text(&mut name) || self.maybe_local(&name) {
                 return Fast::Slow;
             }
-            if self.policy.check(&name) == Verdict::Block {
-                self.write_blocked(&q, query, out);
+            let group = self.group_of(client);
+            let (pid, policy) = match &group {
+                Some((id, p)) => (*id, &**p),
+                None => (0, &self.policy),
+            };
+            if policy.check(&name) == Verdict::Block {
+                self.write_blocked(&q, query, policy.blocked_answer, out);
                 self.count(client, true);
                 self.log_query(client, &name, q.qtype, LogVerdict::Blocked, out, None);
                 return Fast::Answered;
             }
-            let mut kb = [0u8; 262];
-            let key = cache::key(&q, &mut kb);
+            let mut kb = [0u8; 263];
+            let key = cache::key(&q, pid, &mut kb);
             if let Some(e) = self.cache.get(key, now) {
                 e.write_answer(&q, now, out);
                 Stats::bump(&self.stats.cache_hits);
@@ -277,8 +307,14 @@ impl Resolver {
         }
     }
 
-    fn write_blocked(&self, q: &QueryView<'_>, query: &[u8], out: &mut Vec<u8>) {
-        match self.settings.blocked_answer {
+    fn write_blocked(
+        &self,
+        q: &QueryView<'_>,
+        query: &[u8],
+        mode: BlockedAnswer,
+        out: &mut Vec<u8>,
+    ) {
+        match mode {
             BlockedAnswer::Nxdomain => {
                 wire::error_answer(q, query, wire::RCODE_NXDOMAIN, false, out)
             }
@@ -372,9 +408,14 @@ impl Resolver {
         }
 
         let text = name_text(&name);
-        let verdict = self.policy.check(&text);
+        let group = self.group_of(client);
+        let (pid, policy) = match &group {
+            Some((id, p)) => (*id, &**p),
+            None => (0, &self.policy),
+        };
+        let verdict = policy.check(&text);
         if verdict == Verdict::Block {
-            self.write_blocked(&q, query, out);
+            self.write_blocked(&q, query, policy.blocked_answer, out);
             self.count(client, true);
             self.log_query(client, &text, q.qtype, LogVerdict::Blocked, out, None);
             return;
@@ -397,8 +438,8 @@ impl Resolver {
 
         // CNAME uncloaking: a blocked name anywhere in the chain blocks the answer, unless the
         // owner allowed the name asked for.
-        if verdict != Verdict::Allow && self.chain_blocked(&answer) {
-            self.write_blocked(&q, query, out);
+        if verdict != Verdict::Allow && chain_blocked(policy, &answer) {
+            self.write_blocked(&q, query, policy.blocked_answer, out);
             self.count(client, true);
             self.log_query(
                 client,
@@ -412,7 +453,9 @@ impl Resolver {
         }
 
         let answer = match self.settings.dns64 {
-            Some(prefix) if qtype == RecordType::AAAA => self.dns64(&name, prefix, answer).await,
+            Some(prefix) if qtype == RecordType::AAAA => {
+                self.dns64(&name, prefix, policy, answer).await
+            }
             _ => answer,
         };
 
@@ -438,23 +481,22 @@ impl Resolver {
             upstream_ms,
         );
         if ttl > 0 && entry.rcode() != wire::RCODE_SERVFAIL {
-            let mut kb = [0u8; 262];
-            let key = cache::key(&q, &mut kb).to_vec();
+            let mut kb = [0u8; 263];
+            let key = cache::key(&q, pid, &mut kb).to_vec();
             if let Some(e) = Entry::new(entry_bytes(&entry), ttl, now) {
                 self.cache.insert(&key, e);
             }
         }
     }
 
-    fn chain_blocked(&self, a: &UpstreamAnswer) -> bool {
-        a.answers.iter().any(|r| match &r.data {
-            RData::CNAME(c) => self.policy.check(&name_text(&c.0)) == Verdict::Block,
-            _ => false,
-        })
-    }
-
     /// RFC 6147 §5.1: synthesise AAAA from A when the name has no AAAA of its own.
-    async fn dns64(&self, name: &Name, prefix: Ipv6Net, answer: UpstreamAnswer) -> UpstreamAnswer {
+    async fn dns64(
+        &self,
+        name: &Name,
+        prefix: Ipv6Net,
+        policy: &Policy,
+        answer: UpstreamAnswer,
+    ) -> UpstreamAnswer {
         let has_aaaa = answer
             .answers
             .iter()
@@ -465,7 +507,7 @@ impl Resolver {
         let Ok(a) = self.upstreams.query(name.clone(), RecordType::A).await else {
             return answer;
         };
-        if self.chain_blocked(&a) {
+        if chain_blocked(policy, &a) {
             return answer;
         }
         let mut synth = Vec::new();
@@ -527,6 +569,14 @@ impl Resolver {
             Entry::new(b, 0, Instant::now()).expect("a bare header always walks")
         })
     }
+}
+
+/// CNAME uncloaking: true when a CNAME target in the answer is blocked by `policy`.
+fn chain_blocked(policy: &Policy, a: &UpstreamAnswer) -> bool {
+    a.answers.iter().any(|r| match &r.data {
+        RData::CNAME(c) => policy.check(&name_text(&c.0)) == Verdict::Block,
+        _ => false,
+    })
 }
 
 fn entry_bytes(e: &Entry) -> Vec<u8> {
