@@ -144,6 +144,14 @@ pub struct FilterConfig {
     pub block: Vec<String>,
     /// Names never blocked (beats every block).
     pub allow: Vec<String>,
+    /// Seconds between scheduled downloads of URL lists (±10% jitter); 0 = only on demand
+    /// (`cloudpc lists update`). The file may say `"24h"`, `"90m"`, `"3600s"` or `"7d"`.
+    #[serde(deserialize_with = "seconds_or_duration")]
+    pub update_interval: u64,
+    /// Largest list accepted, in bytes (downloads stop past it; larger files are not read).
+    pub max_list_bytes: u64,
+    /// Seconds a list download may take in total (connect, redirects, body).
+    pub download_timeout: u64,
 }
 
 impl Default for FilterConfig {
@@ -152,7 +160,31 @@ impl Default for FilterConfig {
             lists: vec![DEFAULT_LIST.into()],
             block: vec![],
             allow: vec![],
+            update_interval: 24 * 3600,
+            max_list_bytes: 64 * 1024 * 1024,
+            download_timeout: 60,
         }
+    }
+}
+
+/// Reads a number of seconds, or a string like `"24h"`, `"30m"`, `"90s"`, `"7d"`.
+fn seconds_or_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Seconds(u64),
+        Text(String),
+    }
+    match Value::deserialize(d)? {
+        Value::Seconds(n) => Ok(n),
+        Value::Text(t) => crate::querylog::timefmt::parse_duration_ms(&t)
+            .filter(|ms| *ms >= 0)
+            .map(|ms| (ms / 1000) as u64)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{t:?} is not a duration; expected seconds or e.g. \"24h\", \"90m\", \"7d\""
+                ))
+            }),
     }
 }
 
@@ -298,6 +330,30 @@ impl Config {
                 );
             }
         }
+        let f = &self.filter;
+        if f.update_interval != 0 && f.update_interval < 60 {
+            return inv(
+                "filter.update_interval",
+                "at least 60 seconds (or 0 for updates only on demand)".into(),
+            );
+        }
+        if f.max_list_bytes < 1024 {
+            return inv("filter.max_list_bytes", "at least 1024 bytes".into());
+        }
+        if !(1..=3600).contains(&f.download_timeout) {
+            return inv(
+                "filter.download_timeout",
+                "expected 1 to 3600 seconds".into(),
+            );
+        }
+        let group_lists = self.groups.values().filter_map(|g| g.lists.as_ref());
+        for entry in f.lists.iter().chain(group_lists.flatten()) {
+            if crate::filter::ListUrl::is_url(entry) {
+                if let Err(e) = crate::filter::ListUrl::parse(entry) {
+                    return inv("filter.lists", format!("{entry:?}: {e}"));
+                }
+            }
+        }
         if self.wireguard.ipv4.prefix_len() > 30 {
             return inv(
                 "wireguard.ipv4",
@@ -349,6 +405,30 @@ mod tests {
         assert_eq!(g.blocked_answer, Some(BlockedAnswer::Nxdomain));
         let e = Config::parse("[groups.kids]\nblok = []\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("groups.kids"), "{e}");
+    }
+
+    #[test]
+    fn list_settings_take_durations_and_check_urls() {
+        let c = Config::parse(
+            "[filter]\nupdate_interval = \"12h\"\nlists = [\"https://l.example/a.txt\"]\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.filter.update_interval, 12 * 3600);
+        let c = Config::parse("[filter]\nupdate_interval = 600\n", Path::new("x.toml")).unwrap();
+        assert_eq!(c.filter.update_interval, 600);
+        for (text, key) in [
+            (
+                "[filter]\nupdate_interval = \"soon\"\n",
+                "filter.update_interval",
+            ),
+            ("[filter]\nupdate_interval = 5\n", "filter.update_interval"),
+            ("[filter]\nlists = [\"ftp://x/y\"]\n", "filter.lists"),
+            ("[filter]\nmax_list_bytes = 10\n", "filter.max_list_bytes"),
+        ] {
+            let e = Config::parse(text, Path::new("x.toml")).unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -27,9 +27,6 @@ pub struct InternetArgs {
     pub state: String,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct ListsArgs {}
-
 pub fn status(g: &Globals, a: StatusArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -120,8 +117,4 @@ pub fn internet(g: &Globals, a: InternetArgs) -> anyhow::Result<()> {
     store.set_meta("internet", &a.state)?;
     println!("internet through the hub: {}", a.state);
     Ok(())
-}
-
-pub fn lists(_g: &Globals, _a: ListsArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod device;
+mod lists;
 mod misc;
 mod querylog;
 mod run;
@@ -77,7 +78,7 @@ pub enum Command {
     /// Switch the personal VPN (internet through the hub) on or off at run time.
     Internet(misc::InternetArgs),
     /// Show and manage block list subscriptions.
-    Lists(misc::ListsArgs),
+    Lists(lists::ListsArgs),
     /// The encrypted query log (off by default).
     #[command(subcommand)]
     Querylog(querylog::QuerylogCmd),
@@ -96,7 +97,7 @@ pub fn main() -> ExitCode {
         Command::Block(c) => misc::rule(&g, crate::store::RuleAction::Block, c),
         Command::Allow(c) => misc::rule(&g, crate::store::RuleAction::Allow, c),
         Command::Internet(a) => misc::internet(&g, a),
-        Command::Lists(a) => misc::lists(&g, a),
+        Command::Lists(a) => lists::lists(&g, a),
         Command::Querylog(c) => querylog::querylog(&g, c),
     };
     match result {

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::Globals;
-use crate::config::{Config, DEFAULT_LIST};
+use crate::config::Config;
 use crate::control::{Reporter, StatusReport};
 use crate::dns::engine::{Groups, Policy, Resolver, Settings};
 use crate::dns::local::{read_zone_files, LocalData};
 use crate::dns::stats::Stats;
 use crate::dns::upstream::{UpstreamSpec, Upstreams};
-use crate::filter::{Filter, FilterSet, ListLoader, ListSource, DEFAULT_LIST_TEXT};
+use crate::filter::{Filter, FilterSet, ListManager, ListSettings};
 use crate::store::{Overlay, RuleAction, Store};
 
 pub fn run(g: &Globals) -> anyhow::Result<()> {
@@ -39,23 +39,12 @@ fn resolve_path(base: &Path, p: &str) -> PathBuf {
     }
 }
 
-/// Loads the given list entries; the bundled list stands in for a missing `blocklists/default.txt`.
-fn load_lists(entries: &[String], base: &Path, loader: &mut ListLoader) -> (FilterSet, usize) {
-    let mut paths = Vec::new();
-    let mut builtin = Vec::new();
-    for l in entries {
-        let p = resolve_path(base, l);
-        if l == DEFAULT_LIST && !p.exists() {
-            builtin.push(ListSource {
-                origin: format!("{DEFAULT_LIST} (built in)"),
-                text: DEFAULT_LIST_TEXT.to_string(),
-            });
-        } else {
-            paths.push(p);
-        }
-    }
-    let (mut sources, mut errors) = loader.load(&paths);
-    sources.extend(builtin);
+/// Builds a set from list entries (files and URLs) with the manager's current copies; the
+/// bundled list stands in for a missing `blocklists/default.txt`. Takes about a second for a
+/// million names: call it off the query path.
+fn load_lists(entries: &[String], lists: &ListManager) -> (FilterSet, usize) {
+    let started = Instant::now();
+    let (sources, mut errors) = lists.sources(entries);
     let (set, errs) = FilterSet::build(&sources, &[], &[]);
     errors.extend(errs);
     for e in &errors {
@@ -66,19 +55,53 @@ fn load_lists(entries: &[String], base: &Path, loader: &mut ListLoader) -> (Filt
     tracing::info!(
         rules = set.len(),
         lists = sources.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
         "filter lists loaded"
     );
     (set, errors.len())
 }
 
+/// Rebuilds the default and group list sets in the background and swaps them in (SIGHUP, or
+/// a list download changed a copy).
+async fn reload_lists(
+    resolver: &Arc<Resolver>,
+    cfg: &Config,
+    state_dir: &Path,
+    lists: &Arc<ListManager>,
+    glists: &parking_lot::Mutex<GroupLists>,
+) {
+    let started = Instant::now();
+    let (r, c, l) = (resolver.clone(), cfg.clone(), lists.clone());
+    let Ok(fresh) = tokio::task::spawn_blocking(move || {
+        let (set, _) = load_lists(&l.default_entries(), &l);
+        r.policy.lists.store(set);
+        group_lists(&c, &l)
+    })
+    .await
+    else {
+        return;
+    };
+    *glists.lock() = fresh.clone();
+    if let Ok(store) = Store::open(state_dir) {
+        if let Ok(g) = groups(cfg, &store, &resolver.policy.lists, &fresh) {
+            resolver.set_groups(g);
+        }
+    }
+    resolver.clear_cache();
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "filter lists rebuilt"
+    );
+}
+
 /// Lists of groups that have their own, by group name (built at start and on SIGHUP).
 type GroupLists = HashMap<String, Arc<Filter>>;
 
-fn group_lists(cfg: &Config, base: &Path) -> GroupLists {
+fn group_lists(cfg: &Config, manager: &ListManager) -> GroupLists {
     let mut out = HashMap::new();
     for (name, g) in &cfg.groups {
         if let Some(lists) = &g.lists {
-            let (set, _) = load_lists(lists, base, &mut ListLoader::default());
+            let (set, _) = load_lists(lists, manager);
             out.insert(name.clone(), Arc::new(Filter::new(set)));
         }
     }
@@ -183,14 +206,16 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result
         None
     };
 
-    let mut loader = ListLoader::default();
-    let (lists, list_errors) = load_lists(&cfg.filter.lists, &base, &mut loader);
+    let manager = Arc::new(ListManager::open(ListSettings::from_config(
+        &cfg, &state_dir, &base,
+    ))?);
+    let (lists, list_errors) = load_lists(&manager.default_entries(), &manager);
     let policy = Policy {
         rules: Filter::new(rules_set(&cfg, &store, &[], &[])?),
         lists: Arc::new(Filter::new(lists)),
         blocked_answer: cfg.dns.blocked_answer,
     };
-    let mut glists = group_lists(&cfg, &base);
+    let mut glists = group_lists(&cfg, &manager);
     let specs: Vec<UpstreamSpec> = cfg
         .dns
         .upstreams
@@ -325,6 +350,8 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result
         })
     };
     let sock = crate::control::serve(&state_dir, reporter)?;
+    // URL lists download in the background; queries never wait for them.
+    manager.spawn_updater(&cfg).await?;
     tracing::info!(listen = ?all_listen, "cloudpc is serving");
 
     // Watch the database for CLI changes (devices, rules) and apply them within a second.
@@ -371,7 +398,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result
         &base,
         &state_dir,
         &overlay,
-        &mut loader,
+        &manager,
         &glists_shared,
     )
     .await;
@@ -390,9 +417,10 @@ async fn wait_for_exit(
     base: &Path,
     state_dir: &Path,
     overlay: &Overlay,
-    loader: &mut ListLoader,
+    lists: &Arc<ListManager>,
     glists: &parking_lot::Mutex<GroupLists>,
 ) {
+    let mut changes = lists.changes();
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut hup), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -407,18 +435,14 @@ async fn wait_for_exit(
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = hup.recv() => {
-                let (set, _) = load_lists(&cfg.filter.lists, base, loader);
-                resolver.policy.lists.store(set);
-                let fresh = group_lists(cfg, base);
-                *glists.lock() = fresh.clone();
                 if let Ok(store) = Store::open(state_dir) {
                     resolver.set_local(local_data(cfg, base, &store, overlay));
-                    if let Ok(g) = groups(cfg, &store, &resolver.policy.lists, &fresh) {
-                        resolver.set_groups(g);
-                    }
                 }
-                resolver.clear_cache();
+                reload_lists(resolver, cfg, state_dir, lists, glists).await;
                 tracing::info!("lists and zone files reloaded");
+            }
+            Ok(()) = changes.changed() => {
+                reload_lists(resolver, cfg, state_dir, lists, glists).await;
             }
         }
     }

@@ -49,17 +49,21 @@
 //! query's suffixes in one pass and probes once per suffix, without allocating. See
 //! `names.rs` for the layout.
 
+pub mod fetch;
 mod load;
 mod names;
 mod parse;
 mod set;
+pub mod subscribe;
 mod syntax;
 
 use std::sync::Arc;
 
+pub use fetch::{fetch, FetchError, FetchLimits, Fetched, HostResolver, ListUrl, Validators};
 pub use load::{ListLoader, DEFAULT_MAX_LIST_BYTES};
 pub use parse::{check_list, ListSummary, MAX_LINE_BYTES, MAX_LINE_ERRORS};
 pub use set::{FilterSet, RuleCounts};
+pub use subscribe::{ListManager, ListSettings, ListStatus, SubscribeError, UpdateOutcome};
 
 /// The bundled default list (ABP syntax), compiled in so the binary filters even without the
 /// file on disk.

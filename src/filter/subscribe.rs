@@ -1,0 +1,946 @@
+//! List subscriptions: `filter.lists` entries that are URLs, lists added with `cloudpc lists
+//! add`, their cached copies and the background updates.
+//!
+//! # How to drive it
+//!
+//! 1. [`ListManager::open`] reads the metadata (SQLite, `list_cache` table) and finds the cached
+//!    copies (`STATE/lists/<hash>.txt`). No network: a restart without network filters with the
+//!    cached copies at once.
+//! 2. [`ListManager::sources`] gives the texts for a set of entries (the default policy's from
+//!    [`ListManager::default_entries`], or a group's own `lists`): files are read now (with their
+//!    last good copy standing in for a broken file), URL lists come from the cache. Build the
+//!    [`super::FilterSet`]s from them off the query path (`spawn_blocking`).
+//! 3. [`ListManager::spawn_updater`] downloads in the background: every `update_interval`
+//!    (±10% jitter), a list never downloaded at once, failures again after a back-off, and
+//!    whatever `cloudpc lists update|add` asks for (rows in `list_update_requests`, noticed by
+//!    watching `PRAGMA data_version`). After each change of a cached copy or of the set of
+//!    entries, the value of [`ListManager::changes`] goes up: rebuild every set then.
+//!
+//! A download that fails, is not a list ([`super::check_list`]) or exceeds `max_list_bytes`
+//! keeps the previous copy; the error is recorded and shown by `cloudpc lists`.
+//!
+//! URL lists are named `list N` (their row id) in logs above debug: the URL is the owner's own
+//! setting, but it names a host.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+
+use super::fetch::{fetch, FetchError, FetchLimits, Fetched, HostResolver, ListUrl, Validators};
+use super::{check_list, ListError, ListLoader, ListSource, DEFAULT_LIST_TEXT};
+use crate::config::{Config, DEFAULT_LIST};
+use crate::store::Store;
+
+/// The longest wait between retries of a failed download (before the jitter), unless
+/// `update_interval` is shorter.
+const MAX_RETRY: Duration = Duration::from_secs(3600);
+/// The first retry after a failure; doubled per failure up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(300);
+/// How often the updater looks at the clock and the database.
+const TICK: Duration = Duration::from_millis(250);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS list_cache (
+    id INTEGER PRIMARY KEY,
+    url TEXT NOT NULL UNIQUE,
+    entries INTEGER,
+    bytes INTEGER,
+    content_hash TEXT,
+    etag TEXT,
+    last_modified TEXT,
+    last_success INTEGER,
+    last_change INTEGER,
+    last_attempt INTEGER,
+    last_result TEXT,
+    last_error TEXT,
+    failures INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS list_subscriptions (
+    url TEXT PRIMARY KEY,
+    added_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS list_update_requests (
+    id INTEGER PRIMARY KEY,
+    url TEXT NOT NULL,
+    requested_at INTEGER NOT NULL
+);
+";
+
+/// Why the list state could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    /// The state database refused.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A list-table statement failed.
+    #[error("list state in the database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The cache directory could not be used.
+    #[error("list cache {path}: {cause}")]
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    /// A download setting (the CA bundle) cannot be used.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// The upstreams for resolving list hosts could not be set up.
+    #[error("upstreams for list downloads: {0}")]
+    Upstreams(String),
+}
+
+/// The settings the manager needs (from the config).
+#[derive(Debug, Clone)]
+pub struct ListSettings {
+    /// `filter.lists`.
+    pub config_lists: Vec<String>,
+    /// Each group with lists of its own: (group name, its `lists`).
+    pub group_lists: Vec<(String, Vec<String>)>,
+    /// Relative list paths are taken from here (the config file's directory).
+    pub base_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// Between scheduled downloads; zero = only on demand.
+    pub update_interval: Duration,
+    pub max_bytes: u64,
+    pub timeout: Duration,
+    /// Extra CA bundle (`dns.upstream_ca`), also trusted for list downloads.
+    pub extra_ca: String,
+}
+
+impl ListSettings {
+    /// The settings from `cfg`.
+    pub fn from_config(cfg: &Config, state_dir: &Path, base_dir: &Path) -> ListSettings {
+        ListSettings {
+            config_lists: cfg.filter.lists.clone(),
+            group_lists: cfg
+                .groups
+                .iter()
+                .filter_map(|(name, g)| g.lists.clone().map(|l| (name.clone(), l)))
+                .collect(),
+            base_dir: base_dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            update_interval: Duration::from_secs(cfg.filter.update_interval),
+            max_bytes: cfg.filter.max_list_bytes,
+            timeout: Duration::from_secs(cfg.filter.download_timeout.max(1)),
+            extra_ca: cfg.dns.upstream_ca.clone(),
+        }
+    }
+}
+
+/// What one list looks like to `cloudpc lists`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ListStatus {
+    /// `list N` id of a URL list (None for files).
+    pub id: Option<i64>,
+    /// The entry as configured (path or URL).
+    pub list: String,
+    /// `config`, `added` (with `cloudpc lists add`) or `group NAME`.
+    pub from: String,
+    /// Rules in the copy in use (None = no usable copy).
+    pub entries: Option<usize>,
+    /// Unix ms of the last download that gave a good list or a 304 (URL lists).
+    pub last_success: Option<i64>,
+    /// Unix ms of the last time the cached copy changed.
+    pub last_change: Option<i64>,
+    /// Unix ms of the start of the last download attempt.
+    pub last_attempt: Option<i64>,
+    /// `updated`, `unchanged` or `failed`: how the last attempt ended.
+    pub last_result: Option<String>,
+    /// Why the last attempt (or reading the file) failed.
+    pub last_error: Option<String>,
+}
+
+/// How one download ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// A new copy was stored.
+    Updated { entries: usize },
+    /// 304, or the same content again.
+    Unchanged,
+    /// Failed; the previous copy (if any) stays.
+    Failed(String),
+}
+
+/// Every list the config and the CLI name, their cached copies and their metadata.
+pub struct ListManager {
+    settings: ListSettings,
+    store: Mutex<Store>,
+    files: Mutex<HashMap<PathBuf, ListLoader>>,
+    limits: FetchLimits,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// FNV-1a 64: a stable file name for a URL's cached copy (not a security boundary: the URL
+/// is also in the table).
+fn fnv64(s: &[u8]) -> u64 {
+    s.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// When to try a list again after an attempt at `now_ms`. `failures` counts the failed
+/// attempts in a row (0 = the last one succeeded); `jitter` in [-1, 1] spreads the time by
+/// ±10% so lists (and hubs) do not all ask at the same moment. `None` = not scheduled.
+pub fn next_attempt(now_ms: i64, failures: u32, interval: Duration, jitter: f64) -> Option<i64> {
+    if interval.is_zero() {
+        return None;
+    }
+    let wait = if failures == 0 {
+        interval
+    } else {
+        let backoff = FIRST_RETRY.saturating_mul(1u32 << (failures - 1).min(16));
+        backoff.min(MAX_RETRY).min(interval)
+    };
+    let ms = wait.as_millis() as f64 * (1.0 + 0.1 * jitter.clamp(-1.0, 1.0));
+    Some(now_ms.saturating_add(ms as i64))
+}
+
+impl ListManager {
+    /// Opens the list state in `settings.state_dir` (no network).
+    pub fn open(settings: ListSettings) -> Result<ListManager, SubscribeError> {
+        let store = Store::open(&settings.state_dir)?;
+        store.conn().execute_batch(SCHEMA)?;
+        let dir = settings.state_dir.join("lists");
+        std::fs::create_dir_all(&dir).map_err(|cause| SubscribeError::Io {
+            path: dir.clone(),
+            cause,
+        })?;
+        let limits = FetchLimits::new(settings.max_bytes, settings.timeout, &settings.extra_ca)?;
+        Ok(ListManager {
+            settings,
+            store: Mutex::new(store),
+            files: Mutex::new(HashMap::new()),
+            limits,
+            changed: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    /// A receiver whose value goes up after each change of a cached copy or of the entries:
+    /// rebuild every filter set from [`ListManager::sources`] then.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// The default policy's entries: `filter.lists` plus the URLs added with `cloudpc lists
+    /// add` (which join the default lists; a group with `lists` of its own does not get them).
+    pub fn default_entries(&self) -> Vec<String> {
+        let mut out = self.settings.config_lists.clone();
+        for url in self.added().unwrap_or_default() {
+            if !out.contains(&url) {
+                out.push(url);
+            }
+        }
+        out
+    }
+
+    /// URLs added with `cloudpc lists add`, oldest first.
+    pub fn added(&self) -> Result<Vec<String>, SubscribeError> {
+        let store = self.store.lock();
+        let mut st = store
+            .conn()
+            .prepare("SELECT url FROM list_subscriptions ORDER BY added_at, url")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every URL that some entry names (default lists, groups, CLI), without duplicates.
+    pub fn urls(&self) -> Vec<String> {
+        let mut seen = HashSet::new();
+        self.default_entries()
+            .into_iter()
+            .chain(
+                self.settings
+                    .group_lists
+                    .iter()
+                    .flat_map(|(_, l)| l.clone()),
+            )
+            .filter(|e| ListUrl::is_url(e))
+            .filter(|e| seen.insert(e.clone()))
+            .collect()
+    }
+
+    fn resolve_path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.settings.base_dir.join(p)
+        }
+    }
+
+    fn cache_path(&self, url: &str) -> PathBuf {
+        self.settings
+            .state_dir
+            .join("lists")
+            .join(format!("{:016x}.txt", fnv64(url.as_bytes())))
+    }
+
+    /// The `list N` id of a URL (created on first use).
+    fn id_of(&self, url: &str) -> Result<i64, SubscribeError> {
+        let store = self.store.lock();
+        let c = store.conn();
+        c.execute("INSERT OR IGNORE INTO list_cache(url) VALUES (?1)", [url])?;
+        Ok(
+            c.query_row("SELECT id FROM list_cache WHERE url = ?1", [url], |r| {
+                r.get(0)
+            })?,
+        )
+    }
+
+    /// The texts to build from for `entries` (paths or URLs, as in `filter.lists`), and one
+    /// line-0 error per entry that has no usable copy or fell back to a previous one. The
+    /// bundled list stands in for a missing `blocklists/default.txt`. Reads files and the
+    /// cache: call it off the query path.
+    pub fn sources(&self, entries: &[String]) -> (Vec<ListSource>, Vec<ListError>) {
+        let mut sources = Vec::with_capacity(entries.len());
+        let mut errors = Vec::new();
+        for entry in entries {
+            if ListUrl::is_url(entry) {
+                match self.cached_source(entry) {
+                    Ok(s) => sources.push(s),
+                    Err(e) => errors.push(e),
+                }
+                continue;
+            }
+            let path = self.resolve_path(entry);
+            if entry == DEFAULT_LIST && !path.exists() {
+                sources.push(ListSource {
+                    origin: format!("{DEFAULT_LIST} (built in)"),
+                    text: DEFAULT_LIST_TEXT.to_string(),
+                });
+                continue;
+            }
+            let mut files = self.files.lock();
+            let loader = files
+                .entry(path.clone())
+                .or_insert_with(|| ListLoader::new().with_max_bytes(self.settings.max_bytes));
+            let (s, e) = loader.load(std::slice::from_ref(&path));
+            sources.extend(s);
+            errors.extend(e);
+        }
+        (sources, errors)
+    }
+
+    fn cached_source(&self, url: &str) -> Result<ListSource, ListError> {
+        let id = self.id_of(url).unwrap_or(0);
+        let origin = format!("list {id}");
+        let whole = |message: String| ListError {
+            origin: origin.clone(),
+            line: 0,
+            message,
+        };
+        let path = self.cache_path(url);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let last = self
+                    .status_row(url)
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.last_error);
+                return Err(whole(match last {
+                    Some(err) => format!("not downloaded yet: {err}"),
+                    None => "not downloaded yet".into(),
+                }));
+            }
+            Err(e) => return Err(whole(format!("cannot read the cached copy: {e}"))),
+        };
+        Ok(ListSource { origin, text })
+    }
+
+    fn status_row(&self, url: &str) -> Result<Option<ListStatus>, SubscribeError> {
+        let store = self.store.lock();
+        let row = store
+            .conn()
+            .query_row(
+                "SELECT id, entries, last_success, last_change, last_attempt, last_result,
+                        last_error
+                 FROM list_cache WHERE url = ?1",
+                [url],
+                |r| {
+                    Ok(ListStatus {
+                        id: Some(r.get(0)?),
+                        list: url.to_string(),
+                        from: String::new(),
+                        entries: r.get::<_, Option<i64>>(1)?.map(|n| n as usize),
+                        last_success: r.get(2)?,
+                        last_change: r.get(3)?,
+                        last_attempt: r.get(4)?,
+                        last_result: r.get(5)?,
+                        last_error: r.get(6)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(row)
+    }
+
+    /// Every list with its state, for `cloudpc lists`: the default lists, then each group's.
+    pub fn status(&self) -> Result<Vec<ListStatus>, SubscribeError> {
+        let added: HashSet<String> = self.added()?.into_iter().collect();
+        let mut rows: Vec<(String, String)> = Vec::new();
+        for e in self.default_entries() {
+            let from = if self.settings.config_lists.contains(&e) {
+                "config"
+            } else if added.contains(&e) {
+                "added"
+            } else {
+                "config"
+            };
+            rows.push((e, from.into()));
+        }
+        for (g, lists) in &self.settings.group_lists {
+            rows.extend(lists.iter().map(|l| (l.clone(), format!("group {g}"))));
+        }
+        let mut out = Vec::new();
+        for (entry, from) in rows {
+            if ListUrl::is_url(&entry) {
+                self.id_of(&entry)?;
+                let mut s = self.status_row(&entry)?.unwrap_or_else(|| ListStatus {
+                    id: None,
+                    list: entry.clone(),
+                    from: String::new(),
+                    entries: None,
+                    last_success: None,
+                    last_change: None,
+                    last_attempt: None,
+                    last_result: None,
+                    last_error: None,
+                });
+                s.from = from;
+                if !self.cache_path(&entry).exists() {
+                    s.entries = None;
+                }
+                out.push(s);
+                continue;
+            }
+            let (sources, errors) = self.sources(std::slice::from_ref(&entry));
+            let path = self.resolve_path(&entry);
+            let mtime = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64);
+            out.push(ListStatus {
+                id: None,
+                list: entry,
+                from,
+                entries: sources
+                    .first()
+                    .and_then(|s| check_list(s).ok())
+                    .map(|s| s.rules),
+                last_success: None,
+                last_change: mtime,
+                last_attempt: None,
+                last_result: None,
+                last_error: errors.first().map(|e| e.message.clone()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Adds a URL list (`cloudpc lists add`). Returns false when it was already there.
+    pub fn add(&self, url: &ListUrl) -> Result<bool, SubscribeError> {
+        let store = self.store.lock();
+        let n = store.conn().execute(
+            "INSERT OR IGNORE INTO list_subscriptions(url, added_at) VALUES (?1, ?2)",
+            params![url.as_str(), now_ms()],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Removes a URL added with [`ListManager::add`]. Returns false when it was not added.
+    /// The cached copy is deleted when no entry names the URL any more.
+    pub fn remove(&self, url: &str) -> Result<bool, SubscribeError> {
+        let n = {
+            let store = self.store.lock();
+            store
+                .conn()
+                .execute("DELETE FROM list_subscriptions WHERE url = ?1", [url])?
+        };
+        self.forget_unused()?;
+        Ok(n > 0)
+    }
+
+    /// True when `entry` is in `filter.lists` or a group's `lists`.
+    pub fn in_config(&self, entry: &str) -> bool {
+        self.settings.config_lists.iter().any(|e| e == entry)
+            || self
+                .settings
+                .group_lists
+                .iter()
+                .any(|(_, l)| l.iter().any(|e| e == entry))
+    }
+
+    /// Deletes metadata and cached copies of URLs no entry names.
+    fn forget_unused(&self) -> Result<(), SubscribeError> {
+        let wanted: HashSet<String> = self.urls().into_iter().collect();
+        let known: Vec<String> = {
+            let store = self.store.lock();
+            let mut st = store.conn().prepare("SELECT url FROM list_cache")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for url in known.iter().filter(|u| !wanted.contains(*u)) {
+            let _ = std::fs::remove_file(self.cache_path(url));
+            let store = self.store.lock();
+            store
+                .conn()
+                .execute("DELETE FROM list_cache WHERE url = ?1", [url])?;
+        }
+        Ok(())
+    }
+
+    /// Asks a running hub to download `url` (or every URL list with `None`); returns the
+    /// request time (Unix ms) to compare with [`ListStatus::last_attempt`].
+    pub fn request_update(&self, url: Option<&str>) -> Result<i64, SubscribeError> {
+        let at = now_ms();
+        let store = self.store.lock();
+        store.conn().execute(
+            "INSERT INTO list_update_requests(url, requested_at) VALUES (?1, ?2)",
+            params![url.unwrap_or("*"), at],
+        )?;
+        Ok(at)
+    }
+
+    /// Takes the pending update requests: the URLs asked for (`*` = all).
+    fn take_requests(&self) -> Result<Vec<String>, SubscribeError> {
+        let mut store = self.store.lock();
+        let tx = store_tx(&mut store)?;
+        let urls: Vec<String> = {
+            let mut st = tx.prepare("SELECT url FROM list_update_requests")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        tx.execute("DELETE FROM list_update_requests", [])?;
+        tx.commit()?;
+        Ok(urls)
+    }
+
+    /// Downloads one URL list now and records the outcome (the cached copy is replaced only by
+    /// a good list). Notifies [`ListManager::changes`] when the copy changed.
+    pub async fn update(&self, url: &str, resolver: &impl HostResolver) -> UpdateOutcome {
+        let started = now_ms();
+        let id = self.id_of(url).unwrap_or(0);
+        let outcome = match ListUrl::parse(url) {
+            Err(e) => UpdateOutcome::Failed(e.to_string()),
+            Ok(parsed) => {
+                let validators = self.validators(url);
+                match fetch(&parsed, &validators, &self.limits, resolver).await {
+                    Err(e) => UpdateOutcome::Failed(e.to_string()),
+                    Ok(Fetched::NotModified) => UpdateOutcome::Unchanged,
+                    Ok(Fetched::Body { bytes, validators }) => {
+                        let this = (self.cache_path(url), format!("list {id}"));
+                        match tokio::task::spawn_blocking(move || store_copy(this, bytes)).await {
+                            Ok(Ok(stored)) => {
+                                self.save_validators(url, &validators, &stored);
+                                if stored.changed {
+                                    UpdateOutcome::Updated {
+                                        entries: stored.entries,
+                                    }
+                                } else {
+                                    UpdateOutcome::Unchanged
+                                }
+                            }
+                            Ok(Err(e)) => UpdateOutcome::Failed(e),
+                            Err(e) => UpdateOutcome::Failed(e.to_string()),
+                        }
+                    }
+                }
+            }
+        };
+        match &outcome {
+            UpdateOutcome::Updated { entries } => {
+                tracing::info!(list = id, entries, "list updated");
+            }
+            UpdateOutcome::Unchanged => tracing::info!(list = id, "list unchanged"),
+            UpdateOutcome::Failed(e) => {
+                tracing::warn!(list = id, "list download failed; keeping the previous copy");
+                tracing::debug!(list = id, url, error = %e, "list download failed");
+            }
+        }
+        if let Err(e) = self.record(url, started, &outcome) {
+            tracing::warn!(error = %e, "cannot record a list download");
+        }
+        if matches!(outcome, UpdateOutcome::Updated { .. }) {
+            self.notify();
+        }
+        outcome
+    }
+
+    fn validators(&self, url: &str) -> Validators {
+        if !self.cache_path(url).exists() {
+            return Validators::default();
+        }
+        let store = self.store.lock();
+        store
+            .conn()
+            .query_row(
+                "SELECT etag, last_modified FROM list_cache WHERE url = ?1",
+                [url],
+                |r| {
+                    Ok(Validators {
+                        etag: r.get(0)?,
+                        last_modified: r.get(1)?,
+                    })
+                },
+            )
+            .unwrap_or_default()
+    }
+
+    fn save_validators(&self, url: &str, v: &Validators, stored: &Stored) {
+        let store = self.store.lock();
+        let r = store.conn().execute(
+            "UPDATE list_cache SET etag = ?2, last_modified = ?3, content_hash = ?4,
+                 entries = ?5, bytes = ?6 WHERE url = ?1",
+            params![
+                url,
+                v.etag,
+                v.last_modified,
+                format!("{:016x}", stored.hash),
+                stored.entries as i64,
+                stored.bytes as i64
+            ],
+        );
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot record list validators");
+        }
+    }
+
+    fn record(&self, url: &str, started: i64, o: &UpdateOutcome) -> Result<(), SubscribeError> {
+        let now = now_ms();
+        let store = self.store.lock();
+        let c = store.conn();
+        match o {
+            UpdateOutcome::Updated { .. } => c.execute(
+                "UPDATE list_cache SET last_attempt = ?2, last_success = ?3, last_change = ?3,
+                     last_result = 'updated', last_error = NULL, failures = 0 WHERE url = ?1",
+                params![url, started, now],
+            )?,
+            UpdateOutcome::Unchanged => c.execute(
+                "UPDATE list_cache SET last_attempt = ?2, last_success = ?3,
+                     last_result = 'unchanged', last_error = NULL, failures = 0 WHERE url = ?1",
+                params![url, started, now],
+            )?,
+            UpdateOutcome::Failed(e) => c.execute(
+                "UPDATE list_cache SET last_attempt = ?2, last_result = 'failed',
+                     last_error = ?3, failures = failures + 1 WHERE url = ?1",
+                params![url, started, e],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// When each URL list is next due, from its recorded history (a list without a cached
+    /// copy is due now).
+    fn initial_schedule(&self, urls: &[String]) -> HashMap<String, Option<i64>> {
+        let mut out = HashMap::new();
+        for url in urls {
+            let due = if !self.cache_path(url).exists() {
+                Some(0)
+            } else {
+                let store = self.store.lock();
+                let row: Option<(Option<i64>, u32)> = store
+                    .conn()
+                    .query_row(
+                        "SELECT last_attempt, failures FROM list_cache WHERE url = ?1",
+                        [url],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .ok()
+                    .flatten();
+                match row {
+                    Some((Some(at), failures)) => {
+                        next_attempt(at, failures, self.settings.update_interval, jitter())
+                    }
+                    _ => Some(0),
+                }
+            };
+            out.insert(url.clone(), due);
+        }
+        out
+    }
+
+    /// Starts the background updater with its own upstreams (built from `cfg.dns`), so list
+    /// hosts resolve through the upstreams directly, never through the filter.
+    pub async fn spawn_updater(self: &Arc<Self>, cfg: &Config) -> Result<(), SubscribeError> {
+        use crate::dns::upstream::{UpstreamSpec, Upstreams};
+        let specs: Vec<UpstreamSpec> = cfg
+            .dns
+            .upstreams
+            .iter()
+            .map(|u| UpstreamSpec::parse(u))
+            .collect::<Result<_, _>>()
+            .map_err(|e| SubscribeError::Upstreams(e.to_string()))?;
+        let upstreams = Upstreams::new(
+            &specs,
+            &cfg.dns.upstream_ca,
+            Duration::from_secs(cfg.dns.upstream_timeout.max(1)),
+        )
+        .await
+        .map_err(|e| SubscribeError::Upstreams(e.to_string()))?;
+        let this = self.clone();
+        tokio::spawn(async move { this.run_updater(Arc::new(upstreams)).await });
+        Ok(())
+    }
+
+    /// The updater loop: schedule, on-demand requests and entry changes.
+    pub async fn run_updater<R>(self: Arc<Self>, resolver: Arc<R>)
+    where
+        R: HostResolver + Send + Sync + 'static,
+    {
+        let Ok(watch) = Store::open(&self.settings.state_dir) else {
+            tracing::warn!("list updater cannot open the state database; lists are not updated");
+            return;
+        };
+        let mut version = watch.data_version().unwrap_or(0);
+        let mut urls = self.urls();
+        let mut defaults = self.default_entries();
+        if let Err(e) = self.forget_unused() {
+            tracing::warn!(error = %e, "cannot clean the list cache");
+        }
+        let mut due = self.initial_schedule(&urls);
+        let mut requested: HashSet<String> = HashSet::new();
+        let mut running: tokio::task::JoinSet<(String, UpdateOutcome)> =
+            tokio::task::JoinSet::new();
+        let mut in_flight: HashSet<String> = HashSet::new();
+        // Requests made while the hub was down count too.
+        let _ = self.take_requests();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Ok((url, outcome)) = done {
+                        in_flight.remove(&url);
+                        let failures = match outcome {
+                            UpdateOutcome::Failed(_) => self.failures(&url),
+                            _ => 0,
+                        };
+                        due.insert(
+                            url,
+                            next_attempt(now_ms(), failures, self.settings.update_interval, jitter()),
+                        );
+                    }
+                    continue;
+                }
+            }
+            let v = watch.data_version().unwrap_or(version);
+            if v != version {
+                version = v;
+                let now_urls = self.urls();
+                let now_defaults = self.default_entries();
+                if now_urls != urls || now_defaults != defaults {
+                    defaults = now_defaults;
+                    for u in &now_urls {
+                        if !due.contains_key(u) {
+                            due.insert(u.clone(), Some(0));
+                        }
+                    }
+                    due.retain(|u, _| now_urls.contains(u));
+                    urls = now_urls;
+                    if let Err(e) = self.forget_unused() {
+                        tracing::warn!(error = %e, "cannot clean the list cache");
+                    }
+                    self.notify();
+                }
+                match self.take_requests() {
+                    Ok(r) => {
+                        for u in r {
+                            if u == "*" {
+                                requested.extend(urls.iter().cloned());
+                            } else if urls.contains(&u) {
+                                requested.insert(u);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read list update requests"),
+                }
+            }
+            let now = now_ms();
+            let mut start: Vec<String> = requested
+                .iter()
+                .filter(|u| !in_flight.contains(*u))
+                .cloned()
+                .collect();
+            requested.retain(|u| in_flight.contains(u));
+            start.extend(
+                due.iter()
+                    .filter(|(u, at)| at.is_some_and(|t| t <= now) && !in_flight.contains(*u))
+                    .map(|(u, _)| u.clone()),
+            );
+            start.sort();
+            start.dedup();
+            for url in start {
+                due.insert(url.clone(), None);
+                in_flight.insert(url.clone());
+                let (this, resolver) = (self.clone(), resolver.clone());
+                running.spawn(async move {
+                    let outcome = this.update(&url, &*resolver).await;
+                    (url, outcome)
+                });
+            }
+        }
+    }
+
+    fn failures(&self, url: &str) -> u32 {
+        let store = self.store.lock();
+        store
+            .conn()
+            .query_row(
+                "SELECT failures FROM list_cache WHERE url = ?1",
+                [url],
+                |r| r.get(0),
+            )
+            .unwrap_or(1)
+    }
+}
+
+fn store_tx(store: &mut Store) -> Result<rusqlite::Transaction<'_>, rusqlite::Error> {
+    // `Store` hands out only a shared connection; an unchecked transaction is fine because the
+    // connection is behind our mutex.
+    store.conn().unchecked_transaction()
+}
+
+fn jitter() -> f64 {
+    rand::random::<f64>() * 2.0 - 1.0
+}
+
+/// A good list written to the cache.
+struct Stored {
+    changed: bool,
+    entries: usize,
+    hash: u64,
+    bytes: usize,
+}
+
+/// Checks a downloaded body and, when it is a list that differs from the cached copy, writes
+/// it atomically (temporary file, fsync, rename, fsync of the directory).
+fn store_copy((path, origin): (PathBuf, String), bytes: Vec<u8>) -> Result<Stored, String> {
+    if bytes.contains(&0) {
+        return Err("contains binary data (NUL bytes); not a filter list".into());
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|e| format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))?;
+    let source = ListSource { origin, text };
+    let summary = check_list(&source).map_err(|e| e.message)?;
+    let hash = fnv64(source.text.as_bytes());
+    let same = std::fs::read(&path)
+        .map(|old| old.len() == source.text.len() && fnv64(&old) == hash)
+        .unwrap_or(false);
+    let stored = Stored {
+        changed: !same,
+        entries: summary.rules,
+        hash,
+        bytes: source.text.len(),
+    };
+    if same {
+        return Ok(stored);
+    }
+    write_atomically(&path, source.text.as_bytes())
+        .map_err(|e| format!("cannot write the cached copy: {e}"))?;
+    Ok(stored)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_spreads_by_ten_percent_and_backs_off_after_failures() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(next_attempt(0, 0, day, 0.0), Some(86_400_000));
+        assert_eq!(next_attempt(0, 0, day, 1.0), Some(95_040_000));
+        assert_eq!(next_attempt(0, 0, day, -1.0), Some(77_760_000));
+        assert_eq!(next_attempt(0, 1, day, 0.0), Some(300_000));
+        assert_eq!(next_attempt(0, 2, day, 0.0), Some(600_000));
+        assert_eq!(next_attempt(0, 30, day, 0.0), Some(3_600_000));
+        assert_eq!(
+            next_attempt(0, 3, Duration::from_secs(60), 0.0),
+            Some(60_000)
+        );
+        assert_eq!(next_attempt(0, 0, Duration::ZERO, 0.0), None);
+    }
+
+    #[test]
+    fn stored_copy_is_checked_and_replaced_only_when_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.txt");
+        let at = || (path.clone(), "list 1".to_string());
+
+        let first = store_copy(at(), b"||ads.example^\nads2.example\n".to_vec()).unwrap();
+        let again = store_copy(at(), b"||ads.example^\nads2.example\n".to_vec()).unwrap();
+        let html = store_copy(at(), b"<html><body>404</body></html>".to_vec());
+        let binary = store_copy(at(), b"\x00\x01\x02".to_vec());
+
+        assert!(first.changed && first.entries == 2);
+        assert!(!again.changed);
+        assert!(html.is_err() && binary.is_err());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "||ads.example^\nads2.example\n"
+        );
+    }
+
+    #[test]
+    fn urls_join_the_default_lists_and_are_forgotten_when_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = ListManager::open(ListSettings {
+            config_lists: vec!["http://127.0.0.1:1/c.txt".into()],
+            group_lists: vec![("kids".into(), vec!["http://127.0.0.1:1/k.txt".into()])],
+            base_dir: dir.path().into(),
+            state_dir: dir.path().join("state"),
+            update_interval: Duration::from_secs(86_400),
+            max_bytes: 1 << 20,
+            timeout: Duration::from_secs(1),
+            extra_ca: String::new(),
+        })
+        .unwrap();
+        let added = ListUrl::parse("http://127.0.0.1:1/a.txt").unwrap();
+
+        assert!(m.add(&added).unwrap());
+        assert!(!m.add(&added).unwrap());
+        assert_eq!(m.default_entries().len(), 2);
+        assert_eq!(m.urls().len(), 3);
+        let (sources, errors) = m.sources(&m.default_entries());
+        assert!(sources.is_empty());
+        assert!(
+            errors[0].message.contains("not downloaded yet"),
+            "{errors:?}"
+        );
+        assert!(errors[0].origin.starts_with("list "));
+
+        assert!(m.remove(added.as_str()).unwrap());
+        assert!(!m.remove(added.as_str()).unwrap());
+        assert_eq!(m.default_entries().len(), 1);
+    }
+}
