@@ -466,15 +466,19 @@ impl ListManager {
     }
 
     /// Removes a URL added with [`ListManager::add`]. Returns false when it was not added.
-    /// The cached copy is deleted when no entry names the URL any more.
+    /// Its cached copy is deleted unless the config names the URL too. (Other unused copies
+    /// are cleaned up by the hub, whose config is the one that counts.)
     pub fn remove(&self, url: &str) -> Result<bool, SubscribeError> {
-        let n = {
-            let store = self.store.lock();
+        let store = self.store.lock();
+        let n = store
+            .conn()
+            .execute("DELETE FROM list_subscriptions WHERE url = ?1", [url])?;
+        if n > 0 && !self.in_config(url) {
             store
                 .conn()
-                .execute("DELETE FROM list_subscriptions WHERE url = ?1", [url])?
-        };
-        self.forget_unused()?;
+                .execute("DELETE FROM list_cache WHERE url = ?1", [url])?;
+            let _ = std::fs::remove_file(self.cache_path(url));
+        }
         Ok(n > 0)
     }
 
@@ -521,16 +525,19 @@ impl ListManager {
 
     /// Takes the pending update requests: the URLs asked for (`*` = all).
     fn take_requests(&self) -> Result<Vec<String>, SubscribeError> {
-        let mut store = self.store.lock();
-        let tx = store_tx(&mut store)?;
-        let urls: Vec<String> = {
-            let mut st = tx.prepare("SELECT url FROM list_update_requests")?;
-            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        let store = self.store.lock();
+        let c = store.conn();
+        let rows: Vec<(i64, String)> = {
+            let mut st = c.prepare("SELECT id, url FROM list_update_requests")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<Result<_, _>>()?
         };
-        tx.execute("DELETE FROM list_update_requests", [])?;
-        tx.commit()?;
-        Ok(urls)
+        // Write only when there is something to take: every commit wakes the hub's other
+        // `data_version` watchers. Rows added meanwhile have higher ids and stay for next time.
+        if let Some(max) = rows.iter().map(|(id, _)| *id).max() {
+            c.execute("DELETE FROM list_update_requests WHERE id <= ?1", [max])?;
+        }
+        Ok(rows.into_iter().map(|(_, url)| url).collect())
     }
 
     /// Downloads one URL list now and records the outcome (the cached copy is replaced only by
@@ -810,12 +817,6 @@ impl ListManager {
             )
             .unwrap_or(1)
     }
-}
-
-fn store_tx(store: &mut Store) -> Result<rusqlite::Transaction<'_>, rusqlite::Error> {
-    // `Store` hands out only a shared connection; an unchecked transaction is fine because the
-    // connection is behind our mutex.
-    store.conn().unchecked_transaction()
 }
 
 fn jitter() -> f64 {
