@@ -92,6 +92,15 @@ async fn reload_lists(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "filter lists rebuilt"
     );
+    // The old sets, the list texts and the download buffers were freed in several malloc
+    // arenas (one per thread that touched them); hand the free pages back so the resident
+    // size after a swap is the new set's, not the high-water mark of every swap so far.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    let _ = tokio::task::spawn_blocking(|| {
+        // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+        unsafe { libc::malloc_trim(0) }
+    })
+    .await;
 }
 
 /// Lists of groups that have their own, by group name (built at start and on SIGHUP).
@@ -206,6 +215,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result
         None
     };
 
+    crate::filter::subscribe::return_large_allocations_promptly();
     let manager = Arc::new(ListManager::open(ListSettings::from_config(
         &cfg, &state_dir, &base,
     ))?);

@@ -175,6 +175,23 @@ pub struct ListManager {
     changed: tokio::sync::watch::Sender<u64>,
 }
 
+/// Makes every allocation of 1 MiB or more its own mapping, returned to the system when freed.
+///
+/// A list swap allocates and frees tens of MiB (download buffer, list text, name-set
+/// builders). With glibc's default, the mmap threshold rises after the first such free and
+/// later buffers land in per-thread arenas that keep their pages: measured with a 1M-name
+/// list, the resident size after each swap climbed to 98-123 MiB (peak 156 MiB); with a fixed
+/// 1 MiB threshold it stays at 26 MiB after every swap and peaks at 77 MiB during one.
+/// Call once at start of `cloudpc run`; a no-op where the C library is not glibc.
+pub fn return_large_allocations_promptly() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; M_MMAP_THRESHOLD accepts any value up to
+    // 32 MiB on 64-bit systems.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     SystemTime::now()
