@@ -5,8 +5,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use support::*;
 
 /// What the list server answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Mode {
     /// The body, with its ETag (304 to a matching If-None-Match).
     Serve,
@@ -27,6 +27,8 @@ enum Mode {
     Oversized,
     /// Accepts the connection and never answers.
     Stall,
+    /// 301 to this URL.
+    Redirect(&'static str),
 }
 
 /// One request the server saw: the If-None-Match it carried and the status it got.
@@ -52,6 +54,11 @@ struct ListServer {
 
 impl ListServer {
     fn start(ip: &str, body: &str) -> ListServer {
+        ListServer::start_with(ip, body, None)
+    }
+
+    /// A server that speaks TLS with `tls`.
+    fn start_with(ip: &str, body: &str, tls: Option<Arc<rustls::ServerConfig>>) -> ListServer {
         let l = TcpListener::bind(format!("{ip}:0")).unwrap();
         l.set_nonblocking(true).unwrap();
         let addr = l.local_addr().unwrap().to_string();
@@ -67,8 +74,15 @@ impl ListServer {
             while !sp.load(Ordering::SeqCst) {
                 match l.accept() {
                     Ok((s, _)) => {
-                        let st = st.clone();
-                        std::thread::spawn(move || handle(s, &st));
+                        let (st, tls) = (st.clone(), tls.clone());
+                        s.set_nonblocking(false).unwrap();
+                        std::thread::spawn(move || match tls {
+                            None => handle(s, &st),
+                            Some(cfg) => {
+                                let conn = rustls::ServerConnection::new(cfg).unwrap();
+                                handle(rustls::StreamOwned::new(conn, s), &st)
+                            }
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -103,24 +117,24 @@ impl Drop for ListServer {
     }
 }
 
-fn handle(mut s: TcpStream, state: &Mutex<State>) {
-    s.set_nonblocking(false).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut if_none_match = None;
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("if-none-match") {
-                if_none_match = Some(v.trim().to_string());
-            }
+fn handle(mut s: impl Read + Write, state: &Mutex<State>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 16384 {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
         }
     }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let if_none_match = head.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.eq_ignore_ascii_case("if-none-match")
+            .then(|| v.trim().to_string())
+    });
     let (mode, body, etag) = {
         let st = state.lock().unwrap();
-        (st.mode, st.body.clone(), st.etag.clone())
+        (st.mode.clone(), st.body.clone(), st.etag.clone())
     };
     let (status, head, bytes): (u16, String, Vec<u8>) = match mode {
         Mode::Serve if if_none_match.as_deref() == Some(etag.as_str()) => {
@@ -128,6 +142,7 @@ fn handle(mut s: TcpStream, state: &Mutex<State>) {
         }
         Mode::Serve => (200, format!("ETag: {etag}\r\n"), body.to_vec()),
         Mode::NotFound => (404, String::new(), b"not found".to_vec()),
+        Mode::Redirect(to) => (301, format!("Location: {to}\r\n"), vec![]),
         Mode::Garbage => (
             200,
             String::new(),
@@ -155,6 +170,7 @@ fn handle(mut s: TcpStream, state: &Mutex<State>) {
     let reason = match status {
         200 => "OK",
         304 => "Not Modified",
+        301 => "Moved Permanently",
         _ => "Not Found",
     };
     let _ = s.write_all(
@@ -278,7 +294,7 @@ fn failed_downloads_keep_the_old_list_and_show_the_error() {
         (Mode::Oversized, "max_list_bytes"),
         (Mode::Stall, "timed out"),
     ] {
-        server.set_mode(mode);
+        server.set_mode(mode.clone());
         let out = hub.cli(&["lists", "update"]);
         let text = String::from_utf8_lossy(&out.stdout).to_string();
 
@@ -407,6 +423,53 @@ fn without_a_running_hub_update_fills_the_cache_for_the_next_start() {
     drop(server);
     hub.launch();
     assert!(blocked(&hub, "hosts-listed.test"), "{}", hub.logs());
+}
+
+/// An `http://` list that redirects to `https://` on a server with a self-signed certificate:
+/// the redirect is followed and the certificate verified against `dns.upstream_ca`.
+#[test]
+fn https_lists_verify_the_certificate_and_http_may_redirect_to_https() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let knot = Knot::start(&unique_ip());
+    let ip = unique_ip();
+    let ck = rcgen::generate_simple_self_signed(vec![ip.clone()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+    let secure = ListServer::start_with(&ip, "plain-listed.test\n", Some(Arc::new(tls)));
+    let https = format!("https://{}/list.txt", secure.addr);
+    let plain = ListServer::start(&unique_ip(), "");
+    plain.set_mode(Mode::Redirect(Box::leak(https.into_boxed_str())));
+    let hub = hub(&knot, &[plain.url()], LIMITS);
+    let tls_error = || {
+        let v = status(&hub);
+        v[0]["last_error"].as_str().unwrap_or("").contains("TLS")
+    };
+    assert!(eventually(10, tls_error), "{}", status(&hub));
+    assert!(
+        !blocked(&hub, "plain-listed.test"),
+        "without the CA the list must not load"
+    );
+
+    let mut hub = hub;
+    hub.stop();
+    let cfg = std::fs::read_to_string(&hub.config).unwrap().replace(
+        "[filter]",
+        &format!("upstream_ca = \"{}\"\n[filter]", ca.display()),
+    );
+    std::fs::write(&hub.config, cfg).unwrap();
+    hub.launch();
+
+    let out = run_ok(&hub.cli(&["lists", "update"]));
+    assert!(out.contains("updated, 1 entries"), "{out}");
+    assert!(eventually(5, || blocked(&hub, "plain-listed.test")));
+    assert_eq!(plain.log()[0].status, 301);
+    assert_eq!(secure.log().last().unwrap().status, 200);
 }
 
 /// Peak RSS (VmHWM) and current RSS of a process, KiB.

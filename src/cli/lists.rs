@@ -68,7 +68,7 @@ pub fn lists(g: &Globals, a: ListsArgs) -> anyhow::Result<()> {
                 Ok(())
             } else if manager.in_config(&url) {
                 anyhow::bail!(
-                    "{url} is in the config file ({}); remove it there and restart or send SIGHUP",
+                    "{url} is in the config file ({}); remove it there and restart cloudpc",
                     g.config
                         .as_ref()
                         .map_or("filter.lists".into(), |p| p.display().to_string())

@@ -595,7 +595,8 @@ impl ListManager {
             }
             UpdateOutcome::Unchanged => tracing::info!(list = id, "list unchanged"),
             UpdateOutcome::Failed(e) => {
-                tracing::warn!(list = id, "list download failed; keeping the previous copy");
+                let kept = self.cache_path(url).exists();
+                tracing::warn!(list = id, kept_previous_copy = kept, "list download failed");
                 tracing::debug!(list = id, url, error = %e, "list download failed");
             }
         }
