@@ -317,8 +317,8 @@ mod tests {
 
     #[test]
     fn bad_blocked_answer_names_the_key() {
-        let e = Config::parse("[dns]\nblocked_answer = \"maybe\"\n", Path::new("x.toml"))
-            .unwrap_err();
+        let e =
+            Config::parse("[dns]\nblocked_answer = \"maybe\"\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("dns.blocked_answer"), "{e}");
     }
 }

@@ -217,11 +217,9 @@ impl Store {
         };
         let tx = self.conn.transaction().map_err(db)?;
         let dup: Option<String> = tx
-            .query_row(
-                "SELECT name FROM devices WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
+            .query_row("SELECT name FROM devices WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(db)?;
         if dup.is_some() {
@@ -266,7 +264,15 @@ impl Store {
         tx.execute(
             "INSERT INTO devices(name, public_key, ipv4, ipv6, addr_index, split, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![name, public_key, v4.to_string(), v6.to_string(), index, split, now],
+            params![
+                name,
+                public_key,
+                v4.to_string(),
+                v6.to_string(),
+                index,
+                split,
+                now
+            ],
         )
         .map_err(db)?;
         tx.commit().map_err(db)?;

@@ -48,7 +48,10 @@ mod tests {
 
     #[test]
     fn domains_normalise() {
-        assert_eq!(normalize_domain("Ads.Example.COM."), Some("ads.example.com".into()));
+        assert_eq!(
+            normalize_domain("Ads.Example.COM."),
+            Some("ads.example.com".into())
+        );
         assert_eq!(normalize_domain("bad domain"), None);
         assert_eq!(normalize_domain(""), None);
     }

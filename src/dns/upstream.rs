@@ -72,7 +72,10 @@ impl UpstreamSpec {
                 let (rest, ip) = match rest.split_once('#') {
                     Some((r, ip)) => (
                         r,
-                        Some(ip.parse::<IpAddr>().map_err(|_| err("'#' must be followed by an IP"))?),
+                        Some(
+                            ip.parse::<IpAddr>()
+                                .map_err(|_| err("'#' must be followed by an IP"))?,
+                        ),
                     ),
                     None => (rest, None),
                 };

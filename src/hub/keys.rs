@@ -124,6 +124,9 @@ mod tests {
     fn malformed_key_is_refused() {
         assert!(decode_key("not a key", "--pubkey").is_err());
         let kp = KeyPair::generate();
-        assert_eq!(decode_key(&kp.public_b64(), "x").unwrap(), *kp.public.as_bytes());
+        assert_eq!(
+            decode_key(&kp.public_b64(), "x").unwrap(),
+            *kp.public.as_bytes()
+        );
     }
 }
