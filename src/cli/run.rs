@@ -6,6 +6,10 @@ use super::Globals;
 
 pub fn run(g: &Globals) -> anyhow::Result<()> {
     let cfg = g.config()?;
+    // Before anything is created: without the capability nothing may half-start.
+    if !crate::hub::has_net_admin() {
+        anyhow::bail!(crate::hub::PRIVILEGES_MESSAGE);
+    }
     let state_dir = g.state_dir();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -271,7 +271,12 @@ impl Engine {
         nat: &mut [u8],
         sink: &impl Sink,
     ) {
-        match route_from_device(&self.ctx, table, from.addrs, pkt) {
+        let verdict = route_from_device(&self.ctx, table, from.addrs, pkt);
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let h = super::packet::IpHeader::parse(pkt).ok();
+            tracing::trace!(header = ?h, verdict = ?verdict.kind(), "from device");
+        }
+        match verdict {
             Verdict::Peer(to) => self.send_to_peer(&to, pkt, crypt, sink),
             Verdict::Tun => sink.write_tun(pkt),
             Verdict::Nat64 => match &self.nat64 {

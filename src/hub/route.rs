@@ -39,6 +39,18 @@ pub enum Verdict<P> {
     Drop(DropReason),
 }
 
+impl<P> Verdict<P> {
+    /// The verdict without the peer handle (for logging).
+    pub fn kind(&self) -> Verdict<()> {
+        match self {
+            Verdict::Peer(_) => Verdict::Peer(()),
+            Verdict::Tun => Verdict::Tun,
+            Verdict::Nat64 => Verdict::Nat64,
+            Verdict::Drop(r) => Verdict::Drop(*r),
+        }
+    }
+}
+
 /// Who owns an overlay address.
 pub trait OwnerLookup {
     /// A handle to the device (an `Arc` in the hub, an id in tests).
