@@ -45,9 +45,13 @@ fn tcp_transfer_survives_an_uplink_switch() {
         "transfer not under way: {partial}"
     );
     // Wi-Fi → cell: the default route moves to the second uplink (another NAT, another
-    // public address); the WireGuard socket's packets now leave from there.
-    w.lab
-        .sh_ok("d1", "ip route replace default via 10.1.0.1 dev eth1");
+    // public address) and the Wi-Fi address goes away, as on a phone leaving Wi-Fi. (Only
+    // moving the route is not enough for this wireguard-go: it keeps sending from its
+    // cached source address and interface until that address stops being local.)
+    w.lab.sh_ok(
+        "d1",
+        "ip route replace default via 10.1.0.1 dev eth1 && ip addr flush dev eth0",
+    );
 
     let end = Instant::now() + Duration::from_secs(40);
     let mut finished = false;
@@ -65,9 +69,18 @@ fn tcp_transfer_survives_an_uplink_switch() {
     let _ = pid;
     assert!(
         finished,
-        "transfer broke at the uplink switch: {}\n{}",
+        "transfer broke at the uplink switch: {}\n{}\n{}\n{}\n{}",
         std::fs::read_to_string(&log).unwrap_or_default(),
-        hub.log()
+        hub.log(),
+        w.lab.diag("d1"),
+        w.lab
+            .sh("cell", "cat /proc/net/nf_conntrack; ip -s link")
+            .stdout
+            .escape_ascii(),
+        w.lab
+            .sh("home", "cat /proc/net/nf_conntrack; ip -s link")
+            .stdout
+            .escape_ascii(),
     );
     assert_eq!(std::fs::metadata(&out).unwrap().len(), 3_000_000);
     // The hub now sends to the device's new public address.

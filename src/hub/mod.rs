@@ -10,6 +10,7 @@
 //! table), `engine` (WireGuard messages in, packets out, no I/O), `io` (sockets, TUN, tasks),
 //! `sync` (applies store changes within 250 ms), `uapi` (`wg show`).
 
+pub mod batch;
 pub mod engine;
 pub mod io;
 pub mod keys;
@@ -146,13 +147,13 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
     })?;
     let v6_addr = SocketAddr::from((io::V6_ANY, wg.listen_port));
     let v6 = match io::bind_udp(v6_addr) {
-        Ok(s) => Some(Arc::new(s)),
+        Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "no IPv6 WireGuard socket; serving IPv4 only");
             None
         }
     };
-    let tun =
+    let (tun, offload) =
         io::create_tun(&wg.interface, &p.overlay, wg.mtu).map_err(|source| HubError::Tun {
             name: wg.interface.clone(),
             source,
@@ -186,22 +187,23 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
     };
 
     let sink = Arc::new(io::NetSink {
-        v4: Arc::new(v4),
+        v4,
         v6,
-        tun: tun.clone(),
+        tun,
+        offload,
         send_drops: Default::default(),
     });
     let mut tasks = vec![
-        tokio::spawn(io::udp_task(sink.v4.clone(), engine.clone(), sink.clone())),
-        tokio::spawn(io::tun_task(tun, engine.clone(), sink.clone())),
+        tokio::spawn(io::udp_task(false, sink.clone(), engine.clone())),
+        tokio::spawn(io::tun_task(sink.clone(), engine.clone(), wg.mtu)),
         tokio::spawn(io::timer_task(engine.clone(), sink.clone())),
         tokio::spawn(uapi::serve(uapi.0, engine.clone(), wg.listen_port)),
     ];
-    if let Some(v6) = &sink.v6 {
+    if sink.v6.is_some() {
         tasks.push(tokio::spawn(io::udp_task(
-            v6.clone(),
-            engine.clone(),
+            true,
             sink.clone(),
+            engine.clone(),
         )));
     }
     let sync = sync::SyncThread::spawn(p.state_dir.clone(), engine.clone(), next_index, spec);
@@ -210,6 +212,8 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
         interface = %wg.interface,
         devices = engine.table.load().len(),
         internet,
+        offload,
+        gso_segments = sink.max_gso_segments(),
         "hub up"
     );
     Ok(HubHandle {
