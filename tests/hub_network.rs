@@ -189,7 +189,7 @@ fn internet_switch_and_device_removal_apply_within_a_second() {
 }
 
 #[test]
-fn devices_carry_on_after_a_hub_restart_with_the_same_configs() {
+fn devices_carry_on_after_a_hub_crash_and_restart_with_the_same_configs() {
     if !netns::root_or_skip("hub_network") {
         return;
     }
@@ -206,9 +206,14 @@ fn devices_carry_on_after_a_hub_restart_with_the_same_configs() {
     let ping = w.lab.ping_cmd(&a2, 1);
     assert!(w.lab.eventually("d1", &ping, Duration::from_secs(10)));
 
-    w.stop_hub(&mut hub);
+    // A crash leaves the nftables table and the UAPI socket behind; the next start
+    // replaces both.
+    w.crash_hub(&mut hub);
+    assert!(w.lab.sh_succeeds("hub", "nft list table inet cloudpc", 5));
     assert!(!w.lab.sh_succeeds("d1", &ping, 3));
     w.start_hub(&mut hub);
+    let tables = w.lab.sh_ok("hub", "nft list tables");
+    assert_eq!(tables.matches("inet cloudpc").count(), 1, "{tables}");
     // The devices re-handshake on their own (WireGuard retries after ~15 s without answers).
     let t = Instant::now();
     assert!(

@@ -206,6 +206,15 @@ impl Lab {
         c.wait().ok()
     }
 
+    /// Kills a process started with [`Lab::spawn`] with SIGKILL (a crash) and reaps it.
+    pub fn kill(&mut self, pid: u32) {
+        if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
+            let mut c = self.children.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Brings up a stock WireGuard device (wireguard-go via wg-quick) in `short` from a
     /// wg-quick config; the `DNS =` line is dropped (no resolvconf in a namespace). Returns
     /// the interface name.
@@ -469,21 +478,24 @@ impl HubWorld {
     }
 
     /// Starts `cloudpc run` in the hub namespace and waits until it serves (its UAPI socket
-    /// exists); panics with the log if it exits first.
+    /// answers `wg show`); panics with the log if it exits first.
     pub fn start_hub(&mut self, h: &mut HubRun) {
+        // CLOUDPC_TEST_BIN runs another build (e.g. release, for measurements).
+        let bin = std::env::var("CLOUDPC_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_cloudpc").to_string());
         let cmd = format!(
-            "env CLOUDPC_LOG=${{CLOUDPC_TEST_HUB_LOG:-cloudpc=debug}} {} run --config {} --state-dir {}",
-            env!("CARGO_BIN_EXE_cloudpc"),
+            "env CLOUDPC_LOG=${{CLOUDPC_TEST_HUB_LOG:-cloudpc=debug}} {bin} run --config {} --state-dir {}",
             h.config.display(),
             h.state_dir.display()
         );
         let log = h.log.clone();
         let pid = self.lab.spawn("hub", &cmd, &log);
         h.pid = Some(pid);
-        let sock = PathBuf::from(format!("/var/run/wireguard/{}.sock", h.interface));
+        // Ready = the UAPI socket answers (a stale socket left by a crash refuses).
+        let probe = format!("wg show {} listen-port", h.interface);
         let end = Instant::now() + Duration::from_secs(20);
         while Instant::now() < end {
-            if sock.exists() {
+            if self.lab.sh_succeeds("hub", &probe, 2) {
                 return;
             }
             if self
@@ -497,6 +509,26 @@ impl HubWorld {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("hub did not come up in 20 s:\n{}", h.log());
+    }
+
+    /// User+system CPU seconds the hub process has used so far.
+    pub fn hub_cpu_secs(&self, h: &HubRun) -> f64 {
+        let Some(pid) = h.pid else { return 0.0 };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        // SAFETY: sysconf has no preconditions.
+        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+
+    /// Kills the hub with SIGKILL: no cleanup runs, as after a crash or power loss.
+    pub fn crash_hub(&mut self, h: &mut HubRun) {
+        if let Some(pid) = h.pid.take() {
+            self.lab.kill(pid);
+        }
     }
 
     /// Stops the hub with SIGTERM (as systemd would) and returns how it exited.
