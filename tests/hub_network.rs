@@ -7,7 +7,7 @@ mod netns;
 
 use std::time::{Duration, Instant};
 
-use netns::{HubWorld, HUB_PUBLIC, WEB};
+use netns::{HubWorld, HUB_PUBLIC, HUB_PUBLIC6, WEB, WEB6};
 
 #[test]
 fn devices_reach_each_other_the_hub_and_the_internet_and_wg_show_lists_them() {
@@ -71,6 +71,23 @@ fn devices_reach_each_other_the_hub_and_the_internet_and_wg_show_lists_them() {
         .expect("request logged");
     assert!(
         line.starts_with(HUB_PUBLIC),
+        "source was not the hub: {line}"
+    );
+
+    // IPv6 to the internet leaves from the hub's public IPv6 address (the device's uplink
+    // has no IPv6 at all).
+    let body = w.lab.sh_ok(
+        "d1",
+        &format!("curl -sf -m 5 'http://[{WEB6}]/hello?from=laptop6'"),
+    );
+    assert_eq!(body, "hello from the internet\n");
+    let weblog = w.web_log();
+    let line = weblog
+        .lines()
+        .find(|l| l.contains("from=laptop6"))
+        .expect("v6 request logged");
+    assert!(
+        line.starts_with(HUB_PUBLIC6),
         "source was not the hub: {line}"
     );
 

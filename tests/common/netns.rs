@@ -281,6 +281,10 @@ fn run_ok(c: &mut Command) {
 pub const HUB_PUBLIC: &str = "203.0.113.1";
 /// The web server's address in the "internet".
 pub const WEB: &str = "192.0.2.80";
+/// The web server's IPv6 address in the "internet".
+pub const WEB6: &str = "2001:db8:80::80";
+/// The hub's public IPv6 address.
+pub const HUB_PUBLIC6: &str = "2001:db8:1::1";
 /// Public (post-NAT) address of the home router.
 pub const HOME_PUBLIC: &str = "198.51.100.2";
 /// Public (post-NAT) address of the cell router.
@@ -330,6 +334,17 @@ impl HubWorld {
             "sysctl -qw net.ipv4.ip_forward=1 && ip addr add 192.0.2.80/32 dev lo",
         );
         lab.sh_ok("hub", "ip route add default via 203.0.113.254");
+        // IPv6 between the hub and the internet only (the devices' uplinks stay IPv4-only,
+        // as on many home networks): the web server also answers on WEB6.
+        lab.sh_ok(
+            "inet",
+            "sysctl -qw net.ipv6.conf.all.forwarding=1 && \
+             ip addr add 2001:db8:1::254/64 dev hub0 nodad && ip addr add 2001:db8:80::80/128 dev lo",
+        );
+        lab.sh_ok(
+            "hub",
+            "ip addr add 2001:db8:1::1/64 dev eth0 nodad && ip -6 route add default via 2001:db8:1::254",
+        );
         for (r, gw) in [("home", "198.51.100.1"), ("cell", "198.51.101.1")] {
             lab.sh_ok(
                 r,
@@ -353,9 +368,17 @@ impl HubWorld {
             ),
             &web_log,
         );
+        lab.spawn(
+            "inet",
+            &format!(
+                "python3 -u -m http.server 80 --bind 2001:db8:80::80 --directory {}",
+                web_root.display()
+            ),
+            &web_log.with_extension("v6.log"),
+        );
         let ok = lab.eventually(
             "inet",
-            "curl -sf -m 2 http://192.0.2.80/hello",
+            "curl -sf -m 2 http://192.0.2.80/hello && curl -sf -m 2 'http://[2001:db8:80::80]/hello'",
             Duration::from_secs(10),
         );
         assert!(ok, "web server did not come up");
@@ -394,9 +417,10 @@ impl HubWorld {
         d
     }
 
-    /// What the web server logged so far.
+    /// What the web server logged so far (both families).
     pub fn web_log(&self) -> String {
         std::fs::read_to_string(&self.web_log).unwrap_or_default()
+            + &std::fs::read_to_string(self.web_log.with_extension("v6.log")).unwrap_or_default()
     }
 }
 
