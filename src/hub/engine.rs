@@ -8,6 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use boringtun::noise::errors::WireGuardError;
@@ -219,7 +220,20 @@ impl Engine {
         };
         let is_data = d.first() == Some(&4);
         let inner = {
-            let mut tunn = peer.tunn.lock();
+            let mut slot = peer.session.lock();
+            if slot.is_none() {
+                // Only a handshake initiation starts a session; anything else for an idle
+                // device has nothing to be decrypted with.
+                if d.first() != Some(&1) {
+                    bump(&self.counters.decrypt_errors);
+                    return;
+                }
+                peer.session_in(&mut slot, &self.session_params(), Instant::now());
+            }
+            let Some(session) = slot.as_mut() else {
+                return;
+            };
+            let tunn = &mut session.tunn;
             let base = bufs.plain.as_ptr() as usize;
             match tunn.decapsulate(Some(from.ip()), d, &mut bufs.plain) {
                 TunnResult::Done => {
@@ -311,13 +325,15 @@ impl Engine {
 
     /// Encrypts `pkt` to `to` and sends it to the device's endpoint.
     fn send_to_peer(&self, to: &Peer, pkt: &[u8], crypt: &mut [u8], sink: &impl Sink) {
-        let endpoint = to.endpoint();
-        let mut tunn = to.tunn.lock();
+        // A device never heard from (since the hub started) cannot be reached: WireGuard
+        // needs an endpoint, and only the device can tell it.
+        let Some(endpoint) = to.endpoint() else {
+            return bump(&self.counters.no_endpoint);
+        };
+        let mut slot = to.session.lock();
+        let tunn = to.session_in(&mut slot, &self.session_params(), Instant::now());
         match tunn.encapsulate(pkt, crypt) {
-            TunnResult::WriteToNetwork(out) => match endpoint {
-                Some(ep) => sink.send_udp(ep, out),
-                None => bump(&self.counters.no_endpoint),
-            },
+            TunnResult::WriteToNetwork(out) => sink.send_udp(endpoint, out),
             TunnResult::Err(e) => self.count_wg_error(&e),
             _ => {}
         }
@@ -328,14 +344,23 @@ impl Engine {
     pub fn poll_timers(&self, bufs: &mut Bufs, sink: &impl Sink) {
         self.rate_limiter.reset_count();
         let table = self.table.load();
+        let now = Instant::now();
         for peer in table.peers() {
-            let endpoint = peer.endpoint();
-            let mut tunn = peer.tunn.lock();
-            if let TunnResult::WriteToNetwork(out) = tunn.update_timers(&mut bufs.crypt) {
-                if let Some(ep) = endpoint {
-                    sink.send_udp(ep, out);
+            let mut slot = peer.session.lock();
+            let Some(session) = slot.as_mut() else {
+                continue;
+            };
+            let expired = match session.tunn.update_timers(&mut bufs.crypt) {
+                TunnResult::WriteToNetwork(out) => {
+                    if let Some(ep) = peer.endpoint() {
+                        sink.send_udp(ep, out);
+                    }
+                    false
                 }
-            }
+                TunnResult::Err(WireGuardError::ConnectionExpired) => true,
+                _ => false,
+            };
+            peer.retire_if_idle(&mut slot, expired, now);
         }
     }
 
@@ -435,11 +460,11 @@ mod tests {
         }
 
         fn reload(&mut self) {
-            let (t, _) = self.engine.table.load().rebuilt(
-                &self.devices,
-                &self.engine.session_params(),
-                &mut self.next,
-            );
+            let (t, _) = self
+                .engine
+                .table
+                .load()
+                .rebuilt(&self.devices, &mut self.next);
             self.engine.set_table(t);
         }
 

@@ -230,19 +230,20 @@ impl HubHandle {
     pub fn status(&self) -> Vec<DeviceStatus> {
         use base64::Engine as _;
         let table = self.engine.table.load();
+        let now = std::time::Instant::now();
         let mut v: Vec<DeviceStatus> = table
             .peers()
             .map(|p| {
-                let (hs, tx, rx, _, _) = p.tunn.lock().stats();
+                let st = p.stats(now);
                 DeviceStatus {
                     name: p.name.read().clone(),
                     public_key: base64::engine::general_purpose::STANDARD.encode(p.public_key),
                     ipv4: p.addrs.v4,
                     ipv6: p.addrs.v6,
                     endpoint: p.endpoint(),
-                    last_handshake_secs_ago: hs.map(|d| d.as_secs()),
-                    rx_bytes: rx as u64,
-                    tx_bytes: tx as u64,
+                    last_handshake_secs_ago: st.since_handshake.map(|d| d.as_secs()),
+                    rx_bytes: st.rx_bytes,
+                    tx_bytes: st.tx_bytes,
                 }
             })
             .collect();

@@ -5,10 +5,17 @@
 //! store's device list, keeping the session (and its counters) of every device whose key and
 //! addresses did not change. The hub swaps tables atomically, so a removed device's packets
 //! stop matching the moment the new table is published.
+//!
+//! A boringtun `Tunn` is about 11 KB, so a device only has one while it is active: it is made
+//! when the device sends a handshake initiation (or the hub has a packet for a device whose
+//! endpoint it knows), and retired by the timers once boringtun expires it (no handshake for
+//! 9 minutes) or when a handshake never completed. An idle device costs a few hundred bytes.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::Tunn;
@@ -29,15 +36,104 @@ pub struct Peer {
     pub addrs: SenderAddrs,
     /// The 24-bit index that incoming packets name this session by.
     pub index: u32,
-    pub tunn: Mutex<Tunn>,
+    /// The WireGuard session while the device is active.
+    pub session: Mutex<Option<Box<Session>>>,
     /// Where the latest authenticated packet came from (roaming follows it).
     pub endpoint: Mutex<Option<SocketAddr>>,
+    /// Counters and last handshake of retired sessions.
+    retired: Retired,
+}
+
+/// A live session.
+pub struct Session {
+    pub tunn: Tunn,
+    made: Instant,
+}
+
+#[derive(Default)]
+struct Retired {
+    rx: AtomicU64,
+    tx: AtomicU64,
+    last_handshake: Mutex<Option<Instant>>,
+}
+
+/// A session that never completes a handshake is retired after this long (boringtun gives
+/// up initiating after 90 s too).
+const UNESTABLISHED_LIFETIME: Duration = Duration::from_secs(90);
+
+/// What `status` and `wg show` report for a device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    pub since_handshake: Option<Duration>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
 }
 
 impl Peer {
     /// The endpoint, if the device has been heard from.
     pub fn endpoint(&self) -> Option<SocketAddr> {
         *self.endpoint.lock()
+    }
+
+    /// The session in `slot`, made now if there is none.
+    pub fn session_in<'a>(
+        &self,
+        slot: &'a mut Option<Box<Session>>,
+        p: &SessionParams,
+        now: Instant,
+    ) -> &'a mut Tunn {
+        &mut slot
+            .get_or_insert_with(|| {
+                Box::new(Session {
+                    tunn: Tunn::new(
+                        p.private.clone(),
+                        PublicKey::from(self.public_key),
+                        None,
+                        None,
+                        self.index,
+                        Some(p.rate_limiter.clone()),
+                    ),
+                    made: now,
+                })
+            })
+            .tunn
+    }
+
+    /// Decides whether the session in `slot` is done (boringtun expired it, or it never
+    /// completed a handshake in time) and retires it, keeping its counters.
+    pub fn retire_if_idle(&self, slot: &mut Option<Box<Session>>, expired: bool, now: Instant) {
+        let Some(s) = slot.as_ref() else { return };
+        let (hs, tx, rx, _, _) = s.tunn.stats();
+        let stale = hs.is_none() && now.duration_since(s.made) > UNESTABLISHED_LIFETIME;
+        if !(expired || stale) {
+            return;
+        }
+        self.retired.rx.fetch_add(rx as u64, Ordering::Relaxed);
+        self.retired.tx.fetch_add(tx as u64, Ordering::Relaxed);
+        if let Some(d) = hs {
+            *self.retired.last_handshake.lock() = now.checked_sub(d);
+        }
+        *slot = None;
+    }
+
+    /// Counters over the device's sessions so far, and time since its last handshake.
+    pub fn stats(&self, now: Instant) -> PeerStats {
+        let mut st = PeerStats {
+            since_handshake: self
+                .retired
+                .last_handshake
+                .lock()
+                .map(|t| now.saturating_duration_since(t)),
+            rx_bytes: self.retired.rx.load(Ordering::Relaxed),
+            tx_bytes: self.retired.tx.load(Ordering::Relaxed),
+        };
+        if let Some(s) = self.session.lock().as_ref() {
+            let (hs, tx, rx, _, _) = s.tunn.stats();
+            st.since_handshake = hs.or(st.since_handshake);
+            st.rx_bytes += rx as u64;
+            st.tx_bytes += tx as u64;
+        }
+        st
     }
 
     /// Records the source of an authenticated packet; returns true when it moved.
@@ -95,12 +191,7 @@ impl PeerTable {
     /// The next table for `devices`: unchanged devices keep their session, new ones get a
     /// fresh one, and devices missing from the list are gone. Devices whose stored key is not
     /// a WireGuard key are skipped (and reported in the second value).
-    pub fn rebuilt(
-        &self,
-        devices: &[Device],
-        params: &SessionParams,
-        next_index: &mut u32,
-    ) -> (PeerTable, usize) {
+    pub fn rebuilt(&self, devices: &[Device], next_index: &mut u32) -> (PeerTable, usize) {
         let mut t = PeerTable::default();
         let mut skipped = 0;
         for d in devices {
@@ -133,15 +224,9 @@ impl PeerTable {
                         public_key: key,
                         addrs,
                         index,
-                        tunn: Mutex::new(Tunn::new(
-                            params.private.clone(),
-                            PublicKey::from(key),
-                            None,
-                            None,
-                            index,
-                            Some(params.rate_limiter.clone()),
-                        )),
+                        session: Mutex::new(None),
                         endpoint: Mutex::new(None),
+                        retired: Retired::default(),
                     })
                 }
             };
@@ -192,21 +277,34 @@ mod tests {
     }
 
     #[test]
+    fn sessions_are_made_on_use_and_retired_when_stale() {
+        let a = KeyPair::generate();
+        let (t, _) = PeerTable::default().rebuilt(&[device("a", &a.public_b64(), 2)], &mut 0);
+        let peer = t.by_key(a.public.as_bytes()).unwrap();
+        assert!(peer.session.lock().is_none(), "idle device has no session");
+        let t0 = Instant::now();
+        let mut slot = peer.session.lock();
+        peer.session_in(&mut slot, &params(), t0);
+        peer.retire_if_idle(&mut slot, false, t0 + Duration::from_secs(10));
+        assert!(slot.is_some(), "young session kept");
+        peer.retire_if_idle(&mut slot, false, t0 + Duration::from_secs(91));
+        assert!(slot.is_none(), "never-established session retired");
+    }
+
+    #[test]
     fn rebuild_keeps_sessions_follows_renames_and_drops_removed() {
         let (a, b) = (KeyPair::generate(), KeyPair::generate());
-        let p = params();
         let mut idx = 0;
         let (t1, _) = PeerTable::default().rebuilt(
             &[
                 device("a", &a.public_b64(), 2),
                 device("b", &b.public_b64(), 3),
             ],
-            &p,
             &mut idx,
         );
         assert_eq!(t1.len(), 2);
         let pa = t1.by_key(a.public.as_bytes()).unwrap().clone();
-        let (t2, _) = t1.rebuilt(&[device("laptop", &a.public_b64(), 2)], &p, &mut idx);
+        let (t2, _) = t1.rebuilt(&[device("laptop", &a.public_b64(), 2)], &mut idx);
         assert_eq!(t2.len(), 1);
         let pa2 = t2.by_key(a.public.as_bytes()).unwrap();
         assert!(Arc::ptr_eq(&pa, pa2), "unchanged device keeps its session");
@@ -218,8 +316,7 @@ mod tests {
 
     #[test]
     fn placeholder_keys_are_skipped() {
-        let (t, skipped) =
-            PeerTable::default().rebuilt(&[device("x", "placeholder-x", 2)], &params(), &mut 0);
+        let (t, skipped) = PeerTable::default().rebuilt(&[device("x", "placeholder-x", 2)], &mut 0);
         assert!(t.is_empty());
         assert_eq!(skipped, 1);
     }

@@ -23,10 +23,7 @@ pub fn load_devices(
     next_index: &mut u32,
 ) -> Result<(), StoreError> {
     let devices = store.devices()?;
-    let (t, skipped) = engine
-        .table
-        .load()
-        .rebuilt(&devices, &engine.session_params(), next_index);
+    let (t, skipped) = engine.table.load().rebuilt(&devices, next_index);
     if skipped > 0 {
         tracing::warn!(
             skipped,

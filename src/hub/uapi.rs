@@ -40,7 +40,8 @@ pub fn render_get(engine: &Engine, listen_port: u16, now: SystemTime) -> String 
     let mut peers: Vec<_> = table.peers().collect();
     peers.sort_by_key(|p| p.index);
     for p in peers {
-        let (hs, tx, rx, _, _) = p.tunn.lock().stats();
+        let st = p.stats(std::time::Instant::now());
+        let (hs, tx, rx) = (st.since_handshake, st.tx_bytes, st.rx_bytes);
         let _ = writeln!(out, "public_key={}", hex(&p.public_key));
         if let Some(ep) = p.endpoint() {
             let _ = writeln!(out, "endpoint={ep}");
