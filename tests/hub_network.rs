@@ -7,7 +7,7 @@ mod netns;
 
 use std::time::{Duration, Instant};
 
-use netns::{HubWorld, HUB_PUBLIC, HUB_PUBLIC6, WEB, WEB6};
+use netns::{HubWorld, HUB_PUBLIC, HUB_PUBLIC6, HUB_PUBLIC_2, WEB, WEB6};
 
 #[test]
 fn devices_reach_each_other_the_hub_and_the_internet_and_wg_show_lists_them() {
@@ -20,6 +20,13 @@ fn devices_reach_each_other_the_hub_and_the_internet_and_wg_show_lists_them() {
     w.add_device_ns(2, false);
     let (c1, pub1) = w.register(&hub, "laptop");
     let (c2, _) = w.register(&hub, "phone");
+    // The phone dials the hub's second address; the hub must answer from it (through the
+    // home router's NAT an answer from the first address would be dropped).
+    let c2 = c2.replace(
+        &format!("Endpoint = {HUB_PUBLIC}:"),
+        &format!("Endpoint = {HUB_PUBLIC_2}:"),
+    );
+    assert!(c2.contains(HUB_PUBLIC_2), "{c2}");
     w.start_hub(&mut hub);
     let wg1 = w.lab.wg_up("d1", &c1);
     w.lab.wg_up("d2", &c2);

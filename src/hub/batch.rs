@@ -7,13 +7,13 @@
 //! allocates nothing. [`gso_runs`] (which datagrams share a `sendmsg`) is a pure function.
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
 
 use super::engine::Sink;
 use super::io::NetSink;
+use super::peers::Endpoint;
 
 /// Largest UDP GSO send (the kernel's limit is 64 KiB of payload).
 const GSO_MAX_BYTES: usize = 65_000;
@@ -21,7 +21,7 @@ const GSO_MAX_BYTES: usize = 65_000;
 /// One queued datagram: destination and its place in the arena.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Queued {
-    pub to: SocketAddr,
+    pub to: Endpoint,
     pub start: usize,
     pub len: usize,
 }
@@ -30,7 +30,7 @@ pub struct Queued {
 /// `segment` bytes except possibly the last, which may be shorter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GsoRun {
-    pub to: SocketAddr,
+    pub to: Endpoint,
     pub start: usize,
     pub end: usize,
     pub segment: usize,
@@ -145,7 +145,7 @@ impl<'a> BatchSink<'a> {
 }
 
 impl Sink for BatchSink<'_> {
-    fn send_udp(&self, to: SocketAddr, datagram: &[u8]) {
+    fn send_udp(&self, to: Endpoint, datagram: &[u8]) {
         let mut q = self.udp.borrow_mut();
         let start = q.arena.len();
         q.arena.extend_from_slice(datagram);
@@ -174,10 +174,11 @@ impl Sink for BatchSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     fn q(to: u16, start: usize, len: usize) -> Queued {
         Queued {
-            to: SocketAddr::from(([10, 0, 0, 1], to)),
+            to: SocketAddr::from(([10, 0, 0, 1], to)).into(),
             start,
             len,
         }

@@ -5,7 +5,7 @@
 //! [`Sink`]. Buffers ([`Bufs`]) belong to the calling task and are reused for every packet, so
 //! the steady state allocates nothing.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +17,7 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 
-use super::peers::{Peer, PeerTable};
+use super::peers::{Endpoint, Peer, PeerTable};
 use super::route::{route_from_device, route_from_tun, DropReason, RouteCtx, Verdict};
 
 /// Largest datagram or inner packet handled (IPv4/IPv6 maximum without jumbograms).
@@ -33,7 +33,7 @@ pub const HANDSHAKES_PER_SEC: u64 = 5_000;
 /// Where the engine's output goes.
 pub trait Sink {
     /// Sends a WireGuard datagram.
-    fn send_udp(&self, to: SocketAddr, datagram: &[u8]);
+    fn send_udp(&self, to: Endpoint, datagram: &[u8]);
     /// Writes an IP packet to the TUN.
     fn write_tun(&self, pkt: &[u8]);
 }
@@ -165,7 +165,7 @@ impl Engine {
     fn identify(
         &self,
         table: &PeerTable,
-        from: SocketAddr,
+        from: Endpoint,
         d: &[u8],
         bufs: &mut Bufs,
         sink: &impl Sink,
@@ -183,7 +183,7 @@ impl Engine {
                 // Diffie-Hellman below.
                 match self
                     .rate_limiter
-                    .verify_packet(Some(from.ip()), d, &mut bufs.crypt)
+                    .verify_packet(Some(from.addr.ip()), d, &mut bufs.crypt)
                 {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(cookie)) => {
@@ -213,7 +213,7 @@ impl Engine {
     }
 
     /// Handles one datagram received from `from` on the WireGuard port.
-    pub fn handle_datagram(&self, from: SocketAddr, d: &[u8], bufs: &mut Bufs, sink: &impl Sink) {
+    pub fn handle_datagram(&self, from: Endpoint, d: &[u8], bufs: &mut Bufs, sink: &impl Sink) {
         let table = self.table.load();
         let Some(peer) = self.identify(&table, from, d, bufs, sink) else {
             return;
@@ -235,7 +235,7 @@ impl Engine {
             };
             let tunn = &mut session.tunn;
             let base = bufs.plain.as_ptr() as usize;
-            match tunn.decapsulate(Some(from.ip()), d, &mut bufs.plain) {
+            match tunn.decapsulate(Some(from.addr.ip()), d, &mut bufs.plain) {
                 TunnResult::Done => {
                     // A keepalive decrypted: authenticated.
                     if is_data {
@@ -387,6 +387,7 @@ mod tests {
     use crate::hub::packet::tests::ipv4;
     use crate::store::{Device, Overlay};
     use std::cell::RefCell;
+    use std::net::SocketAddr;
 
     #[derive(Default)]
     struct Recorder {
@@ -394,8 +395,8 @@ mod tests {
         tun: RefCell<Vec<Vec<u8>>>,
     }
     impl Sink for Recorder {
-        fn send_udp(&self, to: SocketAddr, d: &[u8]) {
-            self.udp.borrow_mut().push((to, d.to_vec()));
+        fn send_udp(&self, to: Endpoint, d: &[u8]) {
+            self.udp.borrow_mut().push((to.addr, d.to_vec()));
         }
         fn write_tun(&self, p: &[u8]) {
             self.tun.borrow_mut().push(p.to_vec());
@@ -471,7 +472,7 @@ mod tests {
         /// Delivers a client's datagram to the hub; returns what the hub sent.
         fn deliver(&mut self, from: SocketAddr, d: &[u8]) -> Vec<(SocketAddr, Vec<u8>)> {
             self.engine
-                .handle_datagram(from, d, &mut self.bufs, &self.sink);
+                .handle_datagram(from.into(), d, &mut self.bufs, &self.sink);
             self.sink.udp.borrow_mut().drain(..).collect()
         }
 
@@ -556,10 +557,10 @@ mod tests {
         w.deliver(SocketAddr::from(([6, 6, 6, 6], 1)), &forged);
         use crate::hub::route::OwnerLookup;
         let peer = w.engine.table.load().owner_v4(a.v4).unwrap();
-        assert_eq!(peer.endpoint(), Some(a.addr));
+        assert_eq!(peer.endpoint().map(|e| e.addr), Some(a.addr));
         // ...an authentic one does, and replies follow it.
         w.deliver(moved, &d);
-        assert_eq!(peer.endpoint(), Some(moved));
+        assert_eq!(peer.endpoint().map(|e| e.addr), Some(moved));
         w.engine.handle_tun_packet(
             &ipv4(Ipv4Addr::new(1, 1, 1, 1), a.v4, 0),
             &mut w.bufs,

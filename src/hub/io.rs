@@ -22,6 +22,7 @@ use tun_rs::{AsyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::batch::BatchSink;
 use super::engine::{Bufs, Engine, Sink, MAX_PACKET};
+use super::peers::Endpoint;
 use crate::store::Overlay;
 
 /// Socket buffer size asked for: a burst of a fast flow must not overflow the receive queue.
@@ -64,18 +65,18 @@ impl NetSink {
     /// Sends `data` to `to` as datagrams of `segment` bytes (the last may be shorter), in
     /// one `sendmsg` when GSO allows, waiting while the socket buffer is full. False when
     /// the send failed.
-    pub async fn send_gso(&self, to: SocketAddr, data: &[u8], segment: usize) -> bool {
-        let Some(port) = self.port(to) else {
+    pub async fn send_gso(&self, to: Endpoint, data: &[u8], segment: usize) -> bool {
+        let Some(port) = self.port(to.addr) else {
             return false;
         };
         let many = data.len() > segment;
         if !many || port.state.max_gso_segments() > 1 {
             let t = Transmit {
-                destination: to,
+                destination: to.addr,
                 ecn: None,
                 contents: data,
                 segment_size: many.then_some(segment),
-                src_ip: None,
+                src_ip: to.local,
             };
             let r = port
                 .sock
@@ -94,11 +95,11 @@ impl NetSink {
         let mut ok = true;
         for chunk in data.chunks(segment.max(1)) {
             let t = Transmit {
-                destination: to,
+                destination: to.addr,
                 ecn: None,
                 contents: chunk,
                 segment_size: None,
-                src_ip: None,
+                src_ip: to.local,
             };
             ok &= port
                 .sock
@@ -114,14 +115,14 @@ impl NetSink {
 
 /// Unbatched sends, for the timer task (handshake retries and keepalives).
 impl Sink for NetSink {
-    fn send_udp(&self, to: SocketAddr, datagram: &[u8]) {
-        let ok = self.port(to).is_some_and(|p| {
+    fn send_udp(&self, to: Endpoint, datagram: &[u8]) {
+        let ok = self.port(to.addr).is_some_and(|p| {
             let t = Transmit {
-                destination: to,
+                destination: to.addr,
                 ecn: None,
                 contents: datagram,
                 segment_size: None,
-                src_ip: None,
+                src_ip: to.local,
             };
             p.state.try_send((&p.sock).into(), &t).is_ok()
         });
@@ -255,7 +256,10 @@ pub async fn udp_task(v6: bool, net: Arc<NetSink>, engine: Arc<Engine>) {
             }
         };
         for (m, buf) in meta.iter().zip(&storage).take(n) {
-            let from = unmap(m.addr);
+            let from = Endpoint {
+                addr: unmap(m.addr),
+                local: m.dst_ip,
+            };
             let data = &buf[..m.len.min(buf.len())];
             let stride = if m.stride == 0 { data.len() } else { m.stride };
             for d in data.chunks(stride.max(1)) {

@@ -240,7 +240,7 @@ impl HubHandle {
                     public_key: base64::engine::general_purpose::STANDARD.encode(p.public_key),
                     ipv4: p.addrs.v4,
                     ipv6: p.addrs.v6,
-                    endpoint: p.endpoint(),
+                    endpoint: p.endpoint().map(|e| e.addr),
                     last_handshake_secs_ago: st.since_handshake.map(|d| d.as_secs()),
                     rx_bytes: st.rx_bytes,
                     tx_bytes: st.tx_bytes,

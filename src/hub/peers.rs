@@ -12,7 +12,7 @@
 //! 9 minutes) or when a handshake never completed. An idle device costs a few hundred bytes.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +28,21 @@ use crate::store::Device;
 /// Session indexes are 24 bits: boringtun puts a session counter in the low 8 bits.
 const INDEX_MASK: u32 = 0x00ff_ffff;
 
+/// Where a device is reached: its address and port as the hub saw them, and the hub's own
+/// address the device sent to, used as the source of replies (a hub with several addresses,
+/// e.g. IPv6 privacy addresses, must answer from the one the device dialled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub local: Option<IpAddr>,
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Endpoint {
+        Endpoint { addr, local: None }
+    }
+}
+
 /// One registered device and its WireGuard session.
 pub struct Peer {
     /// Current name (renames keep the session).
@@ -39,7 +54,7 @@ pub struct Peer {
     /// The WireGuard session while the device is active.
     pub session: Mutex<Option<Box<Session>>>,
     /// Where the latest authenticated packet came from (roaming follows it).
-    pub endpoint: Mutex<Option<SocketAddr>>,
+    pub endpoint: Mutex<Option<Endpoint>>,
     /// Counters and last handshake of retired sessions.
     retired: Retired,
 }
@@ -71,7 +86,7 @@ pub struct PeerStats {
 
 impl Peer {
     /// The endpoint, if the device has been heard from.
-    pub fn endpoint(&self) -> Option<SocketAddr> {
+    pub fn endpoint(&self) -> Option<Endpoint> {
         *self.endpoint.lock()
     }
 
@@ -137,7 +152,7 @@ impl Peer {
     }
 
     /// Records the source of an authenticated packet; returns true when it moved.
-    pub fn handle_authenticated_from(&self, from: SocketAddr) -> bool {
+    pub fn handle_authenticated_from(&self, from: Endpoint) -> bool {
         let mut ep = self.endpoint.lock();
         if *ep == Some(from) {
             return false;

@@ -44,7 +44,7 @@ pub fn render_get(engine: &Engine, listen_port: u16, now: SystemTime) -> String 
         let (hs, tx, rx) = (st.since_handshake, st.tx_bytes, st.rx_bytes);
         let _ = writeln!(out, "public_key={}", hex(&p.public_key));
         if let Some(ep) = p.endpoint() {
-            let _ = writeln!(out, "endpoint={ep}");
+            let _ = writeln!(out, "endpoint={}", ep.addr);
         }
         let _ = writeln!(out, "allowed_ip={}/32", p.addrs.v4);
         let _ = writeln!(out, "allowed_ip={}/128", p.addrs.v6);

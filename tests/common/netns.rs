@@ -279,6 +279,8 @@ fn run_ok(c: &mut Command) {
 
 /// Public address of the hub in [`HubWorld`].
 pub const HUB_PUBLIC: &str = "203.0.113.1";
+/// The hub's second public address.
+pub const HUB_PUBLIC_2: &str = "203.0.113.2";
 /// The web server's address in the "internet".
 pub const WEB: &str = "192.0.2.80";
 /// The web server's IPv6 address in the "internet".
@@ -333,7 +335,11 @@ impl HubWorld {
             "inet",
             "sysctl -qw net.ipv4.ip_forward=1 && ip addr add 192.0.2.80/32 dev lo",
         );
-        lab.sh_ok("hub", "ip route add default via 203.0.113.254");
+        // A second public address: replies must leave from the address a device dialled.
+        lab.sh_ok(
+            "hub",
+            "ip route add default via 203.0.113.254 && ip addr add 203.0.113.2/24 dev eth0",
+        );
         // IPv6 between the hub and the internet only (the devices' uplinks stay IPv4-only,
         // as on many home networks): the web server also answers on WEB6.
         lab.sh_ok(
