@@ -7,8 +7,9 @@
 //! on exit. The ruleset is built by [`ruleset`], a pure function, and applied through the
 //! `nftables` crate (`nft -j -f -`).
 //!
-//! Forward chain, in order: overlay→overlay through the kernel is allowed; with the internet
-//! off everything else from the overlay is dropped (the hub's own services are `input`, not
+//! Forward chain, in order: overlay→overlay through the kernel is allowed; link-local
+//! destinations (the cloud metadata service) are dropped; with the internet off everything
+//! else from the overlay is dropped (the hub's own services are `input`, not
 //! `forward`, so DNS keeps working); replies to the overlay are allowed and unsolicited
 //! connections into it are dropped.
 
@@ -96,6 +97,17 @@ pub fn ruleset(s: &EgressSpec) -> Value {
             ],
         ),
     ];
+    // Link-local destinations are never forwarded: on a cloud VM that is the metadata
+    // service (169.254.169.254), which holds the VM's credentials.
+    cmds.push(rule(
+        "forward",
+        vec![
+            meta_eq("iifname", &s.tun),
+            json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                "right": {"prefix": {"addr": "169.254.0.0", "len": 16}}}}),
+            drop.clone(),
+        ],
+    ));
     if s.internet {
         cmds.push(rule(
             "forward",

@@ -96,6 +96,12 @@ pub struct HubHandle {
     uapi_path: Option<PathBuf>,
 }
 
+// The resolver keeps the handle in its own tasks.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<HubHandle>();
+};
+
 /// The message for a process without CAP_NET_ADMIN.
 pub const PRIVILEGES_MESSAGE: &str =
     "cloudpc run needs the CAP_NET_ADMIN capability to create its \
