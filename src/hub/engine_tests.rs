@@ -242,3 +242,27 @@ proptest::proptest! {
         w.engine.handle_tun_packet(&bytes, &mut w.bufs, &w.sink);
     }
 }
+
+#[test]
+fn truncated_messages_are_counted_as_malformed_and_answered_by_nothing() {
+    let mut w = World::new();
+    let mut a = w.add(2);
+    let mut buf = vec![0u8; 2048];
+    let TunnResult::WriteToNetwork(init) = a.tunn.format_handshake_initiation(&mut buf, false)
+    else {
+        panic!("no initiation")
+    };
+    let init = init.to_vec();
+    for cut in [0, 3, 4, 100, 147] {
+        assert!(w.deliver(a.addr, &init[..cut]).is_empty());
+    }
+    assert_eq!(
+        w.engine
+            .counters
+            .malformed_datagrams
+            .load(Ordering::Relaxed),
+        5
+    );
+    // The whole message still works afterwards.
+    assert_eq!(w.deliver(a.addr, &init).len(), 1);
+}
