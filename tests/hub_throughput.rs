@@ -42,6 +42,7 @@ fn start_wireguard_go_hub(
     peers: &[(String, String, String)],
 ) -> u32 {
     let ifname = netns::unique("wgh");
+    w.lab.remove_wg_socket_on_drop(&ifname);
     let key = hub.state_dir.join("hub.key");
     let mut set = format!(
         "wg set {ifname} private-key {} listen-port 51820",

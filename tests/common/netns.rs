@@ -215,6 +215,13 @@ impl Lab {
         }
     }
 
+    /// Removes `/var/run/wireguard/<ifname>.sock` when the lab goes (a killed userspace
+    /// WireGuard leaves its socket behind, and that directory is shared by all namespaces).
+    pub fn remove_wg_socket_on_drop(&mut self, ifname: &str) {
+        self.wg_sockets
+            .push(PathBuf::from(format!("/var/run/wireguard/{ifname}.sock")));
+    }
+
     /// Brings up a stock WireGuard device (wireguard-go via wg-quick) in `short` from a
     /// wg-quick config; the `DNS =` line is dropped (no resolvconf in a namespace). Returns
     /// the interface name.
@@ -485,8 +492,9 @@ pub fn wg_keypair() -> (String, String) {
 
 impl HubWorld {
     /// Writes a config for a hub at [`HUB_PUBLIC`] and a fresh state dir; `extra` is appended.
-    pub fn hub(&self, extra: &str) -> HubRun {
+    pub fn hub(&mut self, extra: &str) -> HubRun {
         let interface = unique("cph");
+        self.lab.remove_wg_socket_on_drop(&interface);
         let dir = self.lab.dir.path().join(&interface);
         std::fs::create_dir_all(&dir).expect("hub dir");
         let config = dir.join("cloudpc.toml");
