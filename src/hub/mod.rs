@@ -8,7 +8,8 @@
 //!
 //! Parts: `packet` (checked IP header view), `route` (where a packet goes), `peers` (device
 //! table), `engine` (WireGuard messages in, packets out, no I/O), `io` (sockets, TUN, tasks),
-//! `sync` (applies store changes within 250 ms), `uapi` (`wg show`).
+//! `batch` (GSO/GRO output batching), `sync` (applies store changes within 250 ms), `uapi`
+//! (`wg show`).
 
 pub mod batch;
 pub mod engine;
@@ -123,11 +124,23 @@ pub fn has_net_admin() -> bool {
 /// The NAT64 translator to plug in.
 ///
 /// NAT64 SEAM: returns `None` until `crate::hub::nat64` (the pure RFC 6146/7915 translator)
-/// is merged; then build it here, e.g.
-/// `Some(Arc::new(nat64::Translator::new(p.cfg.dns.dns64_prefix, pool_v4)))`, implementing
-/// [`engine::Nat64`]. Until then IPv6 packets to the DNS64 prefix are dropped and counted.
+/// is merged. To plug it in, implement [`engine::Nat64`] for it (or a thin adapter holding
+/// its session table behind a `parking_lot::Mutex`, since the engine calls it from several
+/// tasks) and return it here, e.g.
+/// `Some(Arc::new(nat64::Translator::new(p.cfg.dns.dns64_prefix, nat64_pool_v4(&p.overlay))))`.
+/// The engine then sends IPv6 packets from devices to the DNS64 prefix through
+/// `translate_6to4` and writes the result to the TUN (the kernel masquerades the pool
+/// address like any overlay source), and passes IPv4 packets from the TUN addressed to
+/// `pool_v4` through `translate_4to6` before routing them to the device. Until then those
+/// packets are dropped and counted (`nat64_dropped`).
 fn nat64_translator(_p: &HubParams) -> Option<Arc<dyn Nat64>> {
     None
+}
+
+/// The IPv4 address NAT64 translates to: the last host of the overlay range, the one the
+/// device allocator (lowest free first) reaches last.
+pub fn nat64_pool_v4(overlay: &crate::store::Overlay) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(overlay.v4.broadcast()).saturating_sub(1))
 }
 
 /// Starts the hub. See the module docs for what holds when this returns `Ok`.
