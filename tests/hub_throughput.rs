@@ -143,3 +143,62 @@ fn hub_throughput() {
         }
     }
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "measurement; run with --ignored as root"]
+fn memory_per_idle_device() {
+    if !netns::root_or_skip("memory_per_idle_device") {
+        return;
+    }
+    let mut rss = vec![];
+    for n in [0u32, 10_000] {
+        let mut w = HubWorld::new("cpmem");
+        let mut hub = w.hub("");
+        {
+            let cfg = cloudpc::config::Config::load(&hub.config).unwrap();
+            let mut store = cloudpc::store::Store::open(&hub.state_dir).unwrap();
+            let overlay = store.overlay(&cfg.wireguard).unwrap();
+            let tx = store.conn().unchecked_transaction().unwrap();
+            for i in 0..n {
+                let key: [u8; 32] = rand_key(i);
+                use base64::Engine as _;
+                let k = base64::engine::general_purpose::STANDARD.encode(key);
+                let (v4, v6) = overlay.addrs(i + 2);
+                tx.execute(
+                    "INSERT INTO devices(name, public_key, ipv4, ipv6, addr_index, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+                    rusqlite::params![format!("d{i}"), k, v4.to_string(), v6.to_string(), i + 2],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+            drop(store);
+        }
+        std::env::set_var("CLOUDPC_TEST_HUB_LOG", "cloudpc=info");
+        w.start_hub(&mut hub);
+        std::thread::sleep(Duration::from_secs(1));
+        rss.push(rss_kib(hub.pid.unwrap()));
+        w.stop_hub(&mut hub);
+    }
+    eprintln!(
+        "hub RSS: {} KiB with no device, {} KiB with 10,000 idle devices: {:.0} bytes per idle device",
+        rss[0],
+        rss[1],
+        (rss[1] as f64 - rss[0] as f64) * 1024.0 / 10_000.0
+    );
+}
+
+fn rand_key(i: u32) -> [u8; 32] {
+    let mut k = [7u8; 32];
+    k[..4].copy_from_slice(&i.to_le_bytes());
+    k
+}
