@@ -165,7 +165,7 @@ fn memory_per_idle_device() {
         let mut hub = w.hub("");
         {
             let cfg = cloudpc::config::Config::load(&hub.config).unwrap();
-            let mut store = cloudpc::store::Store::open(&hub.state_dir).unwrap();
+            let store = cloudpc::store::Store::open(&hub.state_dir).unwrap();
             let overlay = store.overlay(&cfg.wireguard).unwrap();
             let tx = store.conn().unchecked_transaction().unwrap();
             for i in 0..n {
