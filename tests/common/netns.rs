@@ -587,9 +587,17 @@ impl HubWorld {
             .expect("cloudpc device add");
         let printed = String::from_utf8_lossy(&out.stdout).into_owned();
         let config = if out.status.success() && printed.contains("[Peer]") {
+            // Only the config itself: from `[Interface]` on, sections, `Key = Value` lines,
+            // comments and blanks (a note printed around it would break wg-quick).
+            let start = printed.find("[Interface]").unwrap_or(0);
             let mut conf = String::new();
-            for l in printed.lines() {
-                if l.trim_start().starts_with("PrivateKey") {
+            for l in printed[start..].lines() {
+                let t = l.trim();
+                let keep = t.is_empty()
+                    || t.starts_with('#')
+                    || (t.starts_with('[') && t.ends_with(']'))
+                    || t.contains('=');
+                if !keep || t.starts_with("PrivateKey") {
                     continue;
                 }
                 conf.push_str(l);
