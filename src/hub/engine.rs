@@ -40,25 +40,42 @@ pub trait Sink {
 
 /// Seam for the NAT64 translator (`crate::hub::nat64`, RFC 6146 / RFC 7915).
 ///
-/// The translator owns one IPv4 pool address (inside the overlay, so the egress masquerade
-/// covers it); IPv6 packets from devices to the DNS64 prefix become IPv4 packets from that
-/// address, and IPv4 packets that come back to it become IPv6 packets to the device.
+/// The translator owns one IPv4 pool address (a spare overlay address, routed to the TUN and
+/// covered by the egress masquerade); IPv6 packets from devices to the DNS64 prefix become
+/// IPv4 packets from that address, and IPv4 packets that come back to it become IPv6 packets
+/// to the device. The signatures follow `crate::hub::nat64::Nat64`, which is `&mut self`;
+/// the engine calls from several tasks, so the adapter wraps it in a mutex:
+///
+/// ```ignore
+/// impl engine::Nat64 for parking_lot::Mutex<nat64::Nat64> {
+///     fn pool_v4(&self) -> Ipv4Addr { self.lock().pool() }
+///     fn translate_6to4(&self, p: &[u8], now: Instant, out: &mut Vec<u8>) -> bool {
+///         self.lock().translate_6to4(p, now, out).is_ok()
+///     }
+///     fn translate_4to6(&self, p: &[u8], now: Instant, out: &mut Vec<u8>) -> bool {
+///         self.lock().translate_4to6(p, now, out).is_ok()
+///     }
+///     fn expire(&self, now: Instant) { self.lock().expire(now) }
+/// }
+/// ```
 pub trait Nat64: Send + Sync {
     /// The IPv4 source address translated packets use.
     fn pool_v4(&self) -> Ipv4Addr;
-    /// Translates an IPv6 packet from a device into IPv4, written to `out`; the length, or
-    /// `None` to drop it.
-    fn translate_6to4(&self, pkt: &[u8], out: &mut [u8]) -> Option<usize>;
+    /// Translates an IPv6 packet from a device into IPv4 (`out` is cleared and refilled);
+    /// false to drop it.
+    fn translate_6to4(&self, pkt: &[u8], now: Instant, out: &mut Vec<u8>) -> bool;
     /// Translates an IPv4 packet addressed to [`Nat64::pool_v4`] back into IPv6 for the
-    /// device, written to `out`; the length, or `None` to drop it.
-    fn translate_4to6(&self, pkt: &[u8], out: &mut [u8]) -> Option<usize>;
+    /// device (`out` is cleared and refilled); false to drop it.
+    fn translate_4to6(&self, pkt: &[u8], now: Instant, out: &mut Vec<u8>) -> bool;
+    /// Drops idle bindings; called on every timer tick.
+    fn expire(&self, now: Instant);
 }
 
 /// Per-task scratch space, reused for every packet.
 pub struct Bufs {
     plain: Box<[u8]>,
     crypt: Box<[u8]>,
-    nat: Box<[u8]>,
+    nat: Vec<u8>,
 }
 
 impl Default for Bufs {
@@ -66,7 +83,8 @@ impl Default for Bufs {
         Bufs {
             plain: vec![0; MAX_PACKET + OVERHEAD].into_boxed_slice(),
             crypt: vec![0; MAX_PACKET + OVERHEAD].into_boxed_slice(),
-            nat: vec![0; MAX_PACKET + OVERHEAD].into_boxed_slice(),
+            // NAT64 may add 20 bytes (IPv4 → IPv6 header).
+            nat: Vec::with_capacity(MAX_PACKET + OVERHEAD),
         }
     }
 }
@@ -282,7 +300,7 @@ impl Engine {
         from: &Peer,
         pkt: &[u8],
         crypt: &mut [u8],
-        nat: &mut [u8],
+        nat: &mut Vec<u8>,
         sink: &impl Sink,
     ) {
         let verdict = route_from_device(&self.ctx, table, from.addrs, pkt);
@@ -294,10 +312,13 @@ impl Engine {
             Verdict::Peer(to) => self.send_to_peer(&to, pkt, crypt, sink),
             Verdict::Tun => sink.write_tun(pkt),
             Verdict::Nat64 => match &self.nat64 {
-                Some(t) => match t.translate_6to4(pkt, nat) {
-                    Some(n) => sink.write_tun(&nat[..n]),
-                    None => bump(&self.counters.nat64_dropped),
-                },
+                Some(t) => {
+                    if t.translate_6to4(pkt, Instant::now(), nat) {
+                        sink.write_tun(nat);
+                    } else {
+                        bump(&self.counters.nat64_dropped);
+                    }
+                }
                 None => self.count_drop(DropReason::Nat64Unavailable),
             },
             Verdict::Drop(r) => self.count_drop(r),
@@ -310,10 +331,10 @@ impl Engine {
         let mut pkt = pkt;
         if let Some(t) = &self.nat64 {
             if pkt.len() >= 20 && pkt[0] >> 4 == 4 && pkt[16..20] == t.pool_v4().octets() {
-                match t.translate_4to6(pkt, &mut bufs.nat) {
-                    Some(n) => pkt = &bufs.nat[..n],
-                    None => return bump(&self.counters.nat64_dropped),
+                if !t.translate_4to6(pkt, Instant::now(), &mut bufs.nat) {
+                    return bump(&self.counters.nat64_dropped);
                 }
+                pkt = &bufs.nat;
             }
         }
         match route_from_tun(&**table, pkt) {
@@ -345,6 +366,9 @@ impl Engine {
         self.rate_limiter.reset_count();
         let table = self.table.load();
         let now = Instant::now();
+        if let Some(t) = &self.nat64 {
+            t.expire(now);
+        }
         for peer in table.peers() {
             let mut slot = peer.session.lock();
             let Some(session) = slot.as_mut() else {

@@ -38,16 +38,20 @@ struct World {
 
 impl World {
     fn new() -> World {
+        World::with_nat64(None)
+    }
+
+    fn with_nat64(nat64: Option<Arc<dyn Nat64>>) -> World {
         let hub = KeyPair::generate();
         let ctx = RouteCtx {
             overlay: Overlay {
                 v4: "100.96.0.0/16".parse().unwrap(),
                 v6: "fd00:1::/48".parse().unwrap(),
             },
-            dns64_prefix: None,
+            dns64_prefix: Some("64:ff9b::/96".parse().unwrap()),
         };
         World {
-            engine: Engine::new(hub.private.clone(), ctx, None),
+            engine: Engine::new(hub.private.clone(), ctx, nat64),
             hub_public: hub.public,
             sink: Recorder::default(),
             bufs: Bufs::default(),
@@ -265,4 +269,87 @@ fn truncated_messages_are_counted_as_malformed_and_answered_by_nothing() {
     );
     // The whole message still works afterwards.
     assert_eq!(w.deliver(a.addr, &init).len(), 1);
+}
+
+/// A stand-in translator: 6→4 emits a fixed IPv4 packet from the pool, 4→6 a fixed IPv6
+/// packet to device 2.
+struct FakeNat64 {
+    expired: AtomicU64,
+}
+
+const POOL: Ipv4Addr = Ipv4Addr::new(100, 96, 255, 254);
+
+impl Nat64 for FakeNat64 {
+    fn pool_v4(&self) -> Ipv4Addr {
+        POOL
+    }
+    fn translate_6to4(&self, _p: &[u8], _now: Instant, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        out.extend_from_slice(&ipv4(POOL, Ipv4Addr::new(192, 0, 2, 80), 8));
+        true
+    }
+    fn translate_4to6(&self, _p: &[u8], _now: Instant, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        out.extend_from_slice(&crate::hub::packet::tests::ipv6(
+            "64:ff9b::c000:250".parse().unwrap(),
+            "fd00:1::2".parse().unwrap(),
+            8,
+        ));
+        true
+    }
+    fn expire(&self, _now: Instant) {
+        self.expired.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn dns64_traffic_goes_through_the_nat64_seam_both_ways() {
+    let fake = Arc::new(FakeNat64 {
+        expired: AtomicU64::new(0),
+    });
+    let mut w = World::with_nat64(Some(fake.clone()));
+    let mut a = w.add(2);
+    w.handshake(&mut a);
+    let out6 = crate::hub::packet::tests::ipv6(
+        "fd00:1::2".parse().unwrap(),
+        "64:ff9b::c000:250".parse().unwrap(),
+        8,
+    );
+    let d = seal(&mut a, &out6);
+    w.deliver(a.addr, &d);
+    let tun = w.sink.tun.borrow().clone();
+    assert_eq!(tun.len(), 1);
+    assert_eq!(
+        &tun[0][12..16],
+        &POOL.octets(),
+        "translated packet to the TUN"
+    );
+    // The reply to the pool address comes back as IPv6 to the device.
+    let back = ipv4(Ipv4Addr::new(192, 0, 2, 80), POOL, 8);
+    w.engine.handle_tun_packet(&back, &mut w.bufs, &w.sink);
+    let out: Vec<_> = w.sink.udp.borrow_mut().drain(..).collect();
+    assert_eq!(out.len(), 1);
+    let mut dst = vec![0u8; 2048];
+    match a.tunn.decapsulate(None, &out[0].1, &mut dst) {
+        TunnResult::WriteToTunnelV6(p, _) => assert_eq!(p[0] >> 4, 6),
+        other => panic!("not an IPv6 packet: {other:?}"),
+    }
+    w.engine.poll_timers(&mut w.bufs, &w.sink);
+    assert_eq!(fake.expired.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn without_a_translator_dns64_traffic_is_dropped_and_counted() {
+    let mut w = World::new();
+    let mut a = w.add(2);
+    w.handshake(&mut a);
+    let out6 = crate::hub::packet::tests::ipv6(
+        "fd00:1::2".parse().unwrap(),
+        "64:ff9b::c000:250".parse().unwrap(),
+        8,
+    );
+    let d = seal(&mut a, &out6);
+    w.deliver(a.addr, &d);
+    assert!(w.sink.tun.borrow().is_empty());
+    assert_eq!(w.engine.counters.nat64_dropped.load(Ordering::Relaxed), 1);
 }

@@ -124,14 +124,13 @@ pub fn has_net_admin() -> bool {
 /// The NAT64 translator to plug in.
 ///
 /// NAT64 SEAM: returns `None` until `crate::hub::nat64` (the pure RFC 6146/7915 translator)
-/// is merged. To plug it in, implement [`engine::Nat64`] for it (or a thin adapter holding
-/// its session table behind a `parking_lot::Mutex`, since the engine calls it from several
-/// tasks) and return it here, e.g.
-/// `Some(Arc::new(nat64::Translator::new(p.cfg.dns.dns64_prefix, nat64_pool_v4(&p.overlay))))`.
-/// The engine then sends IPv6 packets from devices to the DNS64 prefix through
-/// `translate_6to4` and writes the result to the TUN (the kernel masquerades the pool
-/// address like any overlay source), and passes IPv4 packets from the TUN addressed to
-/// `pool_v4` through `translate_4to6` before routing them to the device. Until then those
+/// is merged. To plug it in, add the adapter shown on [`engine::Nat64`] and return
+/// `nat64::Nat64::new(p.cfg.dns.dns64_prefix, nat64_pool_v4(&p.overlay)).ok()` wrapped in
+/// `Arc::new(parking_lot::Mutex::new(..))` (when `p.cfg.dns.dns64` is on). The engine then
+/// sends IPv6 packets from devices to the DNS64 prefix through `translate_6to4` and writes
+/// the result to the TUN (the kernel masquerades the pool address like any overlay source),
+/// passes IPv4 packets from the TUN addressed to `pool_v4` through `translate_4to6` before
+/// routing them to the device, and calls `expire` on each timer tick. Until then those
 /// packets are dropped and counted (`nat64_dropped`).
 fn nat64_translator(_p: &HubParams) -> Option<Arc<dyn Nat64>> {
     None
