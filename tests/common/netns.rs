@@ -450,7 +450,7 @@ pub struct HubRun {
 impl HubRun {
     /// `cloudpc` with this hub's config and state dir, for CLI calls from the test process.
     pub fn cli(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_cloudpc"));
+        let mut c = Command::new(cloudpc_bin());
         c.arg("--config")
             .arg(&self.config)
             .arg("--state-dir")
@@ -462,6 +462,12 @@ impl HubRun {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The `cloudpc` binary under test: `CLOUDPC_TEST_BIN` when set (a release build for
+/// measurements, or a copy when several worktrees share one target dir), else Cargo's.
+pub fn cloudpc_bin() -> String {
+    std::env::var("CLOUDPC_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cloudpc").to_string())
 }
 
 /// A WireGuard key pair from `wg genkey | wg pubkey` (base64).
@@ -518,9 +524,7 @@ impl HubWorld {
     /// Starts `cloudpc run` in the hub namespace and waits until it serves (its UAPI socket
     /// answers `wg show`); panics with the log if it exits first.
     pub fn start_hub(&mut self, h: &mut HubRun) {
-        // CLOUDPC_TEST_BIN runs another build (e.g. release, for measurements).
-        let bin = std::env::var("CLOUDPC_TEST_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_cloudpc").to_string());
+        let bin = cloudpc_bin();
         let cmd = format!(
             "env CLOUDPC_LOG=${{CLOUDPC_TEST_HUB_LOG:-cloudpc=debug}} {bin} run --config {} --state-dir {}",
             h.config.display(),
@@ -586,7 +590,11 @@ impl HubWorld {
             .output()
             .expect("cloudpc device add");
         let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-        let config = if out.status.success() && printed.contains("[Peer]") {
+        let via_cli = out.status.success() && printed.contains("[Peer]");
+        if std::env::var_os("CLOUDPC_TEST_VERBOSE").is_some() {
+            eprintln!("register {name}: via `device add --pubkey`: {via_cli}");
+        }
+        let config = if via_cli {
             // Only the config itself: from `[Interface]` on, sections, `Key = Value` lines,
             // comments and blanks (a note printed around it would break wg-quick).
             let start = printed.find("[Interface]").unwrap_or(0);
