@@ -14,7 +14,9 @@ fn run_without_net_admin_explains_and_exits_non_zero() {
         format!("[wireguard]\ninterface = \"{iface}\"\nlisten_port = 51999\n"),
     )
     .unwrap();
-    let bin = env!("CARGO_BIN_EXE_cloudpc");
+    let bin = std::env::var("CLOUDPC_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_cloudpc").to_string());
+    let bin = bin.as_str();
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let mut cmd = if root {
