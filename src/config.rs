@@ -354,10 +354,10 @@ impl Config {
                 }
             }
         }
-        if self.wireguard.ipv4.prefix_len() > 30 {
+        if self.wireguard.ipv4.prefix_len() > 29 {
             return inv(
                 "wireguard.ipv4",
-                "the overlay needs a /30 or larger range".into(),
+                "the overlay needs a /29 or larger range".into(),
             );
         }
         if !(1280..=9000).contains(&self.wireguard.mtu) {

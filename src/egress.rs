@@ -1,1 +1,274 @@
-//! NAT and firewall towards the internet (nftables). (Being built: see the hub work item.)
+//! Egress: the hub's way to the internet. Forwarding on, and one nftables table of our own,
+//! `inet cloudpc`, that masquerades overlay sources out of the egress interface and filters
+//! what the overlay may forward.
+//!
+//! The table is always replaced as a whole in one `nft` transaction (so a stale table from a
+//! crashed run is replaced on start, and `internet on|off` swaps rules atomically) and deleted
+//! on exit. The ruleset is built by [`ruleset`], a pure function, and applied through the
+//! `nftables` crate (`nft -j -f -`).
+//!
+//! Forward chain, in order: overlay→overlay through the kernel is allowed; link-local
+//! destinations (the cloud metadata service) are dropped; with the internet off everything
+//! else from the overlay is dropped (the hub's own services are `input`, not
+//! `forward`, so DNS keeps working); replies to the overlay are allowed and unsolicited
+//! connections into it are dropped.
+
+use std::path::PathBuf;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde_json::{json, Value};
+
+/// Name of the nftables table (family `inet`).
+pub const TABLE: &str = "cloudpc";
+
+/// Why egress could not be set up or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    /// `nft` failed or is missing.
+    #[error("nftables: {0} (is the `nft` command installed? Debian/Ubuntu: apt install nftables)")]
+    Nft(String),
+    /// A forwarding sysctl could not be written.
+    #[error("cannot enable forwarding ({path}: {source}); run as root or set it yourself: sysctl -w {sysctl}=1")]
+    Sysctl {
+        path: PathBuf,
+        sysctl: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// What the egress ruleset depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressSpec {
+    /// The hub's TUN.
+    pub tun: String,
+    /// Interface towards the internet; `None` = any interface but the TUN.
+    pub out: Option<String>,
+    pub v4: Ipv4Net,
+    pub v6: Ipv6Net,
+    /// The personal VPN is on.
+    pub internet: bool,
+}
+
+fn meta_eq(key: &str, v: &str) -> Value {
+    json!({"match": {"op": "==", "left": {"meta": {"key": key}}, "right": v}})
+}
+
+fn meta_ne(key: &str, v: &str) -> Value {
+    json!({"match": {"op": "!=", "left": {"meta": {"key": key}}, "right": v}})
+}
+
+fn saddr(proto: &str, addr: String, len: u8) -> Value {
+    json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "saddr"}},
+        "right": {"prefix": {"addr": addr, "len": len}}}})
+}
+
+fn rule(chain: &str, expr: Vec<Value>) -> Value {
+    json!({"add": {"rule": {"family": "inet", "table": TABLE, "chain": chain, "expr": expr}}})
+}
+
+fn table_obj() -> Value {
+    json!({"table": {"family": "inet", "name": TABLE}})
+}
+
+/// The whole `inet cloudpc` table as one nft JSON transaction replacing any previous one.
+pub fn ruleset(s: &EgressSpec) -> Value {
+    let accept = json!({"accept": null});
+    let drop = json!({"drop": null});
+    let out_match = |negate_tun: bool| match &s.out {
+        Some(i) => meta_eq("oifname", i),
+        None if negate_tun => meta_ne("oifname", &s.tun),
+        None => meta_ne("oifname", &s.tun),
+    };
+    let mut cmds = vec![
+        // `add` then `delete` makes the delete succeed whether or not a table existed.
+        json!({"add": table_obj()}),
+        json!({"delete": table_obj()}),
+        json!({"add": table_obj()}),
+        json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": "forward",
+            "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}}),
+        json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": "postrouting",
+            "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}}),
+        rule(
+            "forward",
+            vec![
+                meta_eq("iifname", &s.tun),
+                meta_eq("oifname", &s.tun),
+                accept.clone(),
+            ],
+        ),
+    ];
+    // Link-local destinations are never forwarded: on a cloud VM that is the metadata
+    // service (169.254.169.254), which holds the VM's credentials.
+    cmds.push(rule(
+        "forward",
+        vec![
+            meta_eq("iifname", &s.tun),
+            json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                "right": {"prefix": {"addr": "169.254.0.0", "len": 16}}}}),
+            drop.clone(),
+        ],
+    ));
+    if s.internet {
+        cmds.push(rule(
+            "forward",
+            vec![meta_eq("iifname", &s.tun), out_match(true), accept.clone()],
+        ));
+    }
+    cmds.push(rule(
+        "forward",
+        vec![meta_eq("iifname", &s.tun), drop.clone()],
+    ));
+    cmds.push(rule(
+        "forward",
+        vec![
+            meta_eq("oifname", &s.tun),
+            json!({"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                "right": ["established", "related"]}}),
+            accept,
+        ],
+    ));
+    cmds.push(rule("forward", vec![meta_eq("oifname", &s.tun), drop]));
+    cmds.push(rule(
+        "postrouting",
+        vec![
+            saddr("ip", s.v4.network().to_string(), s.v4.prefix_len()),
+            out_match(true),
+            json!({"masquerade": null}),
+        ],
+    ));
+    cmds.push(rule(
+        "postrouting",
+        vec![
+            saddr("ip6", s.v6.network().to_string(), s.v6.prefix_len()),
+            out_match(true),
+            json!({"masquerade": null}),
+        ],
+    ));
+    json!({ "nftables": cmds })
+}
+
+fn apply(v: &Value) -> Result<(), EgressError> {
+    nftables::helper::apply_ruleset_raw(
+        &v.to_string(),
+        nftables::helper::DEFAULT_NFT,
+        nftables::helper::DEFAULT_ARGS,
+    )
+    .map(|_| ())
+    .map_err(|e| EgressError::Nft(e.to_string()))
+}
+
+/// Installs (or replaces) the table for `spec`.
+pub fn install(spec: &EgressSpec) -> Result<(), EgressError> {
+    apply(&ruleset(spec))
+}
+
+/// Deletes the table (nothing to do when it is not there).
+pub fn remove() -> Result<(), EgressError> {
+    apply(&json!({"nftables": [{"add": table_obj()}, {"delete": table_obj()}]}))
+}
+
+/// Turns on IPv4 and IPv6 forwarding. On the egress interface, router advertisements stay
+/// accepted (`accept_ra = 2`), so a host that learns its IPv6 route by SLAAC keeps it.
+pub fn enable_forwarding(out: Option<&str>) -> Result<(), EgressError> {
+    if let Some(i) = out {
+        let ra = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{i}/accept_ra"));
+        if std::fs::read_to_string(&ra).is_ok_and(|v| v.trim() == "1") {
+            let _ = std::fs::write(&ra, "2");
+        }
+    }
+    for (path, sysctl) in [
+        ("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+        (
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+            "net.ipv6.conf.all.forwarding",
+        ),
+    ] {
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+            continue;
+        }
+        if let Err(source) = std::fs::write(path, "1") {
+            // A host without IPv6 has no such file; IPv4 egress still works.
+            if source.kind() == std::io::ErrorKind::NotFound && sysctl.contains("ipv6") {
+                continue;
+            }
+            return Err(EgressError::Sysctl {
+                path: path.into(),
+                sysctl,
+                source,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The interface of the IPv4 default route (`/proc/net/route`), else of the IPv6 one.
+pub fn default_route_interface() -> Option<String> {
+    let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    default_interface_from(&v4, &v6)
+}
+
+/// Parses the kernel route tables' text for the default route's interface.
+pub fn default_interface_from(route: &str, ipv6_route: &str) -> Option<String> {
+    for line in route.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // Iface Destination Gateway Flags ... Mask (field 7)
+        if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
+            return Some(f[0].to_string());
+        }
+    }
+    for line in ipv6_route.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 10
+            && f[0] == "00000000000000000000000000000000"
+            && f[1] == "00"
+            && f[9] != "lo"
+        {
+            return Some(f[9].to_string());
+        }
+    }
+    None
+}
+
+/// Resolves the `egress.interface` setting.
+pub fn resolve_interface(setting: &str) -> Option<String> {
+    if setting == "auto" || setting.is_empty() {
+        default_route_interface()
+    } else {
+        Some(setting.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(internet: bool) -> EgressSpec {
+        EgressSpec {
+            tun: "cloudpc0".into(),
+            out: Some("eth0".into()),
+            v4: "100.96.0.0/16".parse().unwrap(),
+            v6: "fd00:1::/48".parse().unwrap(),
+            internet,
+        }
+    }
+
+    #[test]
+    fn internet_off_has_no_accept_towards_the_egress_interface() {
+        let on = ruleset(&spec(true)).to_string();
+        let off = ruleset(&spec(false)).to_string();
+        assert_eq!(on.matches("\"accept\":null").count(), 3, "{on}");
+        assert_eq!(off.matches("\"accept\":null").count(), 2, "{off}");
+        assert!(off.contains("masquerade"));
+        assert!(on.contains("\"len\":16"));
+    }
+
+    #[test]
+    fn default_interface_is_read_from_proc() {
+        let route = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                     eth9\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\n\
+                     ens3\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\n";
+        assert_eq!(default_interface_from(route, ""), Some("ens3".into()));
+        assert_eq!(default_interface_from("Iface\n", ""), None);
+    }
+}

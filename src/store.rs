@@ -243,8 +243,9 @@ impl Store {
             let rows = st.query_map([], |r| r.get::<_, u32>(0)).map_err(db)?;
             rows.collect::<Result<_, _>>().map_err(db)?
         };
-        // Index 0 is the network, 1 the hub; the last index of the IPv4 range is broadcast.
-        let max = (1u64 << (32 - overlay.v4.prefix_len())) - 2;
+        // Index 0 is the network, 1 the hub; the last index of the IPv4 range is broadcast and
+        // the one before it is the NAT64 pool address (`hub::nat64_pool_v4`).
+        let max = (1u64 << (32 - overlay.v4.prefix_len())) - 3;
         let mut index = 2u32;
         for u in used {
             if u == index {

@@ -1,45 +1,331 @@
-//! The WireGuard hub: boringtun sessions per device, routing device↔device, TUN for the hub's
-//! own services and egress, NAT64, roaming. (Data plane being built: see the hub work item.)
+//! The WireGuard hub: boringtun sessions per device, routing device↔device inside the hub, a
+//! TUN for the hub's own services and egress, NAT64 (seam), roaming.
+//!
+//! Drive it with [`start`], which checks privileges first and, when it returns `Ok`, has the
+//! TUN up with the overlay addresses (so the resolver can bind to them), both UDP sockets
+//! bound, the devices loaded and the egress table installed. [`HubHandle::status`] reads live
+//! counters; [`HubHandle::shutdown`] removes the nftables table, the UAPI socket and the TUN.
+//!
+//! Parts: `packet` (checked IP header view), `route` (where a packet goes), `peers` (device
+//! table), `engine` (WireGuard messages in, packets out, no I/O), `io` (sockets, TUN, tasks),
+//! `batch` (GSO/GRO output batching), `sync` (applies store changes within 250 ms), `uapi`
+//! (`wg show`).
 
+pub mod batch;
+pub mod engine;
+pub mod io;
 pub mod keys;
 pub mod nat64;
+pub mod packet;
+pub mod peers;
 pub mod qr;
+pub mod route;
+mod sync;
+pub mod uapi;
 pub mod wgconfig;
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use engine::{Engine, Nat64};
+use route::RouteCtx;
+
+pub use engine::Counters;
 
 /// What the hub needs to start.
 pub struct HubParams {
     pub cfg: crate::config::Config,
-    pub state_dir: std::path::PathBuf,
+    pub state_dir: PathBuf,
     pub overlay: crate::store::Overlay,
 }
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    /// The data plane is not part of this build.
-    #[error("the WireGuard hub is not available in this build; set `[wireguard] enabled = false` to run the resolver alone")]
-    Unavailable,
+    /// The process may not create interfaces or firewall rules.
+    #[error("{0}")]
+    Privileges(String),
+    /// The hub key could not be read or made.
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    /// The state database could not be used.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The WireGuard port could not be bound.
+    #[error("cannot listen for WireGuard on UDP {addr}: {source} (is another WireGuard or cloudpc using `wireguard.listen_port`?)")]
+    Udp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The TUN could not be created or configured.
+    #[error("cannot create the TUN interface {name:?}: {source} (does /dev/net/tun exist? is `wireguard.interface` already in use?)")]
+    Tun {
+        name: String,
+        source: std::io::Error,
+    },
+    /// Egress could not be set up.
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressError),
+    /// The UAPI socket could not be served.
+    #[error("cannot serve the WireGuard UAPI socket {path}: {source}")]
+    Uapi {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
-/// Per-device live status.
+/// One device as `cloudpc status` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceStatus {
     pub name: String,
+    pub public_key: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+    /// Where the device's latest authenticated packet came from.
+    pub endpoint: Option<SocketAddr>,
+    pub last_handshake_secs_ago: Option<u64>,
+    /// Bytes of inner packets received from the device.
+    pub rx_bytes: u64,
+    /// Bytes of inner packets sent to the device.
+    pub tx_bytes: u64,
 }
 
-/// A running hub.
-pub struct HubHandle;
+/// The running hub.
+pub struct HubHandle {
+    engine: Arc<Engine>,
+    sink: Arc<io::NetSink>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    sync: sync::SyncThread,
+    uapi_path: Option<PathBuf>,
+}
+
+// The resolver keeps the handle in its own tasks.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<HubHandle>();
+};
+
+/// The message for a process without CAP_NET_ADMIN.
+pub const PRIVILEGES_MESSAGE: &str =
+    "cloudpc run needs the CAP_NET_ADMIN capability to create its \
+TUN interface and nftables rules (and CAP_NET_BIND_SERVICE for DNS on port 53). Run it as root \
+(e.g. `sudo cloudpc run`), or grant the binary the capabilities once: \
+sudo setcap cap_net_admin,cap_net_bind_service+ep $(which cloudpc)";
+
+/// True when the effective capability set has CAP_NET_ADMIN.
+pub fn has_net_admin() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+}
+
+/// The NAT64 translator to plug in.
+///
+/// NAT64 SEAM: returns `None` until `crate::hub::nat64` (the pure RFC 6146/7915 translator)
+/// is merged. To plug it in, add the adapter shown on [`engine::Nat64`] and return
+/// `nat64::Nat64::new(p.cfg.dns.dns64_prefix, nat64_pool_v4(&p.overlay)).ok()` wrapped in
+/// `Arc::new(parking_lot::Mutex::new(..))` (when `p.cfg.dns.dns64` is on). The engine then
+/// sends IPv6 packets from devices to the DNS64 prefix through `translate_6to4` and writes
+/// the result to the TUN (the kernel masquerades the pool address like any overlay source),
+/// passes IPv4 packets from the TUN addressed to `pool_v4` through `translate_4to6` before
+/// routing them to the device, and calls `expire` on each timer tick. Until then those
+/// packets are dropped and counted (`nat64_dropped`).
+fn nat64_translator(p: &HubParams) -> Option<Arc<dyn Nat64>> {
+    if !p.cfg.dns.dns64 {
+        return None;
+    }
+    match nat64::Nat64::new(p.cfg.dns.dns64_prefix, nat64_pool_v4(&p.overlay)) {
+        Ok(t) => Some(Arc::new(parking_lot::Mutex::new(t))),
+        Err(e) => {
+            tracing::warn!(error = %e, "NAT64 is off");
+            None
+        }
+    }
+}
+
+/// The translator behind the engine's seam; the engine calls from several tasks.
+impl Nat64 for parking_lot::Mutex<nat64::Nat64> {
+    fn pool_v4(&self) -> Ipv4Addr {
+        self.lock().pool()
+    }
+    fn translate_6to4(&self, pkt: &[u8], now: std::time::Instant, out: &mut Vec<u8>) -> bool {
+        self.lock().translate_6to4(pkt, now, out).is_ok()
+    }
+    fn translate_4to6(&self, pkt: &[u8], now: std::time::Instant, out: &mut Vec<u8>) -> bool {
+        self.lock().translate_4to6(pkt, now, out).is_ok()
+    }
+    fn expire(&self, now: std::time::Instant) {
+        self.lock().expire(now)
+    }
+}
+
+/// The IPv4 address NAT64 translates to: the last host of the overlay range, the one the
+/// device allocator (lowest free first) reaches last.
+pub fn nat64_pool_v4(overlay: &crate::store::Overlay) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(overlay.v4.broadcast()).saturating_sub(1))
+}
+
+/// Starts the hub. See the module docs for what holds when this returns `Ok`.
+pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
+    if !has_net_admin() {
+        return Err(HubError::Privileges(PRIVILEGES_MESSAGE.into()));
+    }
+    let key = keys::load_or_create_hub_key(&p.state_dir)?;
+    let store = crate::store::Store::open(&p.state_dir)?;
+    let wg = &p.cfg.wireguard;
+    let ctx = RouteCtx {
+        overlay: p.overlay,
+        dns64_prefix: p.cfg.dns.dns64.then_some(p.cfg.dns.dns64_prefix),
+    };
+    let engine = Arc::new(Engine::new(key.private.clone(), ctx, nat64_translator(&p)));
+    let mut next_index: u32 = rand::random::<u32>();
+    sync::load_devices(&store, &engine, &mut next_index)?;
+
+    let v4_addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, wg.listen_port));
+    let v4 = io::bind_udp(v4_addr).map_err(|source| HubError::Udp {
+        addr: v4_addr,
+        source,
+    })?;
+    let v6_addr = SocketAddr::from((io::V6_ANY, wg.listen_port));
+    let v6 = match io::bind_udp(v6_addr) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no IPv6 WireGuard socket; serving IPv4 only");
+            None
+        }
+    };
+    let (tun, offload) =
+        io::create_tun(&wg.interface, &p.overlay, wg.mtu).map_err(|source| HubError::Tun {
+            name: wg.interface.clone(),
+            source,
+        })?;
+    let tun = Arc::new(tun);
+
+    let egress_out = crate::egress::resolve_interface(&p.cfg.egress.interface);
+    let internet = sync::internet_setting(&store, p.cfg.egress.internet)?;
+    let spec = crate::egress::EgressSpec {
+        tun: wg.interface.clone(),
+        out: egress_out.clone(),
+        v4: p.overlay.v4,
+        v6: p.overlay.v6,
+        internet,
+    };
+    crate::egress::enable_forwarding(egress_out.as_deref())?;
+    crate::egress::install(&spec)?;
+    if egress_out.is_none() {
+        tracing::warn!("no default route found; masquerading out of every interface but the TUN");
+    }
+
+    let uapi = match uapi::bind(&wg.interface) {
+        Ok(u) => u,
+        Err(source) => {
+            let _ = crate::egress::remove();
+            return Err(HubError::Uapi {
+                path: uapi::socket_path(&wg.interface),
+                source,
+            });
+        }
+    };
+
+    let sink = Arc::new(io::NetSink {
+        v4,
+        v6,
+        tun,
+        offload,
+        send_drops: Default::default(),
+    });
+    let mut tasks = vec![
+        tokio::spawn(io::udp_task(false, sink.clone(), engine.clone())),
+        tokio::spawn(io::tun_task(sink.clone(), engine.clone(), wg.mtu)),
+        tokio::spawn(io::timer_task(engine.clone(), sink.clone())),
+        tokio::spawn(uapi::serve(uapi.0, engine.clone(), wg.listen_port)),
+    ];
+    if sink.v6.is_some() {
+        tasks.push(tokio::spawn(io::udp_task(
+            true,
+            sink.clone(),
+            engine.clone(),
+        )));
+    }
+    let sync = sync::SyncThread::spawn(p.state_dir.clone(), engine.clone(), next_index, spec);
+    tracing::info!(
+        port = wg.listen_port,
+        interface = %wg.interface,
+        devices = engine.table.load().len(),
+        internet,
+        offload,
+        gso_segments = sink.max_gso_segments(),
+        "hub up"
+    );
+    Ok(HubHandle {
+        engine,
+        sink,
+        tasks,
+        sync,
+        uapi_path: Some(uapi.1),
+    })
+}
 
 impl HubHandle {
-    /// Live per-device status.
+    /// Every registered device, by name.
     pub fn status(&self) -> Vec<DeviceStatus> {
-        vec![]
+        use base64::Engine as _;
+        let table = self.engine.table.load();
+        let now = std::time::Instant::now();
+        let mut v: Vec<DeviceStatus> = table
+            .peers()
+            .map(|p| {
+                let st = p.stats(now);
+                DeviceStatus {
+                    name: p.name.read().clone(),
+                    public_key: base64::engine::general_purpose::STANDARD.encode(p.public_key),
+                    ipv4: p.addrs.v4,
+                    ipv6: p.addrs.v6,
+                    endpoint: p.endpoint().map(|e| e.addr),
+                    last_handshake_secs_ago: st.since_handshake.map(|d| d.as_secs()),
+                    rx_bytes: st.rx_bytes,
+                    tx_bytes: st.tx_bytes,
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
-    /// Stops the hub and removes what it installed.
-    pub async fn shutdown(self) {}
-}
 
-/// Starts the hub.
-pub async fn start(_p: HubParams) -> Result<HubHandle, HubError> {
-    Err(HubError::Unavailable)
+    /// Counters of dropped and refused input.
+    pub fn counters(&self) -> &Counters {
+        &self.engine.counters
+    }
+
+    /// Packets dropped because a socket or the TUN queue was full.
+    pub fn send_drops(&self) -> u64 {
+        self.sink
+            .send_drops
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops every task and removes the nftables table, the UAPI socket and the TUN.
+    pub async fn shutdown(mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        let sync = std::mem::take(&mut self.sync);
+        let _ = tokio::task::spawn_blocking(move || sync.stop()).await;
+        if let Err(e) = crate::egress::remove() {
+            tracing::warn!(error = %e, "could not remove the nftables table");
+        }
+        if let Some(p) = self.uapi_path.take() {
+            let _ = std::fs::remove_file(p);
+        }
+        // The TUN goes when its last handle (held by the sink) is dropped with `self`.
+        tracing::info!("hub stopped");
+    }
 }

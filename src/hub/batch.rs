@@ -1,0 +1,213 @@
+//! Per-task output batching: encrypted datagrams are collected and sent as UDP GSO runs
+//! (one `sendmsg` for up to 64 same-size datagrams to one endpoint), decrypted packets are
+//! collected and written to the TUN with GRO coalescing (`tun-rs` `send_multiple`).
+//!
+//! A task handles a whole receive batch through a [`BatchSink`], then calls
+//! [`BatchSink::flush`]. Buffers keep their capacity between batches, so the steady state
+//! allocates nothing. [`gso_runs`] (which datagrams share a `sendmsg`) is a pure function.
+
+use std::cell::RefCell;
+use std::sync::atomic::Ordering;
+
+use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
+
+use super::engine::Sink;
+use super::io::NetSink;
+use super::peers::Endpoint;
+
+/// Largest UDP GSO send (the kernel's limit is 64 KiB of payload).
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// One queued datagram: destination and its place in the arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queued {
+    pub to: Endpoint,
+    pub start: usize,
+    pub len: usize,
+}
+
+/// A run of consecutive queued datagrams sent with one `sendmsg`: same destination, all of
+/// `segment` bytes except possibly the last, which may be shorter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GsoRun {
+    pub to: Endpoint,
+    pub start: usize,
+    pub end: usize,
+    pub segment: usize,
+    pub count: usize,
+}
+
+/// Groups queued datagrams (laid out back to back in the arena) into GSO runs of at most
+/// `max_segments` datagrams and [`GSO_MAX_BYTES`].
+pub fn gso_runs(queued: &[Queued], max_segments: usize, out: &mut Vec<GsoRun>) {
+    out.clear();
+    for q in queued {
+        if let Some(r) = out.last_mut() {
+            let fits = r.to == q.to
+                && r.end == q.start
+                && q.len <= r.segment
+                && r.count < max_segments.max(1)
+                && r.end - r.start + q.len <= GSO_MAX_BYTES
+                // A shorter datagram ends a run: only the last may be short.
+                && (r.end - r.start) == r.segment * r.count;
+            if fits {
+                r.end += q.len;
+                r.count += 1;
+                continue;
+            }
+        }
+        out.push(GsoRun {
+            to: q.to,
+            start: q.start,
+            end: q.start + q.len,
+            segment: q.len,
+            count: 1,
+        });
+    }
+}
+
+#[derive(Default)]
+struct UdpQueue {
+    arena: Vec<u8>,
+    queued: Vec<Queued>,
+    runs: Vec<GsoRun>,
+}
+
+struct TunQueue {
+    bufs: Vec<Vec<u8>>,
+    used: usize,
+    gro: GROTable,
+}
+
+/// A [`Sink`] that queues; see the module docs.
+pub struct BatchSink<'a> {
+    net: &'a NetSink,
+    udp: RefCell<UdpQueue>,
+    tun: RefCell<TunQueue>,
+}
+
+impl<'a> BatchSink<'a> {
+    /// An empty batch over the real sockets and TUN.
+    pub fn new(net: &'a NetSink) -> BatchSink<'a> {
+        BatchSink {
+            net,
+            udp: RefCell::new(UdpQueue::default()),
+            tun: RefCell::new(TunQueue {
+                bufs: Vec::new(),
+                used: 0,
+                gro: GROTable::new(),
+            }),
+        }
+    }
+
+    /// Sends everything queued: UDP first (GSO runs), then the TUN (GRO-coalesced).
+    pub async fn flush(&mut self) {
+        self.flush_udp().await;
+        self.flush_tun().await;
+    }
+
+    async fn flush_udp(&mut self) {
+        let q = self.udp.get_mut();
+        if q.queued.is_empty() {
+            return;
+        }
+        let max = self.net.max_gso_segments();
+        gso_runs(&q.queued, max, &mut q.runs);
+        for r in &q.runs {
+            let data = &q.arena[r.start..r.end];
+            if !self.net.send_gso(r.to, data, r.segment).await {
+                self.net
+                    .send_drops
+                    .fetch_add(r.count as u64, Ordering::Relaxed);
+            }
+        }
+        q.arena.clear();
+        q.queued.clear();
+    }
+
+    async fn flush_tun(&mut self) {
+        let q = self.tun.get_mut();
+        if q.used == 0 {
+            return;
+        }
+        let n = q.used;
+        q.used = 0;
+        if self
+            .net
+            .tun
+            .send_multiple(&mut q.gro, &mut q.bufs[..n], VIRTIO_NET_HDR_LEN)
+            .await
+            .is_err()
+        {
+            self.net.send_drops.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Sink for BatchSink<'_> {
+    fn send_udp(&self, to: Endpoint, datagram: &[u8]) {
+        let mut q = self.udp.borrow_mut();
+        let start = q.arena.len();
+        q.arena.extend_from_slice(datagram);
+        q.queued.push(Queued {
+            to,
+            start,
+            len: datagram.len(),
+        });
+    }
+
+    fn write_tun(&self, pkt: &[u8]) {
+        let mut q = self.tun.borrow_mut();
+        let i = q.used;
+        if i == q.bufs.len() {
+            q.bufs.push(Vec::with_capacity(VIRTIO_NET_HDR_LEN + 2048));
+        }
+        let b = &mut q.bufs[i];
+        b.clear();
+        // Headroom for the virtio-net header `send_multiple` writes in front.
+        b.resize(VIRTIO_NET_HDR_LEN, 0);
+        b.extend_from_slice(pkt);
+        q.used += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn q(to: u16, start: usize, len: usize) -> Queued {
+        Queued {
+            to: SocketAddr::from(([10, 0, 0, 1], to)).into(),
+            start,
+            len,
+        }
+    }
+
+    #[test]
+    fn same_size_datagrams_to_one_endpoint_share_a_send() {
+        let queued = [q(1, 0, 100), q(1, 100, 100), q(1, 200, 40), q(1, 240, 100)];
+        let mut runs = vec![];
+        gso_runs(&queued, 64, &mut runs);
+        assert_eq!(runs.len(), 2);
+        assert_eq!((runs[0].count, runs[0].segment, runs[0].end), (3, 100, 240));
+        assert_eq!((runs[1].start, runs[1].count), (240, 1));
+    }
+
+    #[test]
+    fn destination_change_and_segment_limit_split_runs() {
+        let queued = [q(1, 0, 10), q(2, 10, 10), q(2, 20, 10), q(2, 30, 10)];
+        let mut runs = vec![];
+        gso_runs(&queued, 2, &mut runs);
+        let counts: Vec<_> = runs.iter().map(|r| r.count).collect();
+        assert_eq!(counts, [1, 2, 1]);
+    }
+
+    #[test]
+    fn a_longer_datagram_starts_a_new_run() {
+        let queued = [q(1, 0, 10), q(1, 10, 20)];
+        let mut runs = vec![];
+        gso_runs(&queued, 64, &mut runs);
+        assert_eq!(runs.len(), 2);
+    }
+}

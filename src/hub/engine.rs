@@ -1,0 +1,409 @@
+//! The hub's packet engine: datagrams and TUN packets in, datagrams and TUN packets out.
+//!
+//! [`Engine`] does no I/O of its own; the tasks in `hub::io` read sockets and the TUN and hand
+//! each packet to `handle_datagram` / `handle_tun_packet`, which write their output through a
+//! [`Sink`]. Buffers ([`Bufs`]) belong to the calling task and are reused for every packet, so
+//! the steady state allocates nothing.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+
+use super::peers::{Endpoint, Peer, PeerTable};
+use super::route::{route_from_device, route_from_tun, DropReason, RouteCtx, Verdict};
+
+/// Largest datagram or inner packet handled (IPv4/IPv6 maximum without jumbograms).
+pub const MAX_PACKET: usize = 65_535;
+/// Room for the WireGuard data header and tag; boringtun also wants at least 148 bytes.
+const OVERHEAD: usize = 32;
+
+/// Handshakes per second, across all devices, answered before the hub asks for cookies.
+/// Each handshake is counted twice (once by the hub before it spends a Diffie-Hellman on
+/// finding the device, once inside boringtun), hence the factor 2 where it is used.
+pub const HANDSHAKES_PER_SEC: u64 = 5_000;
+
+/// Where the engine's output goes.
+pub trait Sink {
+    /// Sends a WireGuard datagram.
+    fn send_udp(&self, to: Endpoint, datagram: &[u8]);
+    /// Writes an IP packet to the TUN.
+    fn write_tun(&self, pkt: &[u8]);
+}
+
+/// Seam for the NAT64 translator (`crate::hub::nat64`, RFC 6146 / RFC 7915).
+///
+/// The translator owns one IPv4 pool address (a spare overlay address, routed to the TUN and
+/// covered by the egress masquerade); IPv6 packets from devices to the DNS64 prefix become
+/// IPv4 packets from that address, and IPv4 packets that come back to it become IPv6 packets
+/// to the device. The signatures follow `crate::hub::nat64::Nat64`, which is `&mut self`;
+/// the engine calls from several tasks, so the adapter wraps it in a mutex:
+///
+/// ```ignore
+/// impl engine::Nat64 for parking_lot::Mutex<nat64::Nat64> {
+///     fn pool_v4(&self) -> Ipv4Addr { self.lock().pool() }
+///     fn translate_6to4(&self, p: &[u8], now: Instant, out: &mut Vec<u8>) -> bool {
+///         self.lock().translate_6to4(p, now, out).is_ok()
+///     }
+///     fn translate_4to6(&self, p: &[u8], now: Instant, out: &mut Vec<u8>) -> bool {
+///         self.lock().translate_4to6(p, now, out).is_ok()
+///     }
+///     fn expire(&self, now: Instant) { self.lock().expire(now) }
+/// }
+/// ```
+pub trait Nat64: Send + Sync {
+    /// The IPv4 source address translated packets use.
+    fn pool_v4(&self) -> Ipv4Addr;
+    /// Translates an IPv6 packet from a device into IPv4 (`out` is cleared and refilled);
+    /// false to drop it.
+    fn translate_6to4(&self, pkt: &[u8], now: Instant, out: &mut Vec<u8>) -> bool;
+    /// Translates an IPv4 packet addressed to [`Nat64::pool_v4`] back into IPv6 for the
+    /// device (`out` is cleared and refilled); false to drop it.
+    fn translate_4to6(&self, pkt: &[u8], now: Instant, out: &mut Vec<u8>) -> bool;
+    /// Drops idle bindings; called on every timer tick.
+    fn expire(&self, now: Instant);
+}
+
+/// Per-task scratch space, reused for every packet.
+pub struct Bufs {
+    plain: Box<[u8]>,
+    crypt: Box<[u8]>,
+    nat: Vec<u8>,
+}
+
+impl Default for Bufs {
+    fn default() -> Self {
+        Bufs {
+            plain: vec![0; MAX_PACKET + OVERHEAD].into_boxed_slice(),
+            crypt: vec![0; MAX_PACKET + OVERHEAD].into_boxed_slice(),
+            // NAT64 may add 20 bytes (IPv4 → IPv6 header).
+            nat: Vec::with_capacity(MAX_PACKET + OVERHEAD),
+        }
+    }
+}
+
+/// Hub-wide counters of dropped and refused input.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Counters {
+    /// Datagrams that are not WireGuard messages.
+    #[serde(serialize_with = "ser")]
+    pub malformed_datagrams: AtomicU64,
+    /// WireGuard messages for no registered device (unknown key or index, removed device).
+    #[serde(serialize_with = "ser")]
+    pub unknown_peer: AtomicU64,
+    /// Handshakes with a bad MAC or that failed to decrypt.
+    #[serde(serialize_with = "ser")]
+    pub bad_handshakes: AtomicU64,
+    /// Cookie replies sent because handshakes came faster than [`HANDSHAKES_PER_SEC`].
+    #[serde(serialize_with = "ser")]
+    pub cookies_sent: AtomicU64,
+    /// Data or handshakes boringtun refused (replay, bad tag, no session).
+    #[serde(serialize_with = "ser")]
+    pub decrypt_errors: AtomicU64,
+    /// Inner packets that are not readable IP.
+    #[serde(serialize_with = "ser")]
+    pub malformed_inner: AtomicU64,
+    /// Inner packets whose source is not the device's own address.
+    #[serde(serialize_with = "ser")]
+    pub spoofed: AtomicU64,
+    /// Inner packets with nowhere to go.
+    #[serde(serialize_with = "ser")]
+    pub no_route: AtomicU64,
+    /// Packets NAT64 could not take.
+    #[serde(serialize_with = "ser")]
+    pub nat64_dropped: AtomicU64,
+    /// Packets for a device whose endpoint is not known yet.
+    #[serde(serialize_with = "ser")]
+    pub no_endpoint: AtomicU64,
+}
+
+fn ser<S: serde::Serializer>(v: &AtomicU64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(v.load(Ordering::Relaxed))
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The packet engine shared by every I/O task.
+pub struct Engine {
+    private: StaticSecret,
+    public: PublicKey,
+    pub(crate) table: ArcSwap<PeerTable>,
+    pub(crate) rate_limiter: Arc<RateLimiter>,
+    ctx: RouteCtx,
+    nat64: Option<Arc<dyn Nat64>>,
+    pub counters: Counters,
+}
+
+/// What came out of decrypting a datagram, once the session lock is released.
+enum Inner {
+    None,
+    Packet(usize, usize),
+}
+
+const HANDSHAKE_RESPONSE: u8 = 2;
+
+impl Engine {
+    /// An engine with no devices yet.
+    pub fn new(private: StaticSecret, ctx: RouteCtx, nat64: Option<Arc<dyn Nat64>>) -> Engine {
+        let public = PublicKey::from(&private);
+        Engine {
+            rate_limiter: Arc::new(RateLimiter::new(&public, 2 * HANDSHAKES_PER_SEC)),
+            private,
+            public,
+            table: ArcSwap::from_pointee(PeerTable::default()),
+            ctx,
+            nat64,
+            counters: Counters::default(),
+        }
+    }
+
+    /// What new sessions are made with.
+    pub fn session_params(&self) -> super::peers::SessionParams {
+        super::peers::SessionParams {
+            private: self.private.clone(),
+            rate_limiter: self.rate_limiter.clone(),
+        }
+    }
+
+    /// Publishes a new device table.
+    pub fn set_table(&self, t: PeerTable) {
+        self.table.store(Arc::new(t));
+    }
+
+    /// Finds the device a datagram is for, answering with a cookie under load.
+    fn identify(
+        &self,
+        table: &PeerTable,
+        from: Endpoint,
+        d: &[u8],
+        bufs: &mut Bufs,
+        sink: &impl Sink,
+    ) -> Option<Arc<Peer>> {
+        let packet = match Tunn::parse_incoming_packet(d) {
+            Ok(p) => p,
+            Err(_) => {
+                bump(&self.counters.malformed_datagrams);
+                return None;
+            }
+        };
+        let peer = match packet {
+            Packet::HandshakeInit(ref init) => {
+                // MAC1 and the load check first: cheap, and they stop a flood before the
+                // Diffie-Hellman below.
+                match self
+                    .rate_limiter
+                    .verify_packet(Some(from.addr.ip()), d, &mut bufs.crypt)
+                {
+                    Ok(_) => {}
+                    Err(TunnResult::WriteToNetwork(cookie)) => {
+                        bump(&self.counters.cookies_sent);
+                        sink.send_udp(from, cookie);
+                        return None;
+                    }
+                    Err(_) => {
+                        bump(&self.counters.bad_handshakes);
+                        return None;
+                    }
+                }
+                let Ok(half) = parse_handshake_anon(&self.private, &self.public, init) else {
+                    bump(&self.counters.bad_handshakes);
+                    return None;
+                };
+                table.by_key(&half.peer_static_public)
+            }
+            Packet::HandshakeResponse(r) => table.by_receiver_index(r.receiver_idx),
+            Packet::PacketCookieReply(c) => table.by_receiver_index(c.receiver_idx),
+            Packet::PacketData(p) => table.by_receiver_index(p.receiver_idx),
+        };
+        if peer.is_none() {
+            bump(&self.counters.unknown_peer);
+        }
+        peer.cloned()
+    }
+
+    /// Handles one datagram received from `from` on the WireGuard port.
+    pub fn handle_datagram(&self, from: Endpoint, d: &[u8], bufs: &mut Bufs, sink: &impl Sink) {
+        let table = self.table.load();
+        let Some(peer) = self.identify(&table, from, d, bufs, sink) else {
+            return;
+        };
+        let is_data = d.first() == Some(&4);
+        let inner = {
+            let mut slot = peer.session.lock();
+            if slot.is_none() {
+                // Only a handshake initiation starts a session; anything else for an idle
+                // device has nothing to be decrypted with.
+                if d.first() != Some(&1) {
+                    bump(&self.counters.decrypt_errors);
+                    return;
+                }
+                peer.session_in(&mut slot, &self.session_params(), Instant::now());
+            }
+            let Some(session) = slot.as_mut() else {
+                return;
+            };
+            let tunn = &mut session.tunn;
+            let base = bufs.plain.as_ptr() as usize;
+            match tunn.decapsulate(Some(from.addr.ip()), d, &mut bufs.plain) {
+                TunnResult::Done => {
+                    // A keepalive decrypted: authenticated.
+                    if is_data {
+                        peer.handle_authenticated_from(from);
+                    }
+                    Inner::None
+                }
+                TunnResult::Err(e) => {
+                    self.count_wg_error(&e);
+                    Inner::None
+                }
+                TunnResult::WriteToNetwork(out) => {
+                    // A handshake response proves the initiation was authentic; a cookie reply
+                    // (boringtun's own load check) proves nothing about the sender.
+                    if out.first() == Some(&HANDSHAKE_RESPONSE) || is_data {
+                        peer.handle_authenticated_from(from);
+                    }
+                    sink.send_udp(from, out);
+                    // Packets queued while the handshake ran go out now.
+                    while let TunnResult::WriteToNetwork(out) =
+                        tunn.decapsulate(None, &[], &mut bufs.crypt)
+                    {
+                        sink.send_udp(from, out);
+                    }
+                    Inner::None
+                }
+                TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
+                    peer.handle_authenticated_from(from);
+                    Inner::Packet(p.as_ptr() as usize - base, p.len())
+                }
+            }
+        };
+        // The source session's lock is released here: routing may lock another session, and
+        // two devices talking to each other must not wait on each other's locks.
+        if let Inner::Packet(off, len) = inner {
+            let Bufs { plain, crypt, nat } = bufs;
+            self.route_device_packet(&table, &peer, &plain[off..off + len], crypt, nat, sink);
+        }
+    }
+
+    fn route_device_packet(
+        &self,
+        table: &PeerTable,
+        from: &Peer,
+        pkt: &[u8],
+        crypt: &mut [u8],
+        nat: &mut Vec<u8>,
+        sink: &impl Sink,
+    ) {
+        let verdict = route_from_device(&self.ctx, table, from.addrs, pkt);
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let h = super::packet::IpHeader::parse(pkt).ok();
+            tracing::trace!(header = ?h, verdict = ?verdict.kind(), "from device");
+        }
+        match verdict {
+            Verdict::Peer(to) => self.send_to_peer(&to, pkt, crypt, sink),
+            Verdict::Tun => sink.write_tun(pkt),
+            Verdict::Nat64 => match &self.nat64 {
+                Some(t) => {
+                    if t.translate_6to4(pkt, Instant::now(), nat) {
+                        sink.write_tun(nat);
+                    } else {
+                        bump(&self.counters.nat64_dropped);
+                    }
+                }
+                None => self.count_drop(DropReason::Nat64Unavailable),
+            },
+            Verdict::Drop(r) => self.count_drop(r),
+        }
+    }
+
+    /// Handles one packet read from the TUN.
+    pub fn handle_tun_packet(&self, pkt: &[u8], bufs: &mut Bufs, sink: &impl Sink) {
+        let table = self.table.load();
+        let mut pkt = pkt;
+        if let Some(t) = &self.nat64 {
+            if pkt.len() >= 20 && pkt[0] >> 4 == 4 && pkt[16..20] == t.pool_v4().octets() {
+                if !t.translate_4to6(pkt, Instant::now(), &mut bufs.nat) {
+                    return bump(&self.counters.nat64_dropped);
+                }
+                pkt = &bufs.nat;
+            }
+        }
+        match route_from_tun(&**table, pkt) {
+            Verdict::Peer(to) => self.send_to_peer(&to, pkt, &mut bufs.crypt, sink),
+            Verdict::Drop(r) => self.count_drop(r),
+            Verdict::Tun | Verdict::Nat64 => self.count_drop(DropReason::NoRoute),
+        }
+    }
+
+    /// Encrypts `pkt` to `to` and sends it to the device's endpoint.
+    fn send_to_peer(&self, to: &Peer, pkt: &[u8], crypt: &mut [u8], sink: &impl Sink) {
+        // A device never heard from (since the hub started) cannot be reached: WireGuard
+        // needs an endpoint, and only the device can tell it.
+        let Some(endpoint) = to.endpoint() else {
+            return bump(&self.counters.no_endpoint);
+        };
+        let mut slot = to.session.lock();
+        let tunn = to.session_in(&mut slot, &self.session_params(), Instant::now());
+        match tunn.encapsulate(pkt, crypt) {
+            TunnResult::WriteToNetwork(out) => sink.send_udp(endpoint, out),
+            TunnResult::Err(e) => self.count_wg_error(&e),
+            _ => {}
+        }
+    }
+
+    /// Runs every session's timers (call about every 250 ms): handshake retries, keepalives,
+    /// session expiry; also resets the handshake rate limiter once a second.
+    pub fn poll_timers(&self, bufs: &mut Bufs, sink: &impl Sink) {
+        self.rate_limiter.reset_count();
+        let table = self.table.load();
+        let now = Instant::now();
+        if let Some(t) = &self.nat64 {
+            t.expire(now);
+        }
+        for peer in table.peers() {
+            let mut slot = peer.session.lock();
+            let Some(session) = slot.as_mut() else {
+                continue;
+            };
+            let expired = match session.tunn.update_timers(&mut bufs.crypt) {
+                TunnResult::WriteToNetwork(out) => {
+                    if let Some(ep) = peer.endpoint() {
+                        sink.send_udp(ep, out);
+                    }
+                    false
+                }
+                TunnResult::Err(WireGuardError::ConnectionExpired) => true,
+                _ => false,
+            };
+            peer.retire_if_idle(&mut slot, expired, now);
+        }
+    }
+
+    fn count_wg_error(&self, e: &WireGuardError) {
+        tracing::trace!(error = ?e, "wireguard message refused");
+        bump(&self.counters.decrypt_errors);
+    }
+
+    fn count_drop(&self, r: DropReason) {
+        tracing::trace!(reason = ?r, "inner packet dropped");
+        bump(match r {
+            DropReason::Malformed(_) => &self.counters.malformed_inner,
+            DropReason::Spoofed => &self.counters.spoofed,
+            DropReason::NoRoute => &self.counters.no_route,
+            DropReason::Nat64Unavailable => &self.counters.nat64_dropped,
+        });
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

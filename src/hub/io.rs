@@ -1,0 +1,319 @@
+//! The hub's I/O: the UDP sockets, the TUN, and the tasks that move bytes between them and
+//! the [`Engine`]. No decisions are made here.
+//!
+//! Batching, because per-packet system calls cost this kind of machine more than the crypto:
+//! UDP is read with `recvmmsg` + GRO and written with GSO (quinn-udp); the TUN runs with
+//! IFF_VNET_HDR offloads (tun-rs), so one read can carry a 64 KiB TCP super-packet that is
+//! split into MTU-sized packets, and writes are GRO-coalesced. Each task owns its buffers and
+//! a [`BatchSink`], handles a whole batch, then flushes it. Without offload support (or with
+//! `CLOUDPC_HUB_OFFLOAD=0`) the same code runs one packet per read.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tun_rs::{AsyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+use super::batch::BatchSink;
+use super::engine::{Bufs, Engine, Sink, MAX_PACKET};
+use super::peers::Endpoint;
+use crate::store::Overlay;
+
+/// Socket buffer size asked for: a burst of a fast flow must not overflow the receive queue.
+const SOCKET_BUFFER: usize = 8 << 20;
+/// How often session timers run (boringtun's recommended tick).
+pub const TIMER_TICK: Duration = Duration::from_millis(250);
+/// The IPv6 wildcard for the v6 socket.
+pub const V6_ANY: Ipv6Addr = Ipv6Addr::UNSPECIFIED;
+
+/// One bound WireGuard socket with its quinn-udp state (GSO/GRO capabilities).
+pub struct UdpPort {
+    pub sock: UdpSocket,
+    pub state: UdpSocketState,
+}
+
+/// The real outputs: both UDP sockets and the TUN.
+pub struct NetSink {
+    pub v4: UdpPort,
+    pub v6: Option<UdpPort>,
+    pub tun: Arc<AsyncDevice>,
+    /// The TUN carries virtio-net headers (offloads on).
+    pub offload: bool,
+    /// Packets dropped because a queue was full or a send failed.
+    pub send_drops: AtomicU64,
+}
+
+impl NetSink {
+    fn port(&self, to: SocketAddr) -> Option<&UdpPort> {
+        match to {
+            SocketAddr::V4(_) => Some(&self.v4),
+            SocketAddr::V6(_) => self.v6.as_ref(),
+        }
+    }
+
+    /// How many datagrams one GSO send may carry.
+    pub fn max_gso_segments(&self) -> usize {
+        self.v4.state.max_gso_segments()
+    }
+
+    /// Sends `data` to `to` as datagrams of `segment` bytes (the last may be shorter), in
+    /// one `sendmsg` when GSO allows, waiting while the socket buffer is full. False when
+    /// the send failed.
+    pub async fn send_gso(&self, to: Endpoint, data: &[u8], segment: usize) -> bool {
+        let Some(port) = self.port(to.addr) else {
+            return false;
+        };
+        let many = data.len() > segment;
+        if !many || port.state.max_gso_segments() > 1 {
+            let t = Transmit {
+                destination: to.addr,
+                ecn: None,
+                contents: data,
+                segment_size: many.then_some(segment),
+                src_ip: to.local,
+            };
+            let r = port
+                .sock
+                .async_io(Interest::WRITABLE, || {
+                    port.state.try_send((&port.sock).into(), &t)
+                })
+                .await;
+            if r.is_ok() {
+                return true;
+            }
+            if !many {
+                return false;
+            }
+            // GSO refused (e.g. no checksum offload on the route): one by one.
+        }
+        let mut ok = true;
+        for chunk in data.chunks(segment.max(1)) {
+            let t = Transmit {
+                destination: to.addr,
+                ecn: None,
+                contents: chunk,
+                segment_size: None,
+                src_ip: to.local,
+            };
+            ok &= port
+                .sock
+                .async_io(Interest::WRITABLE, || {
+                    port.state.try_send((&port.sock).into(), &t)
+                })
+                .await
+                .is_ok();
+        }
+        ok
+    }
+}
+
+/// Unbatched sends, for the timer task (handshake retries and keepalives).
+impl Sink for NetSink {
+    fn send_udp(&self, to: Endpoint, datagram: &[u8]) {
+        let ok = self.port(to.addr).is_some_and(|p| {
+            let t = Transmit {
+                destination: to.addr,
+                ecn: None,
+                contents: datagram,
+                segment_size: None,
+                src_ip: to.local,
+            };
+            p.state.try_send((&p.sock).into(), &t).is_ok()
+        });
+        if !ok {
+            self.send_drops.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn write_tun(&self, pkt: &[u8]) {
+        // A zeroed virtio-net header means "no offload" for this one packet.
+        let r = if self.offload {
+            let hdr = [0u8; VIRTIO_NET_HDR_LEN];
+            self.tun
+                .try_send_vectored(&[IoSlice::new(&hdr), IoSlice::new(pkt)])
+        } else {
+            self.tun.try_send(pkt)
+        };
+        if r.is_err() {
+            self.send_drops.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Binds the WireGuard port on one family, with large buffers and GSO/GRO where the kernel
+/// has them.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpPort> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // Best effort: the kernel caps these at net.core.[rw]mem_max unless we may force them.
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    force_buffers(&s);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    let state = UdpSocketState::new((&s).into())?;
+    let sock = UdpSocket::from_std(s.into())?;
+    Ok(UdpPort { sock, state })
+}
+
+/// SO_RCVBUFFORCE / SO_SNDBUFFORCE (CAP_NET_ADMIN) get past the sysctl caps.
+fn force_buffers(s: &Socket) {
+    use std::os::fd::AsRawFd;
+    let v = SOCKET_BUFFER as libc::c_int;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+        // SAFETY: a valid fd and a pointer to a c_int of the stated size.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+/// Creates the TUN carrying the hub's overlay addresses; the kernel adds the overlay routes
+/// with the addresses (`hub_v4` in the IPv4 range, `hub_v6` in the IPv6 prefix). Offloads
+/// are asked for and dropped when the kernel refuses them; the bool says which it got.
+pub fn create_tun(name: &str, overlay: &Overlay, mtu: u16) -> io::Result<(AsyncDevice, bool)> {
+    let build = |offload: bool| {
+        tun_rs::DeviceBuilder::new()
+            .name(name)
+            .mtu(mtu)
+            .ipv4(overlay.hub_v4(), overlay.v4.prefix_len(), None)
+            .ipv6(overlay.hub_v6(), overlay.v6.prefix_len())
+            .offload(offload)
+            .build_async()
+    };
+    let want = std::env::var("CLOUDPC_HUB_OFFLOAD").map_or(true, |v| v != "0");
+    if want {
+        match build(true) {
+            Ok(d) => {
+                let on = d.tcp_gso();
+                return Ok((d, on));
+            }
+            Err(e) => tracing::info!(error = %e, "TUN offload unavailable; one packet per read"),
+        }
+    }
+    build(false).map(|d| (d, false))
+}
+
+fn unmap(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        _ => a,
+    }
+}
+
+/// Reads datagram batches from the v4 (`v6 == false`) or v6 socket into the engine.
+pub async fn udp_task(v6: bool, net: Arc<NetSink>, engine: Arc<Engine>) {
+    let port = match (v6, &net.v6) {
+        (false, _) => &net.v4,
+        (true, Some(p)) => p,
+        (true, None) => return,
+    };
+    let mut storage: Vec<Box<[u8]>> = (0..BATCH_SIZE)
+        .map(|_| vec![0u8; MAX_PACKET].into_boxed_slice())
+        .collect();
+    let mut meta = [RecvMeta::default(); BATCH_SIZE];
+    let mut bufs = Bufs::default();
+    let mut sink = BatchSink::new(&net);
+    loop {
+        let r = port
+            .sock
+            .async_io(Interest::READABLE, || {
+                let mut it = storage.iter_mut();
+                let mut slices: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
+                    IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..]))
+                });
+                port.state.recv((&port.sock).into(), &mut slices, &mut meta)
+            })
+            .await;
+        let n = match r {
+            Ok(n) => n,
+            Err(e) => {
+                // ICMP errors and the like surface here; the socket itself is fine.
+                tracing::trace!(error = %e, "udp receive error");
+                continue;
+            }
+        };
+        for (m, buf) in meta.iter().zip(&storage).take(n) {
+            let from = Endpoint {
+                addr: unmap(m.addr),
+                local: m.dst_ip,
+            };
+            let data = &buf[..m.len.min(buf.len())];
+            let stride = if m.stride == 0 { data.len() } else { m.stride };
+            for d in data.chunks(stride.max(1)) {
+                engine.handle_datagram(from, d, &mut bufs, &sink);
+            }
+        }
+        sink.flush().await;
+    }
+}
+
+/// Reads packet batches from the TUN into the engine.
+pub async fn tun_task(net: Arc<NetSink>, engine: Arc<Engine>, mtu: u16) {
+    let seg = (usize::from(mtu) + 128).max(2048);
+    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET];
+    let mut segs: Vec<Vec<u8>> = (0..IDEAL_BATCH_SIZE).map(|_| vec![0u8; seg]).collect();
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let mut bufs = Bufs::default();
+    let mut sink = BatchSink::new(&net);
+    let mut errors = 0u32;
+    loop {
+        let n = match net
+            .tun
+            .recv_multiple(&mut original, &mut segs, &mut sizes, 0)
+            .await
+        {
+            Ok(n) => {
+                errors = 0;
+                n
+            }
+            Err(e) => {
+                // A malformed offload packet is dropped; a TUN that keeps failing is gone.
+                errors += 1;
+                tracing::trace!(error = %e, "tun read error");
+                if errors > 1000 {
+                    tracing::error!(error = %e, "tun read keeps failing; hub data plane stopped");
+                    return;
+                }
+                continue;
+            }
+        };
+        for (s, &len) in segs.iter().zip(&sizes).take(n) {
+            engine.handle_tun_packet(&s[..len.min(s.len())], &mut bufs, &sink);
+        }
+        sink.flush().await;
+    }
+}
+
+/// Drives session timers.
+pub async fn timer_task(engine: Arc<Engine>, net: Arc<NetSink>) {
+    let mut bufs = Bufs::default();
+    let mut tick = tokio::time::interval(TIMER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        engine.poll_timers(&mut bufs, &*net);
+    }
+}
