@@ -18,8 +18,11 @@
 //!
 //! 1. Read lists with a [`ListLoader`] (files; it keeps each list's last good copy, so a list
 //!    that breaks on disk keeps filtering with its previous text), or bring your own
-//!    [`ListSource`]s (downloads; [`check_list`] says whether a text is a list at all).
-//!    [`DEFAULT_LIST_TEXT`] is the bundled list, compiled into the binary.
+//!    [`ListSource`]s ([`check_list`] says whether a text is a list at all).
+//!    [`DEFAULT_LIST_TEXT`] is the bundled list, compiled into the binary. `cloudpc run` uses a
+//!    [`ListManager`] (`subscribe.rs`), which does both for files and `http(s)://` lists: it
+//!    downloads URL lists in the background ([`fetch()`]), keeps their last good copies in the
+//!    state dir and says when to rebuild.
 //! 2. [`FilterSet::build`] compiles them with the config `block`/`allow` names. Build off the
 //!    query path (e.g. `spawn_blocking`): a million names take about a second.
 //! 3. [`Filter::store`] swaps the new set in; queries in flight finish on the old one and never
