@@ -145,20 +145,9 @@ fn update(
     } else {
         let _ = rustls::crypto::ring::default_provider().install_default();
         rt.block_on(async {
-            use crate::dns::upstream::{UpstreamSpec, Upstreams};
-            let specs: Vec<UpstreamSpec> = cfg
-                .dns
-                .upstreams
-                .iter()
-                .map(|u| UpstreamSpec::parse(u))
-                .collect::<Result<_, _>>()?;
-            let upstreams = Upstreams::new(
-                &specs,
-                &cfg.dns.upstream_ca,
-                Duration::from_secs(cfg.dns.upstream_timeout.max(1)),
-            )
-            .await
-            .context("cannot set up the upstreams that resolve list hosts")?;
+            let upstreams = crate::dns::upstream::Upstreams::from_config(&cfg.dns)
+                .await
+                .context("cannot set up the upstreams that resolve list hosts")?;
             for t in targets {
                 manager.update(t, &upstreams).await;
             }

@@ -16,7 +16,7 @@ use crate::control::{Reporter, StatusReport};
 use crate::dns::engine::{Groups, Policy, Resolver, Settings};
 use crate::dns::local::{read_zone_files, LocalData};
 use crate::dns::stats::Stats;
-use crate::dns::upstream::{UpstreamSpec, Upstreams};
+use crate::dns::upstream::Upstreams;
 use crate::filter::{Filter, FilterSet, ListManager, ListSettings};
 use crate::store::{Overlay, RuleAction, Store};
 
@@ -226,18 +226,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result
         blocked_answer: cfg.dns.blocked_answer,
     };
     let mut glists = group_lists(&cfg, &manager);
-    let specs: Vec<UpstreamSpec> = cfg
-        .dns
-        .upstreams
-        .iter()
-        .map(|u| UpstreamSpec::parse(u))
-        .collect::<Result<_, _>>()?;
-    let upstreams = Upstreams::new(
-        &specs,
-        &cfg.dns.upstream_ca,
-        Duration::from_secs(cfg.dns.upstream_timeout.max(1)),
-    )
-    .await?;
+    let upstreams = Upstreams::from_config(&cfg.dns).await?;
     let stats = Arc::new(Stats::default());
     let settings = Settings {
         dns64: cfg.dns.dns64.then_some(cfg.dns.dns64_prefix),

@@ -95,43 +95,29 @@ pub fn serve(
     idle: Duration,
     slots: Arc<Semaphore>,
 ) {
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    super::server::accept_loop(listener, slots, move |tcp, peer| {
+        let (r, acc) = (resolver.clone(), acceptor.clone());
+        async move {
+            let Some(tls) = super::server::tls_handshake(&acc, tcp).await else {
+                return;
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let (r, acc) = (resolver.clone(), acceptor.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                let Ok(Ok(tls)) =
-                    tokio::time::timeout(Duration::from_secs(10), acc.accept(tcp)).await
-                else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(move |req| {
-                    let r = r.clone();
-                    async move { Ok::<_, Infallible>(handle_request(r, peer, req).await) }
-                });
-                let mut b = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                );
-                b.http1()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(idle);
-                b.http2()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .keep_alive_interval(Some(idle))
-                    .max_concurrent_streams(100);
-                let io = hyper_util::rt::TokioIo::new(tls);
-                let conn = b.serve_connection(io, svc);
-                // Bound a connection's life when it goes quiet.
-                let _ = tokio::time::timeout(idle * 30, conn).await;
+            let svc = hyper::service::service_fn(move |req| {
+                let r = r.clone();
+                async move { Ok::<_, Infallible>(handle_request(r, peer, req).await) }
             });
+            let mut b =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            b.http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(idle);
+            b.http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Some(idle))
+                .max_concurrent_streams(100);
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let conn = b.serve_connection(io, svc);
+            // Bound a connection's life when it goes quiet.
+            let _ = tokio::time::timeout(idle * 30, conn).await;
         }
     });
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::engine::{Resolver, Transport};
@@ -89,14 +89,13 @@ pub async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     make().map_err(|cause| ServeError::Bind { addr, cause })
 }
 
-/// Serves plain DNS over TCP (or DoT when `tls` is given) on `listener`.
-pub fn serve_stream(
-    resolver: Arc<Resolver>,
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    idle: Duration,
-    slots: Arc<Semaphore>,
-) {
+/// Accepts connections on `listener` while a connection slot is free and runs `serve_conn`
+/// for each on its own task (the slot is held until it ends).
+pub fn accept_loop<F, Fut>(listener: TcpListener, slots: Arc<Semaphore>, serve_conn: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     tokio::spawn(async move {
         loop {
             let Ok((tcp, peer)) = listener.accept().await else {
@@ -108,20 +107,45 @@ pub fn serve_stream(
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let (r, tls) = (resolver.clone(), tls.clone());
+            let conn = serve_conn(tcp, peer);
             tokio::spawn(async move {
                 let _permit = permit;
-                match tls {
-                    None => handle_stream(r, tcp, peer, idle).await,
-                    Some(acc) => {
-                        if let Ok(Ok(s)) =
-                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acc.accept(tcp)).await
-                        {
-                            handle_stream(r, s, peer, idle).await
-                        }
+                conn.await
+            });
+        }
+    });
+}
+
+/// Completes a TLS handshake within [`HANDSHAKE_TIMEOUT`].
+pub async fn tls_handshake(
+    acc: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acc.accept(tcp)).await {
+        Ok(Ok(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// Serves plain DNS over TCP (or DoT when `tls` is given) on `listener`.
+pub fn serve_stream(
+    resolver: Arc<Resolver>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    idle: Duration,
+    slots: Arc<Semaphore>,
+) {
+    accept_loop(listener, slots, move |tcp, peer| {
+        let (r, tls) = (resolver.clone(), tls.clone());
+        async move {
+            match tls {
+                None => handle_stream(r, tcp, peer, idle).await,
+                Some(acc) => {
+                    if let Some(s) = tls_handshake(&acc, tcp).await {
+                        handle_stream(r, s, peer, idle).await
                     }
                 }
-            });
+            }
         }
     });
 }

@@ -176,6 +176,9 @@ mod pool {
         /// The host of an `https://` upstream could not be resolved at start.
         #[error("cannot resolve the DoH upstream host {host:?} at start: {why}; give its address as https://{host}/path#IP")]
         Bootstrap { host: String, why: String },
+        /// A `dns.upstreams` entry is not a usable URL.
+        #[error(transparent)]
+        Spec(#[from] super::SpecError),
         /// Every upstream failed or timed out.
         #[error("no upstream answered: {0}")]
         Failed(String),
@@ -238,6 +241,23 @@ mod pool {
     }
 
     impl Upstreams {
+        /// Builds the upstreams of `[dns]` (`upstreams`, `upstream_ca`, `upstream_timeout`).
+        pub async fn from_config(
+            dns: &crate::config::DnsConfig,
+        ) -> Result<Upstreams, UpstreamError> {
+            let specs = dns
+                .upstreams
+                .iter()
+                .map(|u| UpstreamSpec::parse(u))
+                .collect::<Result<Vec<_>, _>>()?;
+            Upstreams::new(
+                &specs,
+                &dns.upstream_ca,
+                Duration::from_secs(dns.upstream_timeout.max(1)),
+            )
+            .await
+        }
+
         /// Builds the pool; resolves `https://name/` hosts once through the system resolver.
         pub async fn new(
             specs: &[UpstreamSpec],

@@ -706,21 +706,9 @@ impl ListManager {
     /// Starts the background updater with its own upstreams (built from `cfg.dns`), so list
     /// hosts resolve through the upstreams directly, never through the filter.
     pub async fn spawn_updater(self: &Arc<Self>, cfg: &Config) -> Result<(), SubscribeError> {
-        use crate::dns::upstream::{UpstreamSpec, Upstreams};
-        let specs: Vec<UpstreamSpec> = cfg
-            .dns
-            .upstreams
-            .iter()
-            .map(|u| UpstreamSpec::parse(u))
-            .collect::<Result<_, _>>()
+        let upstreams = crate::dns::upstream::Upstreams::from_config(&cfg.dns)
+            .await
             .map_err(|e| SubscribeError::Upstreams(e.to_string()))?;
-        let upstreams = Upstreams::new(
-            &specs,
-            &cfg.dns.upstream_ca,
-            Duration::from_secs(cfg.dns.upstream_timeout.max(1)),
-        )
-        .await
-        .map_err(|e| SubscribeError::Upstreams(e.to_string()))?;
         let this = self.clone();
         tokio::spawn(async move { this.run_updater(Arc::new(upstreams)).await });
         Ok(())
