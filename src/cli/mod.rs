@@ -111,7 +111,11 @@ pub fn main() -> ExitCode {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CLOUDPC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // boringtun reports a device going quiet (session expiry, rekey timeouts) at error and
+    // warn level; for a hub that is routine, and `cloudpc status` shows it, so it stays quiet
+    // unless CLOUDPC_LOG asks for it.
+    let filter = EnvFilter::try_from_env("CLOUDPC_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,boringtun=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
