@@ -43,11 +43,6 @@ impl Entry {
         })
     }
 
-    /// The stored response bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.wire
-    }
-
     /// The response code stored.
     pub fn rcode(&self) -> u8 {
         self.wire.get(3).map(|f| f & 0x0F).unwrap_or(0)
@@ -144,7 +139,7 @@ impl Cache {
     }
 
     /// Stores an entry, evicting expired ones (or any one) when the shard is full.
-    pub fn insert(&self, key: &[u8], entry: Entry) {
+    pub fn insert(&self, key: &[u8], entry: Arc<Entry>) {
         if self.per_shard == 0 {
             return;
         }
@@ -162,7 +157,7 @@ impl Cache {
                 }
             }
         }
-        shard.map.insert(key.into(), Arc::new(entry));
+        shard.map.insert(key.into(), entry);
     }
 
     /// Drops everything (after a filter change, so no stale verdict is served).
@@ -223,7 +218,7 @@ mod tests {
     fn entries_expire_with_their_ttl() {
         let c = Cache::new(100);
         let now = Instant::now();
-        c.insert(b"k", Entry::new(answer(), 5, now).unwrap());
+        c.insert(b"k", Arc::new(Entry::new(answer(), 5, now).unwrap()));
         assert!(c.get(b"k", now + Duration::from_secs(4)).is_some());
         assert!(c.get(b"k", now + Duration::from_secs(6)).is_none());
     }
@@ -233,7 +228,10 @@ mod tests {
         let c = Cache::new(SHARDS);
         let now = Instant::now();
         for i in 0..1000u32 {
-            c.insert(&i.to_be_bytes(), Entry::new(answer(), 100, now).unwrap());
+            c.insert(
+                &i.to_be_bytes(),
+                Arc::new(Entry::new(answer(), 100, now).unwrap()),
+            );
         }
         assert!(c.len() <= SHARDS * 2);
     }

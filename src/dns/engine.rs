@@ -144,7 +144,7 @@ impl Resolver {
         }
         self.querylog.record(QueryEvent {
             time: std::time::SystemTime::now(),
-            client: canonical(client),
+            client,
             name: name.to_string(),
             qtype,
             verdict,
@@ -158,13 +158,13 @@ impl Resolver {
         self.groups.store(Arc::new(groups));
     }
 
-    /// The group policy of `client`, if its device is in a group.
+    /// The group policy of `client` (a canonical address), if its device is in a group.
     fn group_of(&self, client: IpAddr) -> Option<(u8, Arc<Policy>)> {
         let g = self.groups.load();
         if g.by_ip.is_empty() {
             return None;
         }
-        g.by_ip.get(&canonical(client)).cloned()
+        g.by_ip.get(&client).cloned()
     }
 
     /// Replaces the local data (devices or zone files changed).
@@ -183,14 +183,12 @@ impl Resolver {
     }
 
     fn client_allowed(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
         ip.is_loopback()
             || self.settings.overlay.iter().any(|n| n.contains(&ip))
             || self.settings.allow_from.iter().any(|n| n.contains(&ip))
     }
 
     fn is_overlay(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
         self.settings.overlay.iter().any(|n| n.contains(&ip))
     }
 
@@ -202,6 +200,8 @@ impl Resolver {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> Fast {
+        // Every decision below uses the canonical form (IPv4-mapped IPv6 → IPv4), made once.
+        let client = canonical(client);
         Stats::bump(&self.stats.queries);
         let q = match QueryView::parse(query) {
             Ok(q) => q,
@@ -226,7 +226,7 @@ impl Resolver {
             return Fast::Answered;
         }
         let now = Instant::now();
-        if !self.limiter.allow(canonical(client), now) {
+        if !self.limiter.allow(client, now) {
             Stats::bump(&self.stats.rate_limited);
             if transport == Transport::Udp {
                 return Fast::Drop;
@@ -295,7 +295,7 @@ impl Resolver {
             Stats::bump(&self.stats.blocked);
         }
         if self.is_overlay(client) {
-            self.stats.count_client(canonical(client), blocked);
+            self.stats.count_client(client, blocked);
         }
     }
 
@@ -375,6 +375,7 @@ impl Resolver {
         transport: Transport,
         out: &mut Vec<u8>,
     ) {
+        let client = canonical(client);
         let Ok(q) = QueryView::parse(query) else {
             return;
         };
@@ -392,8 +393,18 @@ impl Resolver {
         if local.is_local(&name) {
             let a = local.answer(&name, qtype);
             Stats::bump(&self.stats.local);
-            self.template(&q, &name, qtype, a.rcode, a.answers, a.authorities, true)
-                .write_answer(&q, now, out);
+            self.template(
+                &q,
+                &name,
+                qtype,
+                a.rcode,
+                a.answers,
+                a.authorities,
+                true,
+                0,
+                now,
+            )
+            .write_answer(&q, now, out);
             self.finish(&q, query, transport, out);
             self.count(client, false);
             self.log_query(
@@ -460,7 +471,8 @@ impl Resolver {
         };
 
         let ttl = cache_ttl(&answer);
-        let entry = self.template(
+        // Built once: it answers this query and, when cacheable, the ones after it.
+        let entry = Arc::new(self.template(
             &q,
             &name,
             qtype,
@@ -468,7 +480,9 @@ impl Resolver {
             answer.answers,
             answer.authorities,
             false,
-        );
+            ttl,
+            now,
+        ));
         entry.write_answer(&q, now, out);
         self.finish(&q, query, transport, out);
         self.count(client, false);
@@ -482,10 +496,7 @@ impl Resolver {
         );
         if ttl > 0 && entry.rcode() != wire::RCODE_SERVFAIL {
             let mut kb = [0u8; 263];
-            let key = cache::key(&q, pid, &mut kb).to_vec();
-            if let Some(e) = Entry::new(entry_bytes(&entry), ttl, now) {
-                self.cache.insert(&key, e);
-            }
+            self.cache.insert(cache::key(&q, pid, &mut kb), entry);
         }
     }
 
@@ -536,7 +547,8 @@ impl Resolver {
         }
     }
 
-    /// Builds the reusable answer (id 0, lower-case question, no OPT).
+    /// Builds the reusable answer (id 0, lower-case question, no OPT), living `ttl` seconds
+    /// from `now`. A message that cannot be emitted becomes a bare SERVFAIL.
     #[allow(clippy::too_many_arguments)]
     fn template(
         &self,
@@ -547,6 +559,8 @@ impl Resolver {
         answers: Vec<Record>,
         authorities: Vec<Record>,
         authoritative: bool,
+        ttl: u32,
+        now: Instant,
     ) -> Entry {
         let mut m = Message::new(0, MessageType::Response, OpCode::Query);
         m.metadata.recursion_available = true;
@@ -558,16 +572,15 @@ impl Resolver {
         m.add_query(query);
         m.insert_answers(answers);
         m.insert_authorities(authorities);
-        let bytes = m.to_vec().unwrap_or_else(|_| {
-            let mut b = Vec::new();
-            wire::put_header(&mut b, 0, wire::response_flags(q.flags, 2, false), [0; 4]);
-            b
-        });
-        Entry::new(bytes.clone(), 0, Instant::now()).unwrap_or_else(|| {
-            let mut b = Vec::new();
-            wire::put_header(&mut b, 0, wire::response_flags(q.flags, 2, false), [0; 4]);
-            Entry::new(b, 0, Instant::now()).expect("a bare header always walks")
-        })
+        m.to_vec()
+            .ok()
+            .and_then(|bytes| Entry::new(bytes, ttl, now))
+            .unwrap_or_else(|| {
+                let mut b = Vec::new();
+                let flags = wire::response_flags(q.flags, wire::RCODE_SERVFAIL, false);
+                wire::put_header(&mut b, 0, flags, [0; 4]);
+                Entry::new(b, 0, now).expect("a bare header always walks")
+            })
     }
 }
 
@@ -577,10 +590,6 @@ fn chain_blocked(policy: &Policy, a: &UpstreamAnswer) -> bool {
         RData::CNAME(c) => policy.check(&name_text(&c.0)) == Verdict::Block,
         _ => false,
     })
-}
-
-fn entry_bytes(e: &Entry) -> Vec<u8> {
-    e.bytes().to_vec()
 }
 
 /// Lower-case dotted text of a name without the trailing dot.
