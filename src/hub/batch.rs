@@ -18,6 +18,10 @@ use super::peers::Endpoint;
 /// Largest UDP GSO send (the kernel's limit is 64 KiB of payload).
 const GSO_MAX_BYTES: usize = 65_000;
 
+/// Capacity of a TUN write buffer: the largest IP packet plus the headroom tun-rs asks of
+/// a buffer it coalesces into (twice the virtio-net header).
+pub const TUN_BUF_CAPACITY: usize = 2 * VIRTIO_NET_HDR_LEN + 65_535;
+
 /// One queued datagram: destination and its place in the arena.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Queued {
@@ -160,7 +164,10 @@ impl Sink for BatchSink<'_> {
         let mut q = self.tun.borrow_mut();
         let i = q.used;
         if i == q.bufs.len() {
-            q.bufs.push(Vec::with_capacity(VIRTIO_NET_HDR_LEN + 2048));
+            // Room for a whole coalesced super-packet: tun-rs only merges a segment into a
+            // buffer whose capacity already holds the result (it never reallocates), so an
+            // MTU-sized buffer would silently turn GRO off and cost one write per packet.
+            q.bufs.push(Vec::with_capacity(TUN_BUF_CAPACITY));
         }
         let b = &mut q.bufs[i];
         b.clear();
