@@ -5,7 +5,8 @@
 //! [`Sink`]. Buffers ([`Bufs`]) belong to the calling task and are reused for every packet, so
 //! the steady state allocates nothing.
 
-use std::net::Ipv4Addr;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +17,7 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use parking_lot::RwLock;
 
 use super::peers::{Endpoint, Peer, PeerTable};
 use super::route::{route_from_device, route_from_tun, DropReason, RouteCtx, Verdict};
@@ -140,13 +142,30 @@ pub struct Engine {
     pub(crate) rate_limiter: Arc<RateLimiter>,
     ctx: RouteCtx,
     nat64: Option<Arc<dyn Nat64>>,
+    /// Device keys by the address their latest authenticated packet came from. A handshake
+    /// initiation from such an address goes straight to that device's session, which skips
+    /// the anonymous decryption of the initiator's static key: one X25519 of the five a
+    /// responder otherwise spends (`benches/hub_scale.rs` measures the difference).
+    endpoints: RwLock<HashMap<SocketAddr, [u8; 32]>>,
     pub counters: Counters,
+}
+
+/// How [`Engine::identify`] found a datagram's device.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// By its session index or its decrypted static key: certain.
+    Sure,
+    /// By the source address of an initiation: boringtun checks the key, and a wrong guess
+    /// (another device now behind that address) falls back to the anonymous decryption.
+    ByEndpoint,
 }
 
 /// What came out of decrypting a datagram, once the session lock is released.
 enum Inner {
     None,
     Packet(usize, usize),
+    /// The initiation is not from the device its source address suggested.
+    WrongKey,
 }
 
 const HANDSHAKE_RESPONSE: u8 = 2;
@@ -162,6 +181,7 @@ impl Engine {
             table: ArcSwap::from_pointee(PeerTable::default()),
             ctx,
             nat64,
+            endpoints: RwLock::new(HashMap::new()),
             counters: Counters::default(),
         }
     }
@@ -187,7 +207,7 @@ impl Engine {
         d: &[u8],
         bufs: &mut Bufs,
         sink: &impl Sink,
-    ) -> Option<Arc<Peer>> {
+    ) -> Option<(Arc<Peer>, Found)> {
         let packet = match Tunn::parse_incoming_packet(d) {
             Ok(p) => p,
             Err(_) => {
@@ -214,11 +234,10 @@ impl Engine {
                         return None;
                     }
                 }
-                let Ok(half) = parse_handshake_anon(&self.private, &self.public, init) else {
-                    bump(&self.counters.bad_handshakes);
-                    return None;
-                };
-                table.by_key(&half.peer_static_public)
+                if let Some(p) = self.by_endpoint(table, from) {
+                    return Some((p, Found::ByEndpoint));
+                }
+                return self.by_static_key(table, init).map(|p| (p, Found::Sure));
             }
             Packet::HandshakeResponse(r) => table.by_receiver_index(r.receiver_idx),
             Packet::PacketCookieReply(c) => table.by_receiver_index(c.receiver_idx),
@@ -227,29 +246,98 @@ impl Engine {
         if peer.is_none() {
             bump(&self.counters.unknown_peer);
         }
-        peer.cloned()
+        peer.cloned().map(|p| (p, Found::Sure))
+    }
+
+    /// The device whose latest authenticated packet came from `from`, if it still does.
+    fn by_endpoint(&self, table: &PeerTable, from: Endpoint) -> Option<Arc<Peer>> {
+        let key = *self.endpoints.read().get(&from.addr)?;
+        let p = table.by_key(&key)?;
+        (p.endpoint().map(|e| e.addr) == Some(from.addr)).then(|| p.clone())
+    }
+
+    /// The device an initiation is from, by decrypting its static key (one X25519).
+    fn by_static_key(
+        &self,
+        table: &PeerTable,
+        init: &boringtun::noise::HandshakeInit,
+    ) -> Option<Arc<Peer>> {
+        let Ok(half) = parse_handshake_anon(&self.private, &self.public, init) else {
+            bump(&self.counters.bad_handshakes);
+            return None;
+        };
+        let peer = table.by_key(&half.peer_static_public).cloned();
+        if peer.is_none() {
+            bump(&self.counters.unknown_peer);
+        }
+        peer
+    }
+
+    /// Records that `peer` sent an authenticated packet from `from` (roaming follows it).
+    fn handle_authenticated(&self, peer: &Peer, from: Endpoint) {
+        if let Some(before) = peer.handle_authenticated_from(from) {
+            let mut m = self.endpoints.write();
+            if let Some(b) = before {
+                if m.get(&b.addr) == Some(&peer.public_key) {
+                    m.remove(&b.addr);
+                }
+            }
+            m.insert(from.addr, peer.public_key);
+        }
     }
 
     /// Handles one datagram received from `from` on the WireGuard port.
     pub fn handle_datagram(&self, from: Endpoint, d: &[u8], bufs: &mut Bufs, sink: &impl Sink) {
         let table = self.table.load();
-        let Some(peer) = self.identify(&table, from, d, bufs, sink) else {
+        let Some((peer, found)) = self.identify(&table, from, d, bufs, sink) else {
             return;
         };
+        let (peer, inner) = match self.decrypt(&peer, found, from, d, bufs, sink) {
+            Inner::WrongKey => {
+                // Another device is behind the address now: find it by its key.
+                let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(d) else {
+                    return;
+                };
+                let Some(p) = self.by_static_key(&table, &init) else {
+                    return;
+                };
+                let inner = self.decrypt(&p, Found::Sure, from, d, bufs, sink);
+                (p, inner)
+            }
+            inner => (peer, inner),
+        };
+        // The source session's lock is released here: routing may lock another session, and
+        // two devices talking to each other must not wait on each other's locks.
+        if let Inner::Packet(off, len) = inner {
+            let Bufs { plain, crypt, nat } = bufs;
+            self.route_device_packet(&table, &peer, &plain[off..off + len], crypt, nat, sink);
+        }
+    }
+
+    /// Runs datagram `d` through `peer`'s session.
+    fn decrypt(
+        &self,
+        peer: &Arc<Peer>,
+        found: Found,
+        from: Endpoint,
+        d: &[u8],
+        bufs: &mut Bufs,
+        sink: &impl Sink,
+    ) -> Inner {
         let is_data = d.first() == Some(&4);
-        let inner = {
+        {
             let mut slot = peer.session.lock();
             if slot.is_none() {
                 // Only a handshake initiation starts a session; anything else for an idle
                 // device has nothing to be decrypted with.
                 if d.first() != Some(&1) {
                     bump(&self.counters.decrypt_errors);
-                    return;
+                    return Inner::None;
                 }
                 peer.session_in(&mut slot, &self.session_params(), Instant::now());
             }
             let Some(session) = slot.as_mut() else {
-                return;
+                return Inner::None;
             };
             let tunn = &mut session.tunn;
             let base = bufs.plain.as_ptr() as usize;
@@ -257,9 +345,12 @@ impl Engine {
                 TunnResult::Done => {
                     // A keepalive decrypted: authenticated.
                     if is_data {
-                        peer.handle_authenticated_from(from);
+                        self.handle_authenticated(peer, from);
                     }
                     Inner::None
+                }
+                TunnResult::Err(WireGuardError::WrongKey) if found == Found::ByEndpoint => {
+                    Inner::WrongKey
                 }
                 TunnResult::Err(e) => {
                     self.count_wg_error(&e);
@@ -269,7 +360,7 @@ impl Engine {
                     // A handshake response proves the initiation was authentic; a cookie reply
                     // (boringtun's own load check) proves nothing about the sender.
                     if out.first() == Some(&HANDSHAKE_RESPONSE) || is_data {
-                        peer.handle_authenticated_from(from);
+                        self.handle_authenticated(peer, from);
                     }
                     sink.send_udp(from, out);
                     // Packets queued while the handshake ran go out now.
@@ -281,16 +372,10 @@ impl Engine {
                     Inner::None
                 }
                 TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
-                    peer.handle_authenticated_from(from);
+                    self.handle_authenticated(peer, from);
                     Inner::Packet(p.as_ptr() as usize - base, p.len())
                 }
             }
-        };
-        // The source session's lock is released here: routing may lock another session, and
-        // two devices talking to each other must not wait on each other's locks.
-        if let Inner::Packet(off, len) = inner {
-            let Bufs { plain, crypt, nat } = bufs;
-            self.route_device_packet(&table, &peer, &plain[off..off + len], crypt, nat, sink);
         }
     }
 

@@ -191,6 +191,32 @@ fn roaming_follows_the_latest_authenticated_packet_only() {
 }
 
 #[test]
+fn another_device_behind_a_known_address_gets_its_own_handshake() {
+    let mut w = World::new();
+    let (mut a, mut b) = (w.add(2), w.add(3));
+    w.handshake(&mut a);
+    // b now sends from the address a was last seen at (a NAT reused the port): the hub's
+    // guess by address is wrong, and b must still be answered as b.
+    b.addr = a.addr;
+    w.handshake(&mut b);
+    let (av4, bv4) = (a.v4, b.v4);
+    let d = seal(&mut b, &ipv4(bv4, Ipv4Addr::new(192, 0, 2, 80), 10));
+    w.deliver(b.addr, &d);
+    assert_eq!(w.sink.tun.borrow().len(), 1, "b's session works");
+    use crate::hub::route::OwnerLookup;
+    let table = w.engine.table.load();
+    let (pa, pb) = (table.owner_v4(av4).unwrap(), table.owner_v4(bv4).unwrap());
+    assert_eq!(pb.endpoint().map(|e| e.addr), Some(b.addr));
+    assert!(pa.session.lock().is_some(), "a's session untouched");
+    assert_eq!(w.engine.counters.decrypt_errors.load(Ordering::Relaxed), 0);
+    // A re-handshake from a known address goes to its device directly and still works.
+    w.handshake(&mut b);
+    let d = seal(&mut b, &ipv4(bv4, Ipv4Addr::new(192, 0, 2, 80), 10));
+    w.deliver(b.addr, &d);
+    assert_eq!(w.sink.tun.borrow().len(), 2);
+}
+
+#[test]
 fn replay_spoof_and_removed_device_are_dropped_and_counted() {
     let mut w = World::new();
     let (mut a, mut b) = (w.add(2), w.add(3));

@@ -151,14 +151,14 @@ impl Peer {
         st
     }
 
-    /// Records the source of an authenticated packet; returns true when it moved.
-    pub fn handle_authenticated_from(&self, from: Endpoint) -> bool {
+    /// Records the source of an authenticated packet; when it moved, returns where it was
+    /// before (`Some(None)` for a device heard from for the first time).
+    pub fn handle_authenticated_from(&self, from: Endpoint) -> Option<Option<Endpoint>> {
         let mut ep = self.endpoint.lock();
         if *ep == Some(from) {
-            return false;
+            return None;
         }
-        *ep = Some(from);
-        true
+        Some(ep.replace(from))
     }
 }
 
