@@ -3,8 +3,13 @@
 //! collected and written to the TUN with GRO coalescing (`tun-rs` `send_multiple`).
 //!
 //! A task handles a whole receive batch through a [`BatchSink`], then calls
-//! [`BatchSink::flush`]. Buffers keep their capacity between batches, so the steady state
-//! allocates nothing. [`gso_runs`] (which datagrams share a `sendmsg`) is a pure function.
+//! [`BatchSink::flush`]. How big a batch is decides what a packet costs: GRO merges only the
+//! segments of one batch into a super-packet, and the kernel forwards and NATs a
+//! super-packet once. The UDP task therefore pauses briefly between reads while a flow keeps
+//! it busy (`hub::io::udp_task`).
+//!
+//! Buffers keep their capacity between batches, so the steady state allocates nothing.
+//! [`gso_runs`] (which datagrams share a `sendmsg`) is a pure function.
 
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
