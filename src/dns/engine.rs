@@ -42,6 +42,10 @@ pub enum Fast {
     Drop,
     /// Needs the general path ([`Resolver::handle`]).
     Slow,
+    /// Not local, not blocked, not cached: needs an upstream. The general path handles it,
+    /// or a UDP listener forwards it itself and finishes it with
+    /// [`Resolver::complete_forward`].
+    Miss,
 }
 
 /// Settings the resolver runs with (fixed for the process lifetime, but for the overlay).
@@ -272,7 +276,7 @@ impl Resolver {
                 self.log_query(client, &name, q.qtype, LogVerdict::Cached, out, None);
                 return Fast::Answered;
             }
-            Fast::Slow
+            Fast::Miss
         })
     }
 
@@ -360,7 +364,7 @@ impl Resolver {
         match self.handle_fast(query, client, transport, &mut out) {
             Fast::Answered => Some(out),
             Fast::Drop => None,
-            Fast::Slow => {
+            Fast::Slow | Fast::Miss => {
                 self.handle_slow(query, client, transport, &mut out).await;
                 Some(out)
             }
@@ -470,12 +474,115 @@ impl Resolver {
             _ => answer,
         };
 
+        let f = Forwarded {
+            q: &q,
+            query,
+            transport,
+            client,
+            pid,
+            text: &text,
+            name: &name,
+            qtype,
+        };
+        self.answer_forwarded(&f, answer, upstream_ms, now, out);
+    }
+
+    /// The upstream a UDP listener may forward misses to itself, when the upstream asked
+    /// first is a `udp://` one.
+    pub fn forward_udp_to(&self) -> Option<std::net::SocketAddr> {
+        self.upstreams.preferred_udp()
+    }
+
+    /// True when an answer to a query of `qtype` can be finished by
+    /// [`complete_forward`](Self::complete_forward) (DNS64 may need a second question).
+    pub fn completes_forward_of(&self, qtype: u16) -> bool {
+        !(self.settings.dns64.is_some() && qtype == wire::TYPE_AAAA)
+    }
+
+    /// Finishes a query that [`handle_fast`](Self::handle_fast) called a [`Fast::Miss`], from
+    /// the upstream's `answer` bytes (a UDP listener forwarded it): the same steps as the
+    /// general path after its upstream answered. False when this answer needs the general
+    /// path (truncated, an upstream error, DNS64 to do, unreadable): nothing was written
+    /// or counted then.
+    pub fn complete_forward(
+        &self,
+        query: &[u8],
+        client: IpAddr,
+        answer: &[u8],
+        asked: Instant,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let client = canonical(client);
+        let Ok(q) = QueryView::parse(query) else {
+            return false;
+        };
+        let truncated = answer.get(2).is_some_and(|f| f & 0x02 != 0);
+        if truncated || !self.completes_forward_of(q.qtype) {
+            return false;
+        }
+        let Ok(msg) = Message::from_vec(answer) else {
+            return false;
+        };
+        let rcode = msg.metadata.response_code;
+        if rcode != ResponseCode::NoError && rcode != ResponseCode::NXDomain {
+            return false;
+        }
+        let Ok(name) = Name::read(&mut BinDecoder::new(q.qname)) else {
+            return false;
+        };
+        let mut name = name.to_lowercase();
+        name.set_fqdn(true);
+        let text = name_text(&name);
+        let group = self.group_of(client);
+        let (pid, policy) = match &group {
+            Some((id, p)) => (*id, &**p),
+            None => (0, &self.policy),
+        };
+        let verdict = policy.check(&text);
+        let upstream_ms = Some(asked.elapsed().as_millis().min(u32::MAX as u128) as u32);
+        Stats::bump(&self.stats.forwarded);
+        let answer = UpstreamAnswer {
+            rcode,
+            answers: msg.answers,
+            authorities: msg.authorities,
+        };
+        if verdict != Verdict::Allow && chain_blocked(policy, &answer) {
+            self.write_blocked(&q, query, policy.blocked_answer, out);
+            self.count(client, true);
+            let v = LogVerdict::Blocked;
+            self.log_query(client, &text, q.qtype, v, out, upstream_ms);
+            return true;
+        }
+        let f = Forwarded {
+            q: &q,
+            query,
+            transport: Transport::Udp,
+            client,
+            pid,
+            text: &text,
+            name: &name,
+            qtype: RecordType::from(q.qtype),
+        };
+        self.answer_forwarded(&f, answer, upstream_ms, Instant::now(), out);
+        true
+    }
+
+    /// Answers from an upstream's (uncloaked) answer and caches it.
+    fn answer_forwarded(
+        &self,
+        f: &Forwarded<'_>,
+        answer: UpstreamAnswer,
+        upstream_ms: Option<u32>,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) {
+        let q = f.q;
         let ttl = cache_ttl(&answer);
         // Built once: it answers this query and, when cacheable, the ones after it.
         let entry = Arc::new(self.template(
-            &q,
-            &name,
-            qtype,
+            q,
+            f.name,
+            f.qtype,
             answer.rcode,
             answer.answers,
             answer.authorities,
@@ -483,20 +590,14 @@ impl Resolver {
             ttl,
             now,
         ));
-        entry.write_answer(&q, now, out);
-        self.finish(&q, query, transport, out);
-        self.count(client, false);
-        self.log_query(
-            client,
-            &text,
-            q.qtype,
-            LogVerdict::Forwarded,
-            out,
-            upstream_ms,
-        );
+        entry.write_answer(q, now, out);
+        self.finish(q, f.query, f.transport, out);
+        self.count(f.client, false);
+        let v = LogVerdict::Forwarded;
+        self.log_query(f.client, f.text, q.qtype, v, out, upstream_ms);
         if ttl > 0 && entry.rcode() != wire::RCODE_SERVFAIL {
             let mut kb = [0u8; 263];
-            self.cache.insert(cache::key(&q, pid, &mut kb), entry);
+            self.cache.insert(cache::key(q, f.pid, &mut kb), entry);
         }
     }
 
@@ -582,6 +683,19 @@ impl Resolver {
                 Entry::new(b, 0, now).expect("a bare header always walks")
             })
     }
+}
+
+/// A forwarded query on its way to its answer.
+struct Forwarded<'a> {
+    q: &'a QueryView<'a>,
+    query: &'a [u8],
+    transport: Transport,
+    client: IpAddr,
+    /// Policy id (0 = the default policy), part of the cache key.
+    pid: u8,
+    text: &'a str,
+    name: &'a Name,
+    qtype: RecordType,
 }
 
 /// CNAME uncloaking: true when a CNAME target in the answer is blocked by `policy`.

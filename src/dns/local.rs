@@ -127,6 +127,14 @@ impl LocalData {
                 Err(e) => errors.push(format!("zone file {file}: {e}")),
             }
         }
+        d.zone_text = d
+            .zones
+            .iter()
+            .map(|z| {
+                let t = z.to_ascii().to_ascii_lowercase();
+                t.trim_end_matches('.').to_string()
+            })
+            .collect();
         (d, errors)
     }
 
@@ -268,6 +276,16 @@ mod tests {
         let missing = d.answer(&Name::from_ascii("nope.mesh.").unwrap(), RecordType::A);
         assert_eq!(missing.rcode, ResponseCode::NXDomain);
         assert!(!d.is_local(&Name::from_ascii("example.org.").unwrap()));
+    }
+
+    #[test]
+    fn zone_suffixes_name_every_zone_for_the_fast_path() {
+        let zf = "$ORIGIN Home.Arpa.Test.\n$TTL 300\nnas IN A 100.96.9.9\n".to_string();
+        let (d, e) = LocalData::build("Mesh", &[], None, &[("h.zone".into(), zf)]);
+        assert!(e.is_empty(), "{e:?}");
+        let mut z = d.zone_suffixes().to_vec();
+        z.sort();
+        assert_eq!(z, ["home.arpa.test", "mesh"]);
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! The UDP receive/answer loop: a blocking thread per socket that takes up to [`BATCH`]
 //! datagrams per `recvmmsg` and sends the answers with one `sendmmsg`, so a busy resolver pays
 //! two system calls per batch instead of two per query (FIELD-NOTES: per-packet system calls,
-//! not work, bound throughput on this machine).
+//! not work, bound throughput on this machine). With a `udp://` upstream asked first, each
+//! listener also forwards its misses itself ([`ForwardLane`]).
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::engine::{Fast, Resolver, Transport};
+use super::udp_client;
+use super::wire::QueryView;
 
 /// Datagrams taken per system call.
 pub const BATCH: usize = 32;
@@ -56,6 +61,146 @@ pub fn send_nonblocking(sock: &std::net::UdpSocket, data: &[u8], to: SocketAddr)
     }
 }
 
+/// How long a query forwarded by the listener itself waits for its upstream before the
+/// general path takes it over (with its fail-over and its own timeout).
+const FORWARD_WAIT: Duration = Duration::from_millis(1000);
+/// Most queries a listener keeps in flight itself; beyond, misses take the general path.
+const MAX_FORWARDED: usize = 4096;
+
+/// A miss this listener sent upstream itself.
+struct InFlight {
+    client: libc::sockaddr_storage,
+    client_len: libc::socklen_t,
+    peer: SocketAddr,
+    query: Vec<u8>,
+    /// The question as sent upstream (lower case), which the answer must repeat.
+    question: Vec<u8>,
+    asked: Instant,
+}
+
+/// The listener's own upstream socket: misses (cache misses that are neither local nor
+/// blocked) are sent from here and their answers read in the same loop, so a forwarded query
+/// never waits for the async runtime to be scheduled (the tail of the latency at a fixed
+/// rate is made of these). Anything unusual (truncation, an upstream error, DNS64 to do, a
+/// timeout) goes to the general path.
+struct ForwardLane {
+    sock: std::net::UdpSocket,
+    upstream: SocketAddr,
+    in_flight: HashMap<u16, InFlight>,
+    last_sweep: Instant,
+}
+
+impl ForwardLane {
+    fn open(upstream: SocketAddr) -> std::io::Result<ForwardLane> {
+        let bind: SocketAddr = if upstream.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = std::net::UdpSocket::bind(bind)?;
+        sock.connect(upstream)?;
+        sock.set_nonblocking(true)?;
+        Ok(ForwardLane {
+            sock,
+            upstream,
+            in_flight: HashMap::new(),
+            last_sweep: Instant::now(),
+        })
+    }
+
+    /// Sends `query` upstream for the client at `client`; false when it could not be taken.
+    fn send(
+        &mut self,
+        resolver: &Resolver,
+        query: &[u8],
+        client: (&libc::sockaddr_storage, libc::socklen_t, SocketAddr),
+        msg: &mut Vec<u8>,
+    ) -> bool {
+        if self.in_flight.len() >= MAX_FORWARDED {
+            return false;
+        }
+        let Ok(q) = QueryView::parse(query) else {
+            return false;
+        };
+        if !resolver.completes_forward_of(q.qtype) {
+            return false;
+        }
+        let mut question = Vec::with_capacity(q.qname.len() + 4);
+        udp_client::put_question(&mut question, q.qname, q.qtype);
+        let mut id: u16 = rand::random();
+        for _ in 0..16 {
+            if !self.in_flight.contains_key(&id) {
+                break;
+            }
+            id = rand::random();
+        }
+        if self.in_flight.contains_key(&id) {
+            return false;
+        }
+        msg.clear();
+        udp_client::put_query(msg, id, &question);
+        if self.sock.send(msg).is_err() {
+            return false;
+        }
+        self.in_flight.insert(
+            id,
+            InFlight {
+                client: *client.0,
+                client_len: client.1,
+                peer: client.2,
+                query: query.to_vec(),
+                question,
+                asked: Instant::now(),
+            },
+        );
+        true
+    }
+
+    /// Takes the answer in `b`, if it is one of ours.
+    fn take(&mut self, b: &[u8]) -> Option<InFlight> {
+        let id = udp_client::answer_id(b)?;
+        let f = self.in_flight.get(&id)?;
+        if !udp_client::answers_question(b, &f.question) {
+            return None;
+        }
+        self.in_flight.remove(&id)
+    }
+
+    /// Queries that waited longer than [`FORWARD_WAIT`] (checked a few times a second).
+    fn expired(&mut self, now: Instant, out: &mut Vec<InFlight>) {
+        if now.duration_since(self.last_sweep) < Duration::from_millis(100) {
+            return;
+        }
+        self.last_sweep = now;
+        let late: Vec<u16> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| now.duration_since(f.asked) >= FORWARD_WAIT)
+            .map(|(id, _)| *id)
+            .collect();
+        out.extend(late.iter().filter_map(|id| self.in_flight.remove(id)));
+    }
+}
+
+/// Hands a query to the general path on the async runtime, which answers it by itself.
+fn spawn_slow(
+    rt: &tokio::runtime::Handle,
+    resolver: &Arc<Resolver>,
+    sock: &Arc<std::net::UdpSocket>,
+    query: Vec<u8>,
+    peer: SocketAddr,
+) {
+    let (r, s) = (resolver.clone(), sock.clone());
+    rt.spawn(async move {
+        let mut out = Vec::with_capacity(512);
+        r.handle_slow(&query, peer.ip(), Transport::Udp, &mut out)
+            .await;
+        if !out.is_empty() {
+            send_nonblocking(&s, &out, peer);
+        }
+    });
+}
+
 /// Runs the loop on `sock` (blocking mode) until the process ends.
 pub fn run(resolver: Arc<Resolver>, sock: Arc<std::net::UdpSocket>, rt: tokio::runtime::Handle) {
     let fd = sock.as_raw_fd();
@@ -64,48 +209,100 @@ pub fn run(resolver: Arc<Resolver>, sock: Arc<std::net::UdpSocket>, rt: tokio::r
     let mut addrs: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; BATCH];
     let mut iov: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; BATCH];
     let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
-    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(BUF)).collect();
-    let mut out_addrs: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; BATCH];
-    let mut out_lens: Vec<libc::socklen_t> = vec![0; BATCH];
-    let mut out_iov: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; BATCH];
-    let mut out_msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
-    loop {
-        for i in 0..BATCH {
-            iov[i] = libc::iovec {
-                iov_base: bufs[i].as_mut_ptr() as *mut libc::c_void,
-                iov_len: BUF,
-            };
-            let h = &mut msgs[i].msg_hdr;
-            h.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-            h.msg_iov = &mut iov[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
-            msgs[i].msg_len = 0;
-        }
-        // SAFETY: msgs/iov/addrs/bufs are live, sized BATCH, and point at each other as set
-        // up above.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                msgs.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
-        if n <= 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                tracing::trace!(error = %e, "udp receive error");
-                std::thread::sleep(std::time::Duration::from_millis(1));
+    // Room for a batch of answers from the cache plus a batch of forwarded answers.
+    let mut outs: Vec<Vec<u8>> = (0..2 * BATCH).map(|_| Vec::with_capacity(BUF)).collect();
+    let mut out_addrs: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; 2 * BATCH];
+    let mut out_lens: Vec<libc::socklen_t> = vec![0; 2 * BATCH];
+    let mut out_iov: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; 2 * BATCH];
+    let mut out_msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; 2 * BATCH];
+    let mut lane = resolver
+        .forward_udp_to()
+        .and_then(|u| match ForwardLane::open(u) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::debug!(error = %e, "no forwarding socket in the UDP listener");
+                None
             }
-            continue;
+        });
+    let mut upstream_buf = vec![0u8; 65_535];
+    let mut upstream_msg = Vec::with_capacity(512);
+    let mut late = Vec::new();
+    loop {
+        // With queries in flight, wait for either socket; otherwise block on the listener.
+        let mut listener_ready = true;
+        if let Some(l) = lane.as_ref().filter(|l| !l.in_flight.is_empty()) {
+            let mut fds = [
+                libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: l.sock.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: fds is a live array of two pollfd.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
+            listener_ready = r > 0 && fds[0].revents != 0;
         }
         let mut m = 0;
-        for i in 0..n as usize {
+        let n = if listener_ready {
+            for i in 0..BATCH {
+                iov[i] = libc::iovec {
+                    iov_base: bufs[i].as_mut_ptr() as *mut libc::c_void,
+                    iov_len: BUF,
+                };
+                let h = &mut msgs[i].msg_hdr;
+                h.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
+                h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+                h.msg_iov = &mut iov[i];
+                h.msg_iovlen = 1;
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+                h.msg_flags = 0;
+                msgs[i].msg_len = 0;
+            }
+            // Blocking only when nothing is in flight (poll said the listener is readable
+            // otherwise).
+            let in_flight = lane.as_ref().is_some_and(|l| !l.in_flight.is_empty());
+            let flags = if in_flight {
+                libc::MSG_DONTWAIT
+            } else {
+                libc::MSG_WAITFORONE
+            };
+            // SAFETY: msgs/iov/addrs/bufs are live, sized BATCH, and point at each other as
+            // set up above.
+            let n = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    msgs.as_mut_ptr(),
+                    BATCH as u32,
+                    flags,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) {
+                    tracing::trace!(error = %e, "udp receive error");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            n.max(0) as usize
+        } else {
+            0
+        };
+        // A lane is used only while its upstream is the one asked first (fail-over moved
+        // on otherwise, and the general path follows it).
+        let lane_usable = lane
+            .as_ref()
+            .is_some_and(|l| resolver.forward_udp_to() == Some(l.upstream));
+        for i in 0..n {
             let len = (msgs[i].msg_len as usize).min(BUF);
             let Some(peer) = to_socket_addr(&addrs[i]) else {
                 continue;
@@ -118,16 +315,39 @@ pub fn run(resolver: Arc<Resolver>, sock: Arc<std::net::UdpSocket>, rt: tokio::r
                     m += 1;
                 }
                 Fast::Drop => {}
-                Fast::Slow => {
-                    let (r, s, q) = (resolver.clone(), sock.clone(), query.to_vec());
-                    rt.spawn(async move {
-                        let mut out = Vec::with_capacity(512);
-                        r.handle_slow(&q, peer.ip(), Transport::Udp, &mut out).await;
-                        if !out.is_empty() {
-                            send_nonblocking(&s, &out, peer);
-                        }
-                    });
+                Fast::Miss if lane_usable => {
+                    let l = lane.as_mut().expect("lane_usable");
+                    let client = (&addrs[i], msgs[i].msg_hdr.msg_namelen, peer);
+                    if !l.send(&resolver, query, client, &mut upstream_msg) {
+                        spawn_slow(&rt, &resolver, &sock, query.to_vec(), peer);
+                    }
                 }
+                Fast::Slow | Fast::Miss => {
+                    spawn_slow(&rt, &resolver, &sock, query.to_vec(), peer);
+                }
+            }
+        }
+        if let Some(l) = lane.as_mut() {
+            // Answers from upstream, up to a batch of them per turn.
+            while m < outs.len() {
+                let Ok(len) = l.sock.recv(&mut upstream_buf) else {
+                    break;
+                };
+                let Some(f) = l.take(&upstream_buf[..len]) else {
+                    continue;
+                };
+                let answer = &upstream_buf[..len];
+                if resolver.complete_forward(&f.query, f.peer.ip(), answer, f.asked, &mut outs[m]) {
+                    out_addrs[m] = f.client;
+                    out_lens[m] = f.client_len;
+                    m += 1;
+                } else {
+                    spawn_slow(&rt, &resolver, &sock, f.query, f.peer);
+                }
+            }
+            l.expired(Instant::now(), &mut late);
+            for f in late.drain(..) {
+                spawn_slow(&rt, &resolver, &sock, f.query, f.peer);
             }
         }
         if m == 0 {

@@ -44,6 +44,7 @@ struct Lane {
 pub struct UdpClient {
     lanes: Vec<Lane>,
     next: AtomicUsize,
+    upstream: SocketAddr,
 }
 
 impl UdpClient {
@@ -70,7 +71,13 @@ impl UdpClient {
         Ok(UdpClient {
             lanes,
             next: AtomicUsize::new(0),
+            upstream,
         })
+    }
+
+    /// The upstream's address.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
     }
 
     /// Sends a query for `qname` (wire labels) / `qtype` (class IN, RD, EDNS 1232) and waits
@@ -83,9 +90,7 @@ impl UdpClient {
     ) -> Result<Vec<u8>, UdpClientError> {
         let lane = &self.lanes[self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len()];
         let mut question = Vec::with_capacity(qname.len() + 4);
-        question.extend(qname.iter().map(u8::to_ascii_lowercase));
-        question.extend_from_slice(&qtype.to_be_bytes());
-        question.extend_from_slice(&super::wire::CLASS_IN.to_be_bytes());
+        put_question(&mut question, qname, qtype);
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut p = lane.pending.lock();
@@ -102,9 +107,7 @@ impl UdpClient {
             id
         };
         let mut msg = Vec::with_capacity(12 + question.len() + 11);
-        super::wire::put_header(&mut msg, id, 0x0100, [1, 0, 0, 1]);
-        msg.extend_from_slice(&question);
-        super::wire::put_opt(&mut msg, false);
+        put_query(&mut msg, id, &question);
         if let Err(e) = lane.sock.send(&msg).await {
             lane.pending.lock().remove(&id);
             return Err(UdpClientError::Io(e.to_string()));
@@ -144,24 +147,14 @@ async fn read_loop(sock: Arc<UdpSocket>, pending: std::sync::Weak<Pending>) {
             return;
         };
         let b = &buf[..n];
-        if n < 12 || b[2] & 0x80 == 0 {
+        let Some(id) = answer_id(b) else {
             continue;
-        }
-        let id = u16::from_be_bytes([b[0], b[1]]);
+        };
         let mut p = pending.lock();
         let Some((question, _)) = p.get(&id) else {
             continue;
         };
-        // The answer must repeat our question (case-insensitively) or it is not ours.
-        let qd = u16::from_be_bytes([b[4], b[5]]);
-        let end = 12 + question.len();
-        let same = qd == 1
-            && b.get(12..end).is_some_and(|q| {
-                q.iter()
-                    .map(u8::to_ascii_lowercase)
-                    .eq(question.iter().copied())
-            });
-        if !same {
+        if !answers_question(b, question) {
             continue;
         }
         if let Some((_, tx)) = p.remove(&id) {
@@ -169,4 +162,35 @@ async fn read_loop(sock: Arc<UdpSocket>, pending: std::sync::Weak<Pending>) {
             let _ = tx.send(b.to_vec());
         }
     }
+}
+
+/// The question section of a query: `qname` (wire labels, lower-cased here), `qtype`, IN.
+pub fn put_question(out: &mut Vec<u8>, qname: &[u8], qtype: u16) {
+    out.extend(qname.iter().map(u8::to_ascii_lowercase));
+    out.extend_from_slice(&qtype.to_be_bytes());
+    out.extend_from_slice(&super::wire::CLASS_IN.to_be_bytes());
+}
+
+/// A recursive query with id `id` for `question` (from [`put_question`]), EDNS 1232.
+pub fn put_query(out: &mut Vec<u8>, id: u16, question: &[u8]) {
+    super::wire::put_header(out, id, 0x0100, [1, 0, 0, 1]);
+    out.extend_from_slice(question);
+    super::wire::put_opt(out, false);
+}
+
+/// The id of a datagram that looks like an answer (QR set, a whole header).
+pub fn answer_id(b: &[u8]) -> Option<u16> {
+    (b.len() >= 12 && b[2] & 0x80 != 0).then(|| u16::from_be_bytes([b[0], b[1]]))
+}
+
+/// True when answer `b` repeats `question` (case-insensitively): otherwise it is not ours
+/// (RFC 5452 §9.1), whatever its id.
+pub fn answers_question(b: &[u8], question: &[u8]) -> bool {
+    let qd = b.get(4..6).map(|c| u16::from_be_bytes([c[0], c[1]]));
+    qd == Some(1)
+        && b.get(12..12 + question.len()).is_some_and(|q| {
+            q.iter()
+                .map(u8::to_ascii_lowercase)
+                .eq(question.iter().copied())
+        })
 }

@@ -347,6 +347,14 @@ mod pool {
             })
         }
 
+        /// The address of the upstream asked first, when it is a `udp://` one: the UDP
+        /// listeners may then forward to it themselves (`dns::udp_batch`).
+        pub fn preferred_udp(&self) -> Option<SocketAddr> {
+            let n = self.servers.len();
+            let i = self.preferred.load(Ordering::Relaxed) % n.max(1);
+            self.servers.get(i)?.fast.as_ref().map(|f| f.upstream())
+        }
+
         /// Asks the upstreams for `name`/`qtype`: the last one that answered first, then the
         /// others in order (fail-over).
         pub async fn query(
