@@ -171,6 +171,14 @@ impl Resolver {
         g.by_ip.get(&client).cloned()
     }
 
+    /// The policy id (0 = default, part of cache keys) and policy for a client's group.
+    fn policy_of<'a>(&'a self, group: &'a Option<(u8, Arc<Policy>)>) -> (u8, &'a Policy) {
+        match group {
+            Some((id, p)) => (*id, &**p),
+            None => (0, &self.policy),
+        }
+    }
+
     /// Replaces the local data (devices or zone files changed).
     pub fn set_local(&self, local: LocalData) {
         self.local.store(Arc::new(local));
@@ -256,10 +264,7 @@ impl Resolver {
                 return Fast::Slow;
             }
             let group = self.group_of(client);
-            let (pid, policy) = match &group {
-                Some((id, p)) => (*id, &**p),
-                None => (0, &self.policy),
-            };
+            let (pid, policy) = self.policy_of(&group);
             if policy.check(&name) == Verdict::Block {
                 self.write_blocked(&q, query, policy.blocked_answer, out);
                 self.count(client, true);
@@ -424,10 +429,7 @@ impl Resolver {
 
         let text = name_text(&name);
         let group = self.group_of(client);
-        let (pid, policy) = match &group {
-            Some((id, p)) => (*id, &**p),
-            None => (0, &self.policy),
-        };
+        let (pid, policy) = self.policy_of(&group);
         let verdict = policy.check(&text);
         if verdict == Verdict::Block {
             self.write_blocked(&q, query, policy.blocked_answer, out);
@@ -534,10 +536,7 @@ impl Resolver {
         name.set_fqdn(true);
         let text = name_text(&name);
         let group = self.group_of(client);
-        let (pid, policy) = match &group {
-            Some((id, p)) => (*id, &**p),
-            None => (0, &self.policy),
-        };
+        let (pid, policy) = self.policy_of(&group);
         let verdict = policy.check(&text);
         let upstream_ms = Some(asked.elapsed().as_millis().min(u32::MAX as u128) as u32);
         Stats::bump(&self.stats.forwarded);
