@@ -495,17 +495,11 @@ impl Resolver {
         self.upstreams.preferred_udp()
     }
 
-    /// True when an answer to a query of `qtype` can be finished by
-    /// [`complete_forward`](Self::complete_forward) (DNS64 may need a second question).
-    pub fn completes_forward_of(&self, qtype: u16) -> bool {
-        !(self.settings.dns64.is_some() && qtype == wire::TYPE_AAAA)
-    }
-
     /// Finishes a query that [`handle_fast`](Self::handle_fast) called a [`Fast::Miss`], from
     /// the upstream's `answer` bytes (a UDP listener forwarded it): the same steps as the
     /// general path after its upstream answered. False when this answer needs the general
-    /// path (truncated, an upstream error, DNS64 to do, unreadable): nothing was written
-    /// or counted then.
+    /// path (truncated, an upstream error, an AAAA to synthesise, unreadable): nothing was
+    /// written or counted then.
     pub fn complete_forward(
         &self,
         query: &[u8],
@@ -519,7 +513,7 @@ impl Resolver {
             return false;
         };
         let truncated = answer.get(2).is_some_and(|f| f & 0x02 != 0);
-        if truncated || !self.completes_forward_of(q.qtype) {
+        if truncated {
             return false;
         }
         let Ok(msg) = Message::from_vec(answer) else {
@@ -527,6 +521,18 @@ impl Resolver {
         };
         let rcode = msg.metadata.response_code;
         if rcode != ResponseCode::NoError && rcode != ResponseCode::NXDomain {
+            return false;
+        }
+        // DNS64 has work to do only when a name has no AAAA of its own (RFC 6147 §5.1.1):
+        // that needs a second question, which the general path asks.
+        let synthesise = self.settings.dns64.is_some()
+            && q.qtype == wire::TYPE_AAAA
+            && rcode == ResponseCode::NoError
+            && !msg
+                .answers
+                .iter()
+                .any(|r| r.record_type() == RecordType::AAAA);
+        if synthesise {
             return false;
         }
         let Ok(name) = Name::read(&mut BinDecoder::new(q.qname)) else {

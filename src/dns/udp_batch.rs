@@ -81,8 +81,8 @@ struct InFlight {
 /// The listener's own upstream socket: misses (cache misses that are neither local nor
 /// blocked) are sent from here and their answers read in the same loop, so a forwarded query
 /// never waits for the async runtime to be scheduled (the tail of the latency at a fixed
-/// rate is made of these). Anything unusual (truncation, an upstream error, DNS64 to do, a
-/// timeout) goes to the general path.
+/// rate is made of these). Anything unusual (truncation, an upstream error, an AAAA for
+/// DNS64 to synthesise, a timeout) goes to the general path.
 struct ForwardLane {
     sock: std::net::UdpSocket,
     upstream: SocketAddr,
@@ -111,7 +111,6 @@ impl ForwardLane {
     /// Sends `query` upstream for the client at `client`; false when it could not be taken.
     fn send(
         &mut self,
-        resolver: &Resolver,
         query: &[u8],
         client: (&libc::sockaddr_storage, libc::socklen_t, SocketAddr),
         msg: &mut Vec<u8>,
@@ -122,9 +121,6 @@ impl ForwardLane {
         let Ok(q) = QueryView::parse(query) else {
             return false;
         };
-        if !resolver.completes_forward_of(q.qtype) {
-            return false;
-        }
         let mut question = Vec::with_capacity(q.qname.len() + 4);
         udp_client::put_question(&mut question, q.qname, q.qtype);
         let mut id: u16 = rand::random();
@@ -318,7 +314,7 @@ pub fn run(resolver: Arc<Resolver>, sock: Arc<std::net::UdpSocket>, rt: tokio::r
                 Fast::Miss if lane_usable => {
                     let l = lane.as_mut().expect("lane_usable");
                     let client = (&addrs[i], msgs[i].msg_hdr.msg_namelen, peer);
-                    if !l.send(&resolver, query, client, &mut upstream_msg) {
+                    if !l.send(query, client, &mut upstream_msg) {
                         spawn_slow(&rt, &resolver, &sock, query.to_vec(), peer);
                     }
                 }
