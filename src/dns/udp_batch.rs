@@ -225,8 +225,9 @@ pub fn run(resolver: Arc<Resolver>, sock: Arc<std::net::UdpSocket>, rt: tokio::r
     let mut late = Vec::new();
     loop {
         // With queries in flight, wait for either socket; otherwise block on the listener.
+        let waiting = lane.as_ref().filter(|l| !l.in_flight.is_empty());
         let mut listener_ready = true;
-        if let Some(l) = lane.as_ref().filter(|l| !l.in_flight.is_empty()) {
+        if let Some(l) = waiting {
             let mut fds = [
                 libc::pollfd {
                     fd,
@@ -243,6 +244,7 @@ pub fn run(resolver: Arc<Resolver>, sock: Arc<std::net::UdpSocket>, rt: tokio::r
             let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
             listener_ready = r > 0 && fds[0].revents != 0;
         }
+        let blocking = waiting.is_none();
         let mut m = 0;
         let n = if listener_ready {
             for i in 0..BATCH {
@@ -262,11 +264,10 @@ pub fn run(resolver: Arc<Resolver>, sock: Arc<std::net::UdpSocket>, rt: tokio::r
             }
             // Blocking only when nothing is in flight (poll said the listener is readable
             // otherwise).
-            let in_flight = lane.as_ref().is_some_and(|l| !l.in_flight.is_empty());
-            let flags = if in_flight {
-                libc::MSG_DONTWAIT
-            } else {
+            let flags = if blocking {
                 libc::MSG_WAITFORONE
+            } else {
+                libc::MSG_DONTWAIT
             };
             // SAFETY: msgs/iov/addrs/bufs are live, sized BATCH, and point at each other as
             // set up above.
@@ -295,9 +296,9 @@ pub fn run(resolver: Arc<Resolver>, sock: Arc<std::net::UdpSocket>, rt: tokio::r
         };
         // A lane is used only while its upstream is the one asked first (fail-over moved
         // on otherwise, and the general path follows it).
-        let lane_usable = lane
-            .as_ref()
-            .is_some_and(|l| resolver.forward_udp_to() == Some(l.upstream));
+        let mut usable = lane
+            .as_mut()
+            .filter(|l| resolver.forward_udp_to() == Some(l.upstream));
         for i in 0..n {
             let len = (msgs[i].msg_len as usize).min(BUF);
             let Some(peer) = to_socket_addr(&addrs[i]) else {
@@ -311,16 +312,16 @@ pub fn run(resolver: Arc<Resolver>, sock: Arc<std::net::UdpSocket>, rt: tokio::r
                     m += 1;
                 }
                 Fast::Drop => {}
-                Fast::Miss if lane_usable => {
-                    let l = lane.as_mut().expect("lane_usable");
+                Fast::Miss => {
                     let client = (&addrs[i], msgs[i].msg_hdr.msg_namelen, peer);
-                    if !l.send(query, client, &mut upstream_msg) {
+                    let sent = usable
+                        .as_deref_mut()
+                        .is_some_and(|l| l.send(query, client, &mut upstream_msg));
+                    if !sent {
                         spawn_slow(&rt, &resolver, &sock, query.to_vec(), peer);
                     }
                 }
-                Fast::Slow | Fast::Miss => {
-                    spawn_slow(&rt, &resolver, &sock, query.to_vec(), peer);
-                }
+                Fast::Slow => spawn_slow(&rt, &resolver, &sock, query.to_vec(), peer),
             }
         }
         if let Some(l) = lane.as_mut() {

@@ -25,7 +25,7 @@ const GSO_MAX_BYTES: usize = 65_000;
 
 /// Capacity of a TUN write buffer: the largest IP packet plus the headroom tun-rs asks of
 /// a buffer it coalesces into (twice the virtio-net header).
-pub const TUN_BUF_CAPACITY: usize = 2 * VIRTIO_NET_HDR_LEN + 65_535;
+const TUN_BUF_CAPACITY: usize = 2 * VIRTIO_NET_HDR_LEN + 65_535;
 
 /// One queued datagram: destination and its place in the arena.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
