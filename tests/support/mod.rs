@@ -12,6 +12,13 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cloudpc");
 
+/// The `cloudpc` binary under test: `CLOUDPC_TEST_BIN` when set (a copy, when several
+/// worktrees share one target dir and Cargo's binary may be rebuilt under the test), else
+/// Cargo's.
+pub fn bin() -> String {
+    std::env::var("CLOUDPC_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// The upstream's data: a root zone with the names the tests ask for.
 pub const ROOT_ZONE: &str = r#"$TTL 300
 .                       IN SOA ns.root. admin.root. 1 3600 600 86400 60
@@ -184,20 +191,27 @@ impl Cloudpc {
 
     /// Like [`start`](Self::start), inside a command prefix (e.g. `ip netns exec NS`).
     pub fn start_with(ip: &str, config: &str, prefix: &[&str]) -> Cloudpc {
+        let mut c = Cloudpc::stopped(ip, config);
+        c.prefix = prefix.iter().map(|s| s.to_string()).collect();
+        c.launch();
+        c
+    }
+
+    /// Writes `config` and a state dir path but starts nothing: CLI commands then work on
+    /// the store alone, and [`launch`](Self::launch) starts the hub later.
+    pub fn stopped(ip: &str, config: &str) -> Cloudpc {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("cloudpc.toml");
         std::fs::write(&cfg, config).unwrap();
-        let mut c = Cloudpc {
+        Cloudpc {
             ip: ip.to_string(),
             state: dir.path().join("state"),
             log: dir.path().join("run.log"),
             config: cfg,
             dir,
             proc: None,
-            prefix: prefix.iter().map(|s| s.to_string()).collect(),
-        };
-        c.launch();
-        c
+            prefix: vec![],
+        }
     }
 
     /// Starts the process (again).
@@ -207,7 +221,7 @@ impl Cloudpc {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = prefixed(&self.prefix, BIN);
+        let mut cmd = prefixed(&self.prefix, &bin());
         cmd.arg("--config")
             .arg(&self.config)
             .arg("--state-dir")
@@ -253,9 +267,15 @@ impl Cloudpc {
         s
     }
 
+    /// Kills the process with SIGKILL (a crash: nothing is cleaned up) and reaps it.
+    pub fn crash(&mut self) {
+        // Proc's drop sends SIGKILL and waits.
+        self.proc = None;
+    }
+
     /// Runs a `cloudpc` CLI command against this instance's config and state dir.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut cmd = prefixed(&self.prefix, BIN);
+        let mut cmd = prefixed(&self.prefix, &bin());
         cmd.arg("--config")
             .arg(&self.config)
             .arg("--state-dir")
@@ -278,6 +298,110 @@ impl Cloudpc {
     /// The status (rcode) dig reports for NAME TYPE.
     pub fn rcode(&self, name: &str, qtype: &str) -> String {
         rcode_of(&self.dig(&[name, qtype]))
+    }
+}
+
+impl Cloudpc {
+    /// The management API's Unix socket.
+    pub fn api_sock(&self) -> PathBuf {
+        self.state.join("api.sock")
+    }
+
+    /// `METHOD /v1/...` on the API's Unix socket, with `body` as JSON when given.
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> Http {
+        let sock = self.api_sock();
+        let url = format!("http://cloudpc{path}");
+        let mut args = vec![
+            "--unix-socket",
+            sock.to_str().unwrap(),
+            "-X",
+            method,
+            url.as_str(),
+        ];
+        if let Some(b) = body {
+            args.extend(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        curl(&args)
+    }
+
+    /// `api` that must answer `code`; returns the JSON body.
+    pub fn api_ok(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        code: u16,
+    ) -> serde_json::Value {
+        let r = self.api(method, path, body);
+        assert_eq!(
+            r.code,
+            code,
+            "{method} {path} {body:?}: {}\n{}",
+            r.body,
+            self.logs()
+        );
+        r.json()
+    }
+
+    /// Waits (up to 10 s) until the API answers `GET /v1/status` with 200.
+    pub fn wait_api(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.api("GET", "/v1/status", None).code == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "the API on {} did not answer: {}",
+            self.api_sock().display(),
+            self.logs()
+        );
+    }
+}
+
+/// An HTTP answer as curl saw it: the status code (0 when no answer came) and the body.
+#[derive(Debug, Clone)]
+pub struct Http {
+    pub code: u16,
+    pub body: String,
+}
+
+impl Http {
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} (HTTP {})", self.body, self.code))
+    }
+
+    /// The `error` text of a refusal (panics unless the body is `{"error": "…"}`).
+    pub fn error(&self) -> String {
+        let v = self.json();
+        let e = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error text: {v}"));
+        assert!(!e.is_empty(), "empty error text");
+        e.to_string()
+    }
+}
+
+/// Runs `curl -s -m 10 ARGS` and splits its output into body and status code.
+pub fn curl(args: &[&str]) -> Http {
+    curl_with(&[], args)
+}
+
+/// [`curl`] inside a command prefix (e.g. `ip netns exec NS`).
+pub fn curl_with(prefix: &[String], args: &[&str]) -> Http {
+    let out = prefixed(prefix, "curl")
+        .args(["-s", "-m", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    Http {
+        code: code.trim().parse().unwrap_or(0),
+        body: body.to_string(),
     }
 }
 
