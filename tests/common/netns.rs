@@ -645,3 +645,110 @@ impl HubWorld {
         (d.ipv4.to_string(), d.ipv6.to_string())
     }
 }
+
+impl Lab {
+    /// Like [`Lab::ping_cmd`], waiting `wait_secs` (fractions allowed) for each reply.
+    pub fn ping_cmd_wait(&self, dst: &str, count: u32, wait_secs: f32) -> String {
+        let script = self.dir.path().join("icmp_ping.py");
+        if !script.exists() {
+            std::fs::write(&script, include_str!("icmp_ping.py")).expect("write ping script");
+        }
+        format!("python3 {} {dst} {count} {wait_secs}", script.display())
+    }
+
+    /// Takes down a device brought up with [`Lab::wg_up`] (`wg-quick down`).
+    pub fn wg_down(&mut self, short: &str, ifname: &str) {
+        let path = self.dir.path().join(format!("{ifname}.conf"));
+        self.sh_ok(
+            short,
+            &format!(
+                "WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go wg-quick down {} 2>&1",
+                path.display()
+            ),
+        );
+    }
+}
+
+/// The wg-quick config in what `cloudpc device add` printed: from `[Interface]` on, sections,
+/// `Key = Value` lines, comments and blanks. With `private`, that key is put in (a config
+/// for a `--pubkey` device has none).
+pub fn wg_quick_config(printed: &str, private: Option<&str>) -> String {
+    let start = printed.find("[Interface]").unwrap_or(0);
+    let mut conf = String::new();
+    for l in printed[start..].lines() {
+        let t = l.trim();
+        let keep = t.is_empty()
+            || t.starts_with('#')
+            || (t.starts_with('[') && t.ends_with(']'))
+            || t.contains('=');
+        if !keep || (private.is_some() && t.starts_with("PrivateKey")) {
+            continue;
+        }
+        conf.push_str(l);
+        conf.push('\n');
+        if let (Some(k), "[Interface]") = (private, t) {
+            conf.push_str(&format!("PrivateKey = {k}\n"));
+        }
+    }
+    conf
+}
+
+/// The addresses listed after `key =` in a wg-quick config (`Address`, `DNS`), without
+/// prefix lengths: for `Address` the device's (v4, v6), for `DNS` the hub's.
+pub fn conf_addrs(conf: &str, key: &str) -> (String, String) {
+    let value = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(key)?.trim_start().strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in {conf}"));
+    let addrs: Vec<&str> = value
+        .split(',')
+        .map(|a| a.trim().split('/').next().unwrap_or(""))
+        .collect();
+    let v4 = addrs
+        .iter()
+        .find(|a| a.contains('.') && a.parse::<std::net::Ipv4Addr>().is_ok());
+    let v6 = addrs.iter().find(|a| a.contains(':'));
+    match (v4, v6) {
+        (Some(a), Some(b)) => (a.to_string(), b.to_string()),
+        _ => panic!("no IPv4 and IPv6 address in {key} of {conf}"),
+    }
+}
+
+impl HubRun {
+    /// `cloudpc device add NAME ARGS`, which must succeed; returns the device's wg-quick
+    /// config. With `own_key` the key pair is made here and only `--pubkey` goes to the hub;
+    /// otherwise the hub makes the key and prints it.
+    pub fn add_device(&self, name: &str, own_key: bool, args: &[&str]) -> String {
+        let mut c = self.cli();
+        c.args(["device", "add", name]).args(args);
+        let private = if own_key {
+            let (private, public) = wg_keypair();
+            c.args(["--pubkey", &public]);
+            Some(private)
+        } else {
+            None
+        };
+        let out = c.output().expect("cloudpc device add");
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && printed.contains("[Peer]"),
+            "device add {name} {args:?}: {printed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = wg_quick_config(&printed, private.as_deref());
+        assert!(conf.contains("PrivateKey = "), "{conf}");
+        conf
+    }
+
+    /// Runs a CLI command that must succeed; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli().args(args).output().expect("run cloudpc");
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
