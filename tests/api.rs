@@ -1051,9 +1051,9 @@ fn cli_changes_are_in_force_when_the_command_returns() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(hub.short("laptop.mesh", "A"), [v4.clone()]);
+    assert_eq!(hub.short("laptop.mesh", "A"), [v4.as_str()]);
     cli_ok(hub, &["device", "rename", "laptop", "desktop"]);
-    assert_eq!(hub.short("desktop.mesh", "A"), [v4.clone()]);
+    assert_eq!(hub.short("desktop.mesh", "A"), [v4.as_str()]);
     assert_eq!(hub.rcode("laptop.mesh", "A"), "NXDOMAIN");
     cli_ok(hub, &["device", "remove", "desktop"]);
     assert_eq!(hub.rcode("desktop.mesh", "A"), "NXDOMAIN");
