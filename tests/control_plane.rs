@@ -92,14 +92,18 @@ fn twenty_devices_in_a_row_answer_their_first_query_at_once() {
         let t = Instant::now();
         // One query, one try: the first packet of the new device must be let in.
         let answer = dig1(&w, "d1", &hub4, &format!("{name}.mesh"));
-        assert_eq!(
-            answer,
-            v4,
-            "round {round}: no answer to the new device's first query ({:?})\n{}\n{}",
-            t.elapsed(),
-            w.lab.diag("d1"),
-            hub.log()
-        );
+        if answer != v4 {
+            // For the report: how late the device got through, if at all (10 s at most).
+            let late = (0..10)
+                .find(|_| dig1(&w, "d1", &hub4, &format!("{name}.mesh")) == v4)
+                .map(|_| t.elapsed());
+            panic!(
+                "round {round}: the new device's first query got {answer:?}, not {v4} \
+                 (answered after {late:?})\n{}\n{}",
+                w.lab.diag("d1"),
+                hub.log()
+            );
+        }
         // And a name the upstream answers (forwarded, or from the cache after round 0).
         assert_eq!(
             dig1(&w, "d1", &hub4, "www.example.test"),
@@ -123,10 +127,10 @@ fn changes_are_in_force_for_the_next_query_and_packet() {
     for n in 1..=3 {
         w.add_device_ns(n, false);
     }
-    w.start_hub(&mut hub);
     let c1 = hub.add_device("laptop", true, &["--owner"]);
     let c2 = hub.add_device("phone", true, &[]);
     let c3 = hub.add_device("tablet", false, &[]);
+    w.start_hub(&mut hub);
     let (hub4, hub6) = conf_addrs(&c1, "DNS");
     let (laptop4, _) = conf_addrs(&c1, "Address");
     w.lab.wg_up("d1", &c1);
@@ -285,9 +289,9 @@ fn devices_carry_on_within_two_seconds_of_a_hub_restart_or_crash() {
     let (mut w, _knot, mut hub) = world("cpcr");
     w.add_device_ns(1, false);
     w.add_device_ns(2, false);
-    w.start_hub(&mut hub);
     let c1 = hub.add_device("laptop", true, &[]);
     let c2 = hub.add_device("phone", false, &[]);
+    w.start_hub(&mut hub);
     let (phone4, _) = conf_addrs(&c2, "Address");
     w.lab.wg_up("d1", &c1);
     w.lab.wg_up("d2", &c2);
