@@ -136,7 +136,7 @@ impl ListSettings {
 }
 
 /// What one list looks like to `cloudpc lists`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ListStatus {
     /// `list N` id of a URL list (None for files).
     pub id: Option<i64>,
