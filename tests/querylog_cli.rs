@@ -304,8 +304,8 @@ fn owner_pulls_decrypted_history_and_others_are_refused() {
     );
 
     // A damaged entry on the hub is skipped and counted; the rest still reads.
-    store
-        .conn()
+    rusqlite::Connection::open(hub.join(cloudpc::store::DB_FILE))
+        .unwrap()
         .execute(
             "UPDATE querylog_entries SET data = x'6167652d656e6372797074696f6e2e6f72672f7631' WHERE seq = 2",
             [],

@@ -120,9 +120,6 @@ pub enum QueryLogError {
     /// The state database could not be opened or used.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A query on the query log tables failed.
-    #[error("query log database: {0}")]
-    Db(rusqlite::Error),
     /// A `--recipient` is not an age X25519 public key.
     #[error("recipient {shown}: {reason}; expected an age public key like age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p (`age-keygen -y KEYFILE` prints it)")]
     InvalidRecipient {
@@ -145,12 +142,4 @@ pub enum QueryLogError {
     /// The writer thread could not be started.
     #[error("cannot start the query log writer: {0}")]
     Spawn(std::io::Error),
-}
-
-// By hand rather than `#[from]`: the message already includes the SQLite error, and a `source`
-// would make `{:#}` at the CLI print it twice.
-impl From<rusqlite::Error> for QueryLogError {
-    fn from(e: rusqlite::Error) -> Self {
-        QueryLogError::Db(e)
-    }
 }

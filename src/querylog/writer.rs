@@ -19,7 +19,7 @@ use super::entry::{self, LogEntry};
 use super::settings::{self, LogSettings};
 use super::{QueryEvent, QueryLogError};
 use crate::config::QueryLogConfig;
-use crate::store::Store;
+use crate::store::{QueryLogAppend, QueryLogMeta, Store};
 
 /// Events waiting for the writer; beyond this `record` drops and counts. Encrypting one entry to
 /// two X25519 recipients measured ~150 µs (release build, this machine), so the writer keeps up
@@ -83,7 +83,6 @@ impl QueryLog {
         cfg: &QueryLogConfig,
     ) -> Result<(QueryLog, JoinHandle<()>), QueryLogError> {
         let store = Store::open(state_dir)?;
-        settings::ensure_schema(store.conn())?;
         let shared = Arc::new(Shared {
             enabled: AtomicBool::new(false),
             retention_days: AtomicU32::new(cfg.retention_days),
@@ -232,7 +231,7 @@ impl Writer {
         if self.data_version == Some(v) && self.settings.is_some() {
             return Ok(());
         }
-        let s = settings::load(self.store.conn())?;
+        let s = settings::load(&self.store)?;
         self.shared.enabled.store(s.enabled, Ordering::Relaxed);
         self.settings = Some(s);
         self.devices = self
@@ -289,30 +288,25 @@ impl Writer {
         if entries.is_empty() {
             return Ok(0);
         }
-        let mut rows = encrypt_all(&s, &entries)?;
-        let conn = self.store.conn();
-        let tx = settings::begin_write(conn)?;
-        // Re-check under the write lock: a `disable` committed since the last refresh wins.
-        let now = settings::load(&tx)?;
-        if !now.enabled {
-            drop(tx);
-            self.shared.enabled.store(false, Ordering::Relaxed);
-            self.settings = Some(now);
-            return Ok(0);
-        }
-        if now.recipients_text != s.recipients_text {
-            rows = encrypt_all(&now, &entries)?;
-            self.settings = Some(now);
-        }
-        {
-            let mut st =
-                tx.prepare_cached("INSERT INTO querylog_entries(time, data) VALUES (?1, ?2)")?;
-            for (time, data) in &rows {
-                st.execute(rusqlite::params![time, data])?;
+        let rows = encrypt_all(&s, &entries)?;
+        // The store re-checks under the write lock: a `disable` committed since the last
+        // look wins, and a change of recipients means encrypting again.
+        let outcome = self.store.append_querylog(|now: &QueryLogMeta| {
+            let now = LogSettings::from_meta(now);
+            if now.recipients_text == s.recipients_text {
+                Ok(rows)
+            } else {
+                encrypt_all(&now, &entries)
             }
-        }
-        tx.commit()?;
-        Ok(rows.len() as u64)
+        })?;
+        let (count, meta) = match outcome {
+            QueryLogAppend::Appended { count, meta } => (count, meta),
+            QueryLogAppend::Off { meta } => (0, meta),
+        };
+        let now = LogSettings::from_meta(&meta);
+        self.shared.enabled.store(now.enabled, Ordering::Relaxed);
+        self.settings = Some(now);
+        Ok(count)
     }
 
     /// The entry for one event (`None` for devices that opted out), with its time in seconds.
@@ -386,10 +380,7 @@ pub(crate) fn prune_cutoff(now: SystemTime, retention_days: u32) -> Option<i64> 
 
 /// Deletes entries older than `cutoff` (Unix seconds). Returns how many.
 pub(crate) fn prune_before(store: &Store, cutoff: i64) -> Result<u64, QueryLogError> {
-    let conn = store.conn();
-    conn.pragma_update(None, "secure_delete", "ON")?;
-    let n = conn.execute("DELETE FROM querylog_entries WHERE time < ?1", [cutoff])?;
-    Ok(n as u64)
+    Ok(store.prune_querylog_before(cutoff)?)
 }
 
 #[cfg(test)]
@@ -421,14 +412,13 @@ mod tests {
     }
 
     fn rows(store: &Store) -> Vec<(i64, i64, Vec<u8>)> {
-        let mut st = store
-            .conn()
-            .prepare("SELECT seq, time, data FROM querylog_entries ORDER BY seq")
-            .unwrap();
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        store
+            .querylog_page(0, 1000)
             .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+            .rows
+            .into_iter()
+            .map(|r| (r.seq, r.time, r.data))
+            .collect()
     }
 
     fn ids(i: &x25519::Identity) -> Vec<Box<dyn age::Identity + Send + Sync>> {
@@ -593,22 +583,24 @@ mod tests {
     fn retention_prunes_only_old_entries() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        settings::ensure_schema(store.conn()).unwrap();
+        let owner = x25519::Identity::generate();
+        enable(
+            &store,
+            &Recipients::parse(&[owner.to_public().to_string()]).unwrap(),
+        )
+        .unwrap();
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let day = 86_400;
-        for t in [
+        let times = [
             1_800_000_000 - 8 * day,
             1_800_000_000 - 6 * day,
             1_800_000_000,
-        ] {
-            store
-                .conn()
-                .execute(
-                    "INSERT INTO querylog_entries(time, data) VALUES (?1, x'00')",
-                    [t],
-                )
-                .unwrap();
-        }
+        ];
+        store
+            .append_querylog(|_| {
+                Ok::<_, QueryLogError>(times.iter().map(|t| (*t, vec![0])).collect())
+            })
+            .unwrap();
 
         let cutoff = prune_cutoff(now, 7).unwrap();
         let n = prune_before(&store, cutoff).unwrap();

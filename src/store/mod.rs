@@ -1,7 +1,17 @@
-//! The SQLite state: devices, hub settings (`meta`), block/allow rules added at run time.
+//! The SQLite state: devices, hub settings (`meta`), block/allow rules added at run time, the
+//! query log's tables (`querylog.rs`) and the list subscription tables (`lists.rs`).
+//!
+//! Every SQL statement of the program lives in this module, behind typed methods; nothing
+//! else gets a connection.
 //!
 //! Every write is one transaction. A running `cloudpc run` notices commits made by other
 //! processes (the CLI) through `PRAGMA data_version` (see [`Store::data_version`]).
+
+mod lists;
+mod querylog;
+
+pub use lists::{ListAttempt, ListCopy, ListRecord};
+pub use querylog::{QueryLogAppend, QueryLogCounts, QueryLogMeta, QueryLogPage, QueryLogRow};
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -148,6 +158,8 @@ impl Store {
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        conn.execute_batch(querylog::SCHEMA).map_err(db)?;
+        conn.execute_batch(lists::SCHEMA).map_err(db)?;
         Ok(Store { conn, path })
     }
 
@@ -426,11 +438,6 @@ impl Store {
             })
             .map_err(|e| self.db(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.db(e))
-    }
-
-    /// The underlying connection, for modules that own tables of their own.
-    pub fn conn(&self) -> &Connection {
-        &self.conn
     }
 }
 
