@@ -201,7 +201,7 @@ fn owner_pulls_decrypted_history_and_others_are_refused() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(log.reload(&store).unwrap());
+    assert!(log.reload().unwrap());
     log.record(event(IpAddr::V4(phone.ipv4), SECRET_NAME));
     log.record(event(IpAddr::V4(guest.ipv4), "guest-name.example"));
     log.record(event(IpAddr::V6(phone.ipv6), "third.example"));
