@@ -1,5 +1,9 @@
 //! The SQLite state: devices, hub settings (`meta`), block/allow rules added at run time,
-//! API tokens (`tokens`), each device's last endpoint.
+//! each device's last endpoint, API tokens (`tokens.rs`), the query log's tables
+//! (`querylog.rs`) and the list subscription tables (`lists.rs`).
+//!
+//! Every SQL statement of the program lives in this module, behind typed methods; nothing
+//! else gets a connection.
 //!
 //! Every write is one transaction. While `cloudpc run` runs, the daemon is the only writer
 //! (the CLI goes through its API); without a hub the CLI writes here directly.
@@ -7,6 +11,12 @@
 mod tokens;
 
 pub use tokens::ApiToken;
+
+mod lists;
+mod querylog;
+
+pub use lists::{ListAttempt, ListCopy, ListRecord};
+pub use querylog::{QueryLogAppend, QueryLogCounts, QueryLogMeta, QueryLogPage, QueryLogRow};
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -195,6 +205,8 @@ impl Store {
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         conn.execute_batch(tokens::SCHEMA).map_err(db)?;
+        conn.execute_batch(querylog::SCHEMA).map_err(db)?;
+        conn.execute_batch(lists::SCHEMA).map_err(db)?;
         migrate(&conn).map_err(db)?;
         Ok(Store { conn, path })
     }
@@ -595,11 +607,6 @@ impl Store {
             })
             .map_err(|e| self.db(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.db(e))
-    }
-
-    /// The underlying connection, for modules that own tables of their own.
-    pub fn conn(&self) -> &Connection {
-        &self.conn
     }
 }
 
