@@ -25,7 +25,7 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::PublicKey;
 use cloudpc::hub::engine::{Bufs, Engine, Sink, HANDSHAKES_PER_SEC};
-use cloudpc::hub::keys::KeyPair;
+use cloudpc::enroll::keys::KeyPair;
 use cloudpc::hub::peers::{Endpoint, PeerTable};
 use cloudpc::hub::route::RouteCtx;
 use cloudpc::store::{Device, Overlay};

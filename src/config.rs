@@ -52,6 +52,7 @@ pub struct Config {
     pub wireguard: WireguardConfig,
     pub egress: EgressConfig,
     pub querylog: QueryLogConfig,
+    pub api: ApiConfig,
     /// Per-device policy groups: `[groups.NAME]`.
     pub groups: std::collections::BTreeMap<String, GroupConfig>,
 }
@@ -250,6 +251,25 @@ pub struct QueryLogConfig {
 impl Default for QueryLogConfig {
     fn default() -> Self {
         QueryLogConfig { retention_days: 7 }
+    }
+}
+
+/// `[api]`: the management API (docs/API.md). The Unix socket in the state dir is always on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Serve the API to admin devices on the hub's overlay addresses (HTTP port 80).
+    pub overlay: bool,
+    /// TCP addresses for automation (TLS with the hub's certificate, bearer token required).
+    pub listen: Vec<SocketAddr>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            overlay: true,
+            listen: vec![],
+        }
     }
 }
 

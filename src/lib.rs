@@ -1,11 +1,13 @@
 //! cloudpc: a self-hosted privacy network — a DNS-centric privacy resolver with an embedded
 //! WireGuard hub beside it. See `DESIGN.md` in the shared folder for the shape.
 
+pub mod api;
 pub mod cli;
 pub mod config;
-pub mod control;
+pub mod daemon;
 pub mod dns;
 pub mod egress;
+pub mod enroll;
 pub mod filter;
 pub mod hub;
 pub mod paths;

@@ -18,7 +18,7 @@ pub fn default_state_dir() -> PathBuf {
     PathBuf::from(".cloudpc-state")
 }
 
-/// The control socket `cloudpc status` talks to.
-pub fn control_socket(state_dir: &Path) -> PathBuf {
-    state_dir.join("control.sock")
+/// The management API socket (docs/API.md) that the CLI talks to while the hub runs.
+pub fn api_socket(state_dir: &Path) -> PathBuf {
+    state_dir.join("api.sock")
 }

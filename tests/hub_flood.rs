@@ -28,7 +28,7 @@ fn handshake_flood_gets_cookies_and_devices_keep_working() {
     );
     std::fs::write(w.web_root.join("mid"), vec![1u8; 1_000_000]).unwrap();
 
-    let hub_pub = cloudpc::hub::keys::load_or_create_hub_key(&hub.state_dir)
+    let hub_pub = cloudpc::enroll::keys::load_or_create_hub_key(&hub.state_dir)
         .unwrap()
         .public_b64();
     let script = w.lab.dir.path().join("wg_flood.py");

@@ -167,7 +167,10 @@ fn memory_per_idle_device() {
             let cfg = cloudpc::config::Config::load(&hub.config).unwrap();
             let store = cloudpc::store::Store::open(&hub.state_dir).unwrap();
             let overlay = store.overlay(&cfg.wireguard).unwrap();
-            let tx = store.conn().unchecked_transaction().unwrap();
+            drop(store);
+            let mut conn =
+                rusqlite::Connection::open(hub.state_dir.join(cloudpc::store::DB_FILE)).unwrap();
+            let tx = conn.transaction().unwrap();
             for i in 0..n {
                 let key: [u8; 32] = rand_key(i);
                 use base64::Engine as _;
@@ -181,7 +184,6 @@ fn memory_per_idle_device() {
                 .unwrap();
             }
             tx.commit().unwrap();
-            drop(store);
         }
         std::env::set_var("CLOUDPC_TEST_HUB_LOG", "cloudpc=info");
         w.start_hub(&mut hub);

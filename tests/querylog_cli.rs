@@ -201,7 +201,7 @@ fn owner_pulls_decrypted_history_and_others_are_refused() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(log.reload(&store).unwrap());
+    assert!(log.reload().unwrap());
     log.record(event(IpAddr::V4(phone.ipv4), SECRET_NAME));
     log.record(event(IpAddr::V4(guest.ipv4), "guest-name.example"));
     log.record(event(IpAddr::V6(phone.ipv6), "third.example"));
@@ -304,8 +304,8 @@ fn owner_pulls_decrypted_history_and_others_are_refused() {
     );
 
     // A damaged entry on the hub is skipped and counted; the rest still reads.
-    store
-        .conn()
+    rusqlite::Connection::open(hub.join(cloudpc::store::DB_FILE))
+        .unwrap()
         .execute(
             "UPDATE querylog_entries SET data = x'6167652d656e6372797074696f6e2e6f72672f7631' WHERE seq = 2",
             [],

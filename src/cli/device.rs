@@ -1,16 +1,16 @@
-//! `cloudpc init` and `cloudpc device ...`: parse, check, call the store and the config/QR
-//! renderers, print. Every check that can refuse runs before anything is written, so a refused
-//! `device add` leaves no half-registered device (and no lost private key) behind.
+//! `cloudpc init` and `cloudpc device ...`: parse, call the API (or the store when no hub
+//! runs), print. A refused `device add` leaves no half-registered device (and no lost private
+//! key) behind.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use super::Globals;
+use super::{Globals, Manager};
+use crate::api::NewDevice;
 use crate::config::Config;
-use crate::hub::keys::{self, KeyPair};
-use crate::hub::{qr, wgconfig};
-use crate::store::{Device, Store};
+use crate::enroll::{keys, qr, wgconfig};
+use crate::store::{Device, DevicePatch, Store};
 
 /// The example config shipped in `config/`, the template `cloudpc init` writes.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../config/cloudpc.example.toml");
@@ -73,9 +73,12 @@ pub struct AddArgs {
     /// Policy group (a [groups.NAME] in the config).
     #[arg(long, value_name = "G")]
     pub group: Option<String>,
-    /// Mark the device as the owner's: it may pull the encrypted query log.
+    /// Mark the device as the owner's: it may pull the encrypted query log (and is an admin).
     #[arg(long)]
     pub owner: bool,
+    /// May use the management API over the private network.
+    #[arg(long)]
+    pub admin: bool,
     /// Never log this device's queries, even with the query log on.
     #[arg(long)]
     pub no_log: bool,
@@ -95,6 +98,11 @@ pub struct SetArgs {
     pub owner: bool,
     #[arg(long)]
     pub no_owner: bool,
+    /// May use the management API over the private network.
+    #[arg(long, conflicts_with = "no_admin")]
+    pub admin: bool,
+    #[arg(long)]
+    pub no_admin: bool,
     /// Log this device's queries when the query log is on (the default).
     #[arg(long, conflicts_with = "no_log")]
     pub log: bool,
@@ -224,13 +232,12 @@ fn shell_quote(p: &Path) -> String {
 
 /// `cloudpc device ...`.
 pub fn device(g: &Globals, c: DeviceCmd) -> anyhow::Result<()> {
-    let cfg = g.config()?;
-    let state_dir = g.state_dir();
+    let m = Manager::open(g)?;
+    let api = m.api();
     match c {
-        DeviceCmd::Add(a) => add(&cfg, &state_dir, a),
+        DeviceCmd::Add(a) => add(&m, a),
         DeviceCmd::List { json } => {
-            let store = Store::open(&state_dir)?;
-            let devices = store.devices()?;
+            let devices = api.devices()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&devices)?);
             } else if devices.is_empty() {
@@ -241,18 +248,19 @@ pub fn device(g: &Globals, c: DeviceCmd) -> anyhow::Result<()> {
             Ok(())
         }
         DeviceCmd::Show { name, json } => {
-            let store = Store::open(&state_dir)?;
-            let d = store.device(&name)?;
+            let d = api.device(&name)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
-                println!("name:        {}.{}", d.name, cfg.dns.zone);
+                let zone = g.config()?.dns.zone;
+                println!("name:        {}.{zone}", d.name);
                 println!("ipv4:        {}", d.ipv4);
                 println!("ipv6:        {}", d.ipv6);
                 println!("public key:  {}", d.public_key);
                 println!("tunnel:      {}", if d.split { "split" } else { "full" });
                 println!("group:       {}", d.group.as_deref().unwrap_or("(default)"));
                 println!("owner:       {}", if d.owner { "yes" } else { "no" });
+                println!("admin:       {}", if d.is_admin() { "yes" } else { "no" });
                 println!(
                     "query log:   {}",
                     if d.no_log { "never" } else { "when on" }
@@ -261,51 +269,27 @@ pub fn device(g: &Globals, c: DeviceCmd) -> anyhow::Result<()> {
             Ok(())
         }
         DeviceCmd::Remove { name } => {
-            let store = Store::open(&state_dir)?;
-            let d = store.device(&name)?;
-            store.remove_device(&d.name)?;
+            let removed = api.remove_device(&name)?;
             eprintln!(
-                "Removed device {:?}; a running hub cuts it off at once. Its addresses may be given to a new device.",
-                d.name
+                "Removed device {removed:?}{}. Its addresses may be given to a new device.",
+                if m.is_running() { "; it is cut off" } else { "" }
             );
             Ok(())
         }
         DeviceCmd::Rename { old, new } => {
-            check_name(&new)?;
-            let store = Store::open(&state_dir)?;
-            store.rename_device(&old, &new)?;
+            let patch = DevicePatch {
+                name: Some(new.clone()),
+                ..DevicePatch::default()
+            };
+            let d = api.update_device(&old, &patch)?;
             eprintln!(
-                "Renamed {old:?} to {new:?} ({new}.{}); its key and addresses are unchanged.",
-                cfg.dns.zone
+                "Renamed {old:?} to {:?}; its key and addresses are unchanged.",
+                d.name
             );
             Ok(())
         }
-        DeviceCmd::Set(s) => set(&cfg, &state_dir, s),
+        DeviceCmd::Set(s) => set(&m, s),
     }
-}
-
-/// Refuses a name that is not a DNS label.
-fn check_name(name: &str) -> anyhow::Result<()> {
-    if !crate::dns::name::is_valid_label(name) {
-        bail!(
-            "{name:?} is not a valid device name: use 1 to 63 letters, digits or '-', not starting or ending with '-' (it becomes a DNS name, e.g. my-phone)"
-        );
-    }
-    Ok(())
-}
-
-fn check_group(cfg: &Config, group: &str) -> anyhow::Result<()> {
-    if !crate::dns::name::is_valid_label(group) {
-        bail!(
-            "{group:?} is not a valid group name: use letters, digits or '-' as in [groups.NAME]"
-        );
-    }
-    if !cfg.groups.contains_key(group) {
-        bail!(
-            "there is no group {group:?} in the config; add a [groups.{group}] section (see config/cloudpc.example.toml)"
-        );
-    }
-    Ok(())
 }
 
 /// What `--output` writes.
@@ -324,12 +308,8 @@ fn output_kind(path: &Path) -> anyhow::Result<OutputKind> {
     }
 }
 
-fn add(cfg: &Config, state_dir: &Path, a: AddArgs) -> anyhow::Result<()> {
-    // Everything that can refuse runs before the store is touched.
-    check_name(&a.name)?;
-    if let Some(g) = &a.group {
-        check_group(cfg, g)?;
-    }
+fn add(m: &Manager, a: AddArgs) -> anyhow::Result<()> {
+    // What the CLI alone can refuse runs before anything is registered.
     let output_kind = a.output.as_deref().map(output_kind).transpose()?;
     if a.pubkey.is_some() && (a.qr || matches!(output_kind, Some(OutputKind::Image))) {
         bail!(
@@ -338,76 +318,54 @@ fn add(cfg: &Config, state_dir: &Path, a: AddArgs) -> anyhow::Result<()> {
              addresses to the tunnel you made on the device, or drop --pubkey to have the hub make the key"
         );
     }
-    let endpoint =
-        wgconfig::endpoint_with_port(&cfg.wireguard.endpoint, cfg.wireguard.listen_port)?;
-    let (device_key, public) = match &a.pubkey {
-        Some(k) => {
-            use base64::Engine;
-            let raw = keys::decode_key(k, "--pubkey")?;
-            (None, base64::engine::general_purpose::STANDARD.encode(raw))
-        }
-        None => {
-            let kp = KeyPair::generate();
-            let public = kp.public_b64();
-            (Some(kp), public)
-        }
+    let req = NewDevice {
+        name: a.name.clone(),
+        public_key: a.pubkey.clone(),
+        split: a.split,
+        group: a.group.clone(),
+        owner: a.owner,
+        admin: a.admin,
+        no_log: a.no_log,
+        qr: false,
     };
-
-    let mut store = Store::open(state_dir)?;
-    let hub = keys::load_or_create_hub_key(state_dir)?;
-    let overlay = store.overlay(&cfg.wireguard)?;
-    let mut d = store.add_device(&a.name, &public, a.split, &overlay)?;
-    if a.group.is_some() || a.owner || a.no_log {
-        let group = a.group.as_deref().map(Some);
-        // Two writes: undo the registration if the second fails, so a device never exists
-        // whose private key was not shown.
-        if let Err(e) = store.set_device(&d.name, group, Some(a.owner), Some(a.no_log)) {
-            let _ = store.remove_device(&d.name);
-            return Err(e.into());
-        }
-        d = store.device(&d.name)?;
-    }
-
-    let private = device_key.as_ref().map(KeyPair::private_b64);
-    let hub_public = hub.public_b64();
-    let text = wgconfig::DeviceConfig {
-        private_key: private.as_deref(),
-        device_v4: d.ipv4,
-        device_v6: d.ipv6,
-        overlay,
-        search_domain: &cfg.dns.zone,
-        mtu: cfg.wireguard.mtu,
-        hub_public_key: &hub_public,
-        endpoint: &endpoint,
-        split: d.split,
-    }
-    .render();
+    let added = m.api().add_device(&req)?;
+    let (d, text) = (&added.device, &added.config);
 
     if let (Some(path), Some(kind)) = (&a.output, &output_kind) {
-        match kind {
-            OutputKind::Image => {
-                qr::write_image(&text, path)?;
-            }
+        let written = match kind {
+            OutputKind::Image => qr::write_image(text, path).map(|_| ()).map_err(anyhow::Error::from),
             OutputKind::ConfigText => qr::write_private_file(path, text.as_bytes())
-                .with_context(|| format!("cannot write {}", path.display()))?,
+                .with_context(|| format!("cannot write {}", path.display())),
+        };
+        if let Err(e) = written {
+            // The private key would be lost with the file: take the registration back.
+            let _ = m.api().remove_device(&d.name);
+            return Err(e.context("the device was not registered"));
         }
     }
     if a.qr {
         use std::io::IsTerminal;
-        print!("{}", qr::terminal(&text, std::io::stdout().is_terminal())?);
+        print!("{}", qr::terminal(text, std::io::stdout().is_terminal())?);
     } else {
         print!("{text}");
     }
 
     eprintln!();
     eprintln!(
-        "Registered {:?} as {}.{} ({}, {}); a running hub accepts it within a second.",
-        d.name, d.name, cfg.dns.zone, d.ipv4, d.ipv6
+        "Registered {:?} ({}, {}){}.",
+        d.name,
+        d.ipv4,
+        d.ipv6,
+        if m.is_running() {
+            "; the hub accepts it now"
+        } else {
+            "; the hub accepts it when it starts"
+        }
     );
     if let Some(path) = &a.output {
         eprintln!("Wrote {} (mode 0600).", path.display());
     }
-    if device_key.is_some() {
+    if added.private_key_included {
         eprintln!(
             "The private key is shown only now{}; the hub keeps only the public key. Keep it secret.",
             if a.qr { " (inside the QR code)" } else { "" }
@@ -424,12 +382,9 @@ fn add(cfg: &Config, state_dir: &Path, a: AddArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn set(cfg: &Config, state_dir: &Path, s: SetArgs) -> anyhow::Result<()> {
-    if let Some(g) = &s.group {
-        check_group(cfg, g)?;
-    }
+fn set(m: &Manager, s: SetArgs) -> anyhow::Result<()> {
     let group = match (&s.group, s.no_group) {
-        (Some(g), _) => Some(Some(g.as_str())),
+        (Some(g), _) => Some(Some(g.clone())),
         (None, true) => Some(None),
         (None, false) => None,
     };
@@ -438,16 +393,19 @@ fn set(cfg: &Config, state_dir: &Path, s: SetArgs) -> anyhow::Result<()> {
         (_, true) => Some(false),
         _ => None,
     };
-    let owner = flag(s.owner, s.no_owner);
-    let no_log = flag(s.no_log, s.log);
-    if group.is_none() && owner.is_none() && no_log.is_none() {
+    let patch = DevicePatch {
+        name: None,
+        group,
+        owner: flag(s.owner, s.no_owner),
+        admin: flag(s.admin, s.no_admin),
+        no_log: flag(s.no_log, s.log),
+    };
+    if patch == DevicePatch::default() {
         bail!(
-            "nothing to change: give --group G, --no-group, --owner, --no-owner, --log or --no-log"
+            "nothing to change: give --group G, --no-group, --owner, --no-owner, --admin, --no-admin, --log or --no-log"
         );
     }
-    let store = Store::open(state_dir)?;
-    store.set_device(&s.name, group, owner, no_log)?;
-    let d = store.device(&s.name)?;
+    let d = m.api().update_device(&s.name, &patch)?;
     eprintln!("Device {:?}: {}", d.name, flags(&d));
     Ok(())
 }
@@ -459,6 +417,9 @@ fn flags(d: &Device) -> String {
     }
     if d.owner {
         f.push("owner".into());
+    }
+    if d.admin {
+        f.push("admin".into());
     }
     if d.no_log {
         f.push("no-log".into());
@@ -526,6 +487,7 @@ mod tests {
             group: Some("kids".into()),
             owner: true,
             no_log: false,
+            admin: false,
             created_at: 0,
         };
         let t = device_table(&[d]);

@@ -1,16 +1,11 @@
 //! `cloudpc lists`: show every list; `add`, `remove`, `update` URL lists.
 //!
-//! With a hub running, `add` and `update` ask it (a row in `list_update_requests`, which its
-//! updater notices within a second) and wait for the attempt to be recorded; without one they
-//! download directly and fill the cache, so the next start uses the new copy.
+//! With a hub running, `add` and `update` go through its API, which downloads and rebuilds the
+//! filter before it answers; without one they download directly and fill the cache, so the
+//! next start uses the new copy.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use anyhow::Context;
-
-use super::Globals;
-use crate::filter::{ListManager, ListSettings, ListStatus, ListUrl};
+use super::{Globals, Manager};
+use crate::filter::ListStatus;
 use crate::querylog::timefmt::format_rfc3339;
 
 #[derive(Debug, clap::Args)]
@@ -33,134 +28,46 @@ pub enum ListsCmd {
 }
 
 pub fn lists(g: &Globals, a: ListsArgs) -> anyhow::Result<()> {
-    let cfg = g.config()?;
-    let manager = Arc::new(ListManager::open(ListSettings::from_config(
-        &cfg,
-        &g.state_dir(),
-        &g.base_dir(),
-    ))?);
+    let m = Manager::open(g)?;
+    let api = m.api();
     match a.cmd {
-        None => show(&manager, a.json),
+        None => show(&api.lists()?, a.json),
         Some(ListsCmd::Add { url }) => {
-            let parsed = ListUrl::parse(&url)?;
-            if manager.in_config(parsed.as_str()) {
-                anyhow::bail!("{parsed} is already in the config file");
-            }
-            if !manager.add(&parsed)? {
-                println!("{parsed} was already added");
-            } else {
-                println!("added {parsed}");
-            }
-            update(
-                g,
-                &cfg,
-                &manager,
-                &[parsed.as_str().to_string()],
-                Some(parsed.as_str()),
-            )
+            let st = api.add_list(&url)?;
+            println!("added {}", st.list);
+            report(&m, &[st])
         }
         Some(ListsCmd::Remove { url }) => {
-            let url = ListUrl::parse(&url)
-                .map(|u| u.as_str().to_string())
-                .unwrap_or(url);
-            if manager.remove(&url)? {
-                println!("removed {url}; a running hub stops using it within a second");
-                Ok(())
-            } else if manager.in_config(&url) {
-                anyhow::bail!(
-                    "{url} is in the config file ({}); remove it there and restart cloudpc",
-                    g.config
-                        .as_ref()
-                        .map_or("filter.lists".into(), |p| p.display().to_string())
-                )
-            } else {
-                anyhow::bail!("{url} is not a list added with `cloudpc lists add`; `cloudpc lists` shows them")
-            }
+            let url = api.remove_list(&url)?;
+            println!(
+                "removed {url}{}",
+                if m.is_running() {
+                    "; the filter no longer uses it"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
         }
         Some(ListsCmd::Update { url }) => {
-            let all = manager.urls();
-            let targets = match &url {
-                None => all,
-                Some(u) => {
-                    let u = ListUrl::parse(u)?.as_str().to_string();
-                    if !all.contains(&u) {
-                        anyhow::bail!("{u} is not a list; add it with `cloudpc lists add {u}`");
-                    }
-                    vec![u]
-                }
-            };
-            if targets.is_empty() {
+            let st = api.update_lists(url.as_deref())?;
+            if st.is_empty() {
                 println!("no URL lists to update (add one with `cloudpc lists add URL`)");
                 return Ok(());
             }
-            update(
-                g,
-                &cfg,
-                &manager,
-                &targets,
-                url.as_deref().map(|_| targets[0].as_str()),
-            )
+            report(&m, &st)
         }
     }
 }
 
-/// Downloads `targets` through the running hub, or directly when none runs, and prints how
-/// each attempt ended.
-fn update(
-    g: &Globals,
-    cfg: &crate::config::Config,
-    manager: &Arc<ListManager>,
-    targets: &[String],
-    one: Option<&str>,
-) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let state_dir = g.state_dir();
-    let running = rt
-        .block_on(crate::control::request_status(&state_dir))
-        .is_ok();
-    if running {
-        let asked = manager.request_update(one)?;
-        let wait = Duration::from_secs(cfg.filter.download_timeout + 10);
-        let deadline = std::time::Instant::now() + wait;
-        loop {
-            let status = manager.status()?;
-            let pending = targets.iter().any(|t| {
-                !status
-                    .iter()
-                    .any(|s| &s.list == t && s.last_attempt.is_some_and(|at| at >= asked))
-            });
-            if !pending {
-                break;
-            }
-            if std::time::Instant::now() > deadline {
-                anyhow::bail!(
-                    "the running hub did not finish the download within {} s; `cloudpc lists` shows the result later",
-                    wait.as_secs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    } else {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        rt.block_on(async {
-            let upstreams = crate::dns::upstream::Upstreams::from_config(&cfg.dns)
-                .await
-                .context("cannot set up the upstreams that resolve list hosts")?;
-            for t in targets {
-                manager.update(t, &upstreams).await;
-            }
-            anyhow::Ok(())
-        })?;
+/// Prints how each download ended.
+fn report(m: &Manager, status: &[ListStatus]) -> anyhow::Result<()> {
+    if !m.is_running() {
         println!("(no hub running: the cache is updated for its next start)");
     }
-    let status = manager.status()?;
     let mut failed = 0;
-    for t in targets {
-        let Some(s) = status.iter().find(|s| &s.list == t) else {
-            continue;
-        };
+    for s in status {
+        let t = &s.list;
         let entries = s
             .entries
             .map_or("no copy".into(), |n| format!("{n} entries"));
@@ -182,13 +89,12 @@ fn update(
         }
     }
     if failed > 0 {
-        anyhow::bail!("{failed} of {} list downloads failed", targets.len());
+        anyhow::bail!("{failed} of {} list downloads failed", status.len());
     }
     Ok(())
 }
 
-fn show(manager: &ListManager, json: bool) -> anyhow::Result<()> {
-    let status = manager.status()?;
+fn show(status: &[ListStatus], json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
@@ -201,7 +107,7 @@ fn show(manager: &ListManager, json: bool) -> anyhow::Result<()> {
         "{:<5} {:<10} {:>9} {:<21} {:<10} LIST / ERROR",
         "ID", "FROM", "ENTRIES", "LAST UPDATE", "RESULT"
     );
-    for s in &status {
+    for s in status {
         println!("{}", row(s));
         if let Some(e) = &s.last_error {
             println!("{:<5} error: {e}", "");

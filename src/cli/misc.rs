@@ -1,6 +1,6 @@
 //! `cloudpc status`, `block|allow`, `internet`, `lists`.
 
-use super::Globals;
+use super::{Globals, Manager};
 use crate::store::RuleAction;
 
 #[derive(Debug, clap::Args)]
@@ -28,10 +28,7 @@ pub struct InternetArgs {
 }
 
 pub fn status(g: &Globals, a: StatusArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let r = rt.block_on(crate::control::request_status(&g.state_dir()))?;
+    let r = Manager::open(g)?.api().status()?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
@@ -83,29 +80,19 @@ pub fn status(g: &Globals, a: StatusArgs) -> anyhow::Result<()> {
 }
 
 pub fn rule(g: &Globals, action: RuleAction, c: RuleCmd) -> anyhow::Result<()> {
-    let store = crate::store::Store::open(&g.state_dir())?;
-    let norm = |d: &str| {
-        crate::dns::name::normalize_domain(d)
-            .ok_or_else(|| anyhow::anyhow!("{d:?} is not a domain name, e.g. ads.example.com"))
-    };
+    let m = Manager::open(g)?;
     match c {
         RuleCmd::Add { domain } => {
-            let d = norm(&domain)?;
-            store.add_rule(&d, action)?;
+            let d = m.api().add_rule(action, &domain)?;
             println!("added {d}");
         }
         RuleCmd::Remove { domain } => {
-            let d = norm(&domain)?;
-            if !store.remove_rule(&d, action)? {
-                anyhow::bail!("{d} was not in the list; `list` shows what is");
-            }
+            let d = m.api().remove_rule(action, &domain)?;
             println!("removed {d}");
         }
         RuleCmd::List => {
-            for (d, a) in store.rules()? {
-                if a == action {
-                    println!("{d}");
-                }
+            for d in m.api().rules(action)? {
+                println!("{d}");
             }
         }
     }
@@ -113,8 +100,12 @@ pub fn rule(g: &Globals, action: RuleAction, c: RuleCmd) -> anyhow::Result<()> {
 }
 
 pub fn internet(g: &Globals, a: InternetArgs) -> anyhow::Result<()> {
-    let store = crate::store::Store::open(&g.state_dir())?;
-    store.set_meta("internet", &a.state)?;
-    println!("internet through the hub: {}", a.state);
+    let m = Manager::open(g)?;
+    let on = m.api().set_internet(a.state == "on")?;
+    println!(
+        "internet through the hub: {}{}",
+        if on { "on" } else { "off" },
+        if m.is_running() { "" } else { " (from the next start)" }
+    );
     Ok(())
 }

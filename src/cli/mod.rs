@@ -5,11 +5,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod api;
 mod device;
 mod lists;
 mod misc;
 mod querylog;
 mod run;
+
+use crate::api::Manage;
 
 /// Global options shared by every subcommand.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,6 +51,67 @@ impl Globals {
     }
 }
 
+/// What the CLI changes state through: the running hub's API, or the store directly (same
+/// checks) when no hub runs with this state dir.
+pub enum Manager {
+    Remote(crate::api::Client),
+    Local {
+        control: Box<crate::daemon::Control>,
+        // Keeps the runtime the local control downloads lists with.
+        _rt: tokio::runtime::Runtime,
+    },
+}
+
+impl Manager {
+    /// Connects to the running hub, or opens the store when none runs.
+    pub fn open(g: &Globals) -> anyhow::Result<Manager> {
+        let state_dir = g.state_dir();
+        if let Some(c) = crate::api::Client::connect(&state_dir)? {
+            return Ok(Manager::Remote(c));
+        }
+        let cfg = g.config()?;
+        let store = crate::store::Store::open(&state_dir)?;
+        let overlay = store.overlay(&cfg.wireguard)?;
+        let settings = crate::daemon::control_settings(&cfg, &state_dir, overlay)?;
+        let lists = std::sync::Arc::new(crate::filter::ListManager::open(
+            crate::filter::ListSettings::from_config(&cfg, &state_dir, &g.base_dir()),
+        )?);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let upstreams = rt
+            .block_on(crate::dns::upstream::Upstreams::from_config(&cfg.dns))
+            .ok()
+            .map(std::sync::Arc::new);
+        let control = crate::daemon::Control::offline(
+            store,
+            settings,
+            overlay,
+            lists,
+            upstreams,
+            rt.handle().clone(),
+        );
+        Ok(Manager::Local {
+            control: Box::new(control),
+            _rt: rt,
+        })
+    }
+
+    /// True when a running hub applies the changes.
+    pub fn is_running(&self) -> bool {
+        matches!(self, Manager::Remote(_))
+    }
+
+    /// The API, whichever way it is reached.
+    pub fn api(&self) -> &dyn Manage {
+        match self {
+            Manager::Remote(c) => c,
+            Manager::Local { control, .. } => &**control,
+        }
+    }
+}
+
 /// cloudpc — your Cloud PC as private DNS resolver and WireGuard hub for all your devices.
 #[derive(Debug, Parser)]
 #[command(name = "cloudpc", version, about)]
@@ -82,6 +146,9 @@ pub enum Command {
     /// The encrypted query log (off by default).
     #[command(subcommand)]
     Querylog(querylog::QuerylogCmd),
+    /// The management API: tokens for its TCP listener.
+    #[command(subcommand)]
+    Api(api::ApiCmd),
 }
 
 /// Entry point of the binary.
@@ -99,6 +166,7 @@ pub fn main() -> ExitCode {
         Command::Internet(a) => misc::internet(&g, a),
         Command::Lists(a) => lists::lists(&g, a),
         Command::Querylog(c) => querylog::querylog(&g, c),
+        Command::Api(c) => api::api(&g, c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::Globals;
+use super::{Globals, Manager};
+use crate::api::QueryLogChange;
 use crate::querylog::pull::{self, HubAddr, PullReport, PullRequest};
-use crate::querylog::{settings, timefmt, Recipients, SYNC_PORT};
-use crate::store::Store;
+use crate::querylog::{timefmt, SYNC_PORT};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum QuerylogCmd {
@@ -62,9 +62,10 @@ pub struct PullArgs {
 pub fn querylog(g: &Globals, c: QuerylogCmd) -> anyhow::Result<()> {
     match c {
         QuerylogCmd::Enable { recipients } => {
-            let r = Recipients::parse(&recipients)?;
-            let store = Store::open(&g.state_dir())?;
-            let st = settings::enable(&store, &r)?;
+            let st = Manager::open(g)?.api().set_querylog(&QueryLogChange {
+                enabled: true,
+                recipients,
+            })?;
             println!(
                 "query log on, encrypted to {} recipient{}",
                 st.recipients.len(),
@@ -74,8 +75,11 @@ pub fn querylog(g: &Globals, c: QuerylogCmd) -> anyhow::Result<()> {
             Ok(())
         }
         QuerylogCmd::Disable => {
-            let store = Store::open(&g.state_dir())?;
-            let n = settings::disable(&store)?;
+            let st = Manager::open(g)?.api().set_querylog(&QueryLogChange {
+                enabled: false,
+                recipients: vec![],
+            })?;
+            let n = st.deleted;
             println!(
                 "query log off; deleted {n} stored entr{}",
                 if n == 1 { "y" } else { "ies" }
@@ -88,10 +92,8 @@ pub fn querylog(g: &Globals, c: QuerylogCmd) -> anyhow::Result<()> {
 }
 
 fn status(g: &Globals, json: bool) -> anyhow::Result<()> {
-    let cfg = g.config()?;
-    let store = Store::open(&g.state_dir())?;
-    let st = settings::status(&store)?;
-    let retention = cfg.querylog.retention_days;
+    let st = Manager::open(g)?.api().querylog()?;
+    let retention = st.retention_days;
     if json {
         let v = serde_json::json!({
             "enabled": st.enabled,

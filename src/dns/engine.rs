@@ -23,7 +23,7 @@ use super::stats::Stats;
 use super::upstream::{UpstreamAnswer, Upstreams};
 use super::wire::{self, QueryView, WireError};
 use crate::config::BlockedAnswer;
-use crate::filter::{Filter, Verdict};
+use crate::filter::{Groups, Policy, Verdict};
 use crate::querylog::{QueryEvent, QueryLog, Verdict as LogVerdict};
 
 /// How the query arrived: UDP answers are size-limited (TC bit), streams are not.
@@ -59,34 +59,6 @@ pub struct Settings {
     pub cache_size: usize,
 }
 
-/// Block policy: the owner's own rules (config and `cloudpc block|allow`) over the lists.
-pub struct Policy {
-    /// Config `block`/`allow` and run-time rules; allow here beats everything.
-    pub rules: Filter,
-    /// Subscribed and bundled lists (shared between policies that use the same lists).
-    pub lists: Arc<Filter>,
-    /// How blocked names are answered.
-    pub blocked_answer: BlockedAnswer,
-}
-
-/// Group policies by device overlay address (issue 4: a query's device is known by its
-/// overlay source address, which WireGuard ties to the device's key).
-#[derive(Default)]
-pub struct Groups {
-    /// Address → (policy id ≥ 1, policy). The id keeps cached answers apart per policy.
-    pub by_ip: std::collections::HashMap<IpAddr, (u8, Arc<Policy>)>,
-}
-
-impl Policy {
-    /// The verdict for a lower-case name without trailing dot.
-    pub fn check(&self, name: &str) -> Verdict {
-        match self.rules.load().check(name) {
-            Verdict::Pass => self.lists.load().check(name),
-            v => v,
-        }
-    }
-}
-
 /// The resolver.
 pub struct Resolver {
     settings: Settings,
@@ -94,7 +66,7 @@ pub struct Resolver {
     groups: ArcSwap<Groups>,
     local: ArcSwap<LocalData>,
     cache: Cache,
-    upstreams: Upstreams,
+    upstreams: Arc<Upstreams>,
     pub stats: Arc<Stats>,
     limiter: RateLimiter,
     querylog: QueryLog,
@@ -110,7 +82,7 @@ impl Resolver {
         settings: Settings,
         policy: Policy,
         local: LocalData,
-        upstreams: Upstreams,
+        upstreams: Arc<Upstreams>,
         stats: Arc<Stats>,
     ) -> Resolver {
         Resolver {
@@ -182,6 +154,11 @@ impl Resolver {
     /// Replaces the local data (devices or zone files changed).
     pub fn set_local(&self, local: LocalData) {
         self.local.store(Arc::new(local));
+    }
+
+    /// The upstream pool (one per process: list downloads resolve their hosts with it too).
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
     }
 
     /// Number of cached answers.
@@ -705,10 +682,10 @@ struct Forwarded<'a> {
 
 /// CNAME uncloaking: true when a CNAME target in the answer is blocked by `policy`.
 fn chain_blocked(policy: &Policy, a: &UpstreamAnswer) -> bool {
-    a.answers.iter().any(|r| match &r.data {
-        RData::CNAME(c) => policy.check(&name_text(&c.0)) == Verdict::Block,
-        _ => false,
-    })
+    policy.blocks_any(a.answers.iter().filter_map(|r| match &r.data {
+        RData::CNAME(c) => Some(name_text(&c.0)),
+        _ => None,
+    }))
 }
 
 /// Lower-case dotted text of a name without the trailing dot.

@@ -250,6 +250,7 @@ mod tests {
             group: None,
             owner: false,
             no_log: false,
+            admin: false,
             created_at: 0,
         }
     }

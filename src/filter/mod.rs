@@ -56,6 +56,7 @@ pub mod fetch;
 mod load;
 mod names;
 mod parse;
+pub mod policy;
 mod set;
 pub mod subscribe;
 mod syntax;
@@ -65,6 +66,7 @@ use std::sync::Arc;
 pub use fetch::{fetch, FetchError, FetchLimits, Fetched, HostResolver, ListUrl, Validators};
 pub use load::{ListLoader, DEFAULT_MAX_LIST_BYTES};
 pub use parse::{check_list, ListSummary, MAX_LINE_BYTES, MAX_LINE_ERRORS};
+pub use policy::{Groups, Policy, PolicySettings};
 pub use set::{FilterSet, RuleCounts};
 pub use subscribe::{ListManager, ListSettings, ListStatus, SubscribeError, UpdateOutcome};
 

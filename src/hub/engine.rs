@@ -445,6 +445,30 @@ impl Engine {
         }
     }
 
+    /// Starts a handshake with the device `key` at `to`, its endpoint from before a restart.
+    ///
+    /// A stock WireGuard client whose hub restarted keeps using its dead session until it has
+    /// sent data for ~15 s without an answer; an initiation from the hub gives it a fresh
+    /// session at once. boringtun's timers retry it like any handshake. False when the device
+    /// is not registered.
+    pub fn initiate(&self, key: &[u8; 32], to: Endpoint, bufs: &mut Bufs, sink: &impl Sink) -> bool {
+        let table = self.table.load();
+        let Some(peer) = table.by_key(key) else {
+            return false;
+        };
+        // The stored endpoint was the source of the device's latest authenticated packet.
+        self.handle_authenticated(peer, to);
+        let mut slot = peer.session.lock();
+        let tunn = peer.session_in(&mut slot, &self.session_params(), Instant::now());
+        match tunn.format_handshake_initiation(&mut bufs.crypt, false) {
+            TunnResult::WriteToNetwork(out) => {
+                sink.send_udp(to, out);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Runs every session's timers (call about every 250 ms): handshake retries, keepalives,
     /// session expiry; also resets the handshake rate limiter once a second.
     pub fn poll_timers(&self, bufs: &mut Bufs, sink: &impl Sink) {

@@ -1,7 +1,7 @@
 //! Engine tests: in-memory boringtun clients talking to the engine through a recording sink.
 
 use super::*;
-use crate::hub::keys::KeyPair;
+use crate::enroll::keys::KeyPair;
 use crate::hub::packet::tests::ipv4;
 use crate::store::{Device, Overlay};
 use std::cell::RefCell;
@@ -72,6 +72,7 @@ impl World {
             group: None,
             owner: false,
             no_log: false,
+            admin: false,
             created_at: 0,
         });
         self.reload();

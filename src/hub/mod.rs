@@ -3,42 +3,55 @@
 //!
 //! Drive it with [`start`], which checks privileges first and, when it returns `Ok`, has the
 //! TUN up with the overlay addresses (so the resolver can bind to them), both UDP sockets
-//! bound, the devices loaded and the egress table installed. [`HubHandle::status`] reads live
-//! counters; [`HubHandle::shutdown`] removes the nftables table, the UAPI socket and the TUN.
+//! bound, the devices loaded, the egress table installed and handshakes sent to the devices
+//! seen shortly before (so they do not wait for their dead sessions to time out). The daemon
+//! owns the handle and applies changes with [`HubHandle::set_devices`] and
+//! [`HubHandle::set_internet`], both in force when they return; [`HubHandle::status`] reads
+//! live counters, [`HubHandle::endpoints`] what to keep for the next start;
+//! [`HubHandle::shutdown`] removes the nftables table, the UAPI socket and the TUN.
 //!
 //! Parts: `packet` (checked IP header view), `route` (where a packet goes), `peers` (device
 //! table), `engine` (WireGuard messages in, packets out, no I/O), `io` (sockets, TUN, tasks),
-//! `batch` (GSO/GRO output batching), `sync` (applies store changes within 250 ms), `uapi`
-//! (`wg show`).
+//! `batch` (GSO/GRO output batching), `uapi` (`wg show`).
 
 pub mod batch;
 pub mod engine;
 pub mod io;
-pub mod keys;
 pub mod nat64;
 pub mod packet;
 pub mod peers;
-pub mod qr;
 pub mod route;
-mod sync;
 pub mod uapi;
-pub mod wgconfig;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::enroll::keys;
 use engine::{Engine, Nat64};
 use route::RouteCtx;
 
 pub use engine::Counters;
 
-/// What the hub needs to start.
+/// What the hub needs to start: its own settings, read once by the daemon.
 pub struct HubParams {
-    pub cfg: crate::config::Config,
+    pub wireguard: crate::config::WireguardConfig,
+    /// Interface towards the internet (`auto` = the default route's).
+    pub egress_interface: String,
+    /// Whether devices reach the internet through the hub at start.
+    pub internet: bool,
+    /// The DNS64 prefix NAT64 serves (`None` = NAT64 off).
+    pub dns64_prefix: Option<ipnet::Ipv6Net>,
+    /// Where the hub's key is kept.
     pub state_dir: PathBuf,
     pub overlay: crate::store::Overlay,
+    pub devices: Vec<crate::store::Device>,
+    /// Where devices were last heard from, by public key (base64).
+    pub endpoints: Vec<(String, crate::store::LastEndpoint)>,
 }
+
+/// Devices heard from this recently before a start are sent a handshake by the hub.
+pub const RECONNECT_WITHIN_SECS: i64 = 600;
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +62,6 @@ pub enum HubError {
     /// The hub key could not be read or made.
     #[error(transparent)]
     Key(#[from] keys::KeyError),
-    /// The state database could not be used.
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
     /// The WireGuard port could not be bound.
     #[error("cannot listen for WireGuard on UDP {addr}: {source} (is another WireGuard or cloudpc using `wireguard.listen_port`?)")]
     Udp {
@@ -96,7 +106,10 @@ pub struct HubHandle {
     engine: Arc<Engine>,
     sink: Arc<io::NetSink>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    sync: sync::SyncThread,
+    /// Session indexes for new devices (kept so a rebuilt table never reuses a live one).
+    next_index: parking_lot::Mutex<u32>,
+    /// The egress table as installed.
+    egress: parking_lot::Mutex<crate::egress::EgressSpec>,
     uapi_path: Option<PathBuf>,
 }
 
@@ -136,10 +149,8 @@ pub fn has_net_admin() -> bool {
 /// routing them to the device, and calls `expire` on each timer tick. Until then those
 /// packets are dropped and counted (`nat64_dropped`).
 fn nat64_translator(p: &HubParams) -> Option<Arc<dyn Nat64>> {
-    if !p.cfg.dns.dns64 {
-        return None;
-    }
-    match nat64::Nat64::new(p.cfg.dns.dns64_prefix, nat64_pool_v4(&p.overlay)) {
+    let prefix = p.dns64_prefix?;
+    match nat64::Nat64::new(prefix, nat64_pool_v4(&p.overlay)) {
         Ok(t) => Some(Arc::new(parking_lot::Mutex::new(t))),
         Err(e) => {
             tracing::warn!(error = %e, "NAT64 is off");
@@ -176,15 +187,14 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
         return Err(HubError::Privileges(PRIVILEGES_MESSAGE.into()));
     }
     let key = keys::load_or_create_hub_key(&p.state_dir)?;
-    let store = crate::store::Store::open(&p.state_dir)?;
-    let wg = &p.cfg.wireguard;
+    let wg = &p.wireguard;
     let ctx = RouteCtx {
         overlay: p.overlay,
-        dns64_prefix: p.cfg.dns.dns64.then_some(p.cfg.dns.dns64_prefix),
+        dns64_prefix: p.dns64_prefix,
     };
     let engine = Arc::new(Engine::new(key.private.clone(), ctx, nat64_translator(&p)));
     let mut next_index: u32 = rand::random::<u32>();
-    sync::load_devices(&store, &engine, &mut next_index)?;
+    publish_devices(&engine, &p.devices, &mut next_index);
 
     let v4_addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, wg.listen_port));
     let v4 = io::bind_udp(v4_addr).map_err(|source| HubError::Udp {
@@ -206,14 +216,13 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
         })?;
     let tun = Arc::new(tun);
 
-    let egress_out = crate::egress::resolve_interface(&p.cfg.egress.interface);
-    let internet = sync::internet_setting(&store, p.cfg.egress.internet)?;
+    let egress_out = crate::egress::resolve_interface(&p.egress_interface);
     let spec = crate::egress::EgressSpec {
         tun: wg.interface.clone(),
         out: egress_out.clone(),
         v4: p.overlay.v4,
         v6: p.overlay.v6,
-        internet,
+        internet: p.internet,
     };
     crate::egress::enable_forwarding(egress_out.as_deref())?;
     crate::egress::install(&spec)?;
@@ -252,12 +261,13 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
             engine.clone(),
         )));
     }
-    let sync = sync::SyncThread::spawn(p.state_dir.clone(), engine.clone(), next_index, spec);
+    let reconnected = reconnect(&engine, &*sink, &p.endpoints, crate::store::unix_now());
     tracing::info!(
         port = wg.listen_port,
         interface = %wg.interface,
         devices = engine.table.load().len(),
-        internet,
+        reconnected,
+        internet = p.internet,
         offload,
         gso_segments = sink.max_gso_segments(),
         "hub up"
@@ -266,9 +276,51 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
         engine,
         sink,
         tasks,
-        sync,
+        next_index: parking_lot::Mutex::new(next_index),
+        egress: parking_lot::Mutex::new(spec),
         uapi_path: Some(uapi.1),
     })
+}
+
+/// Builds and publishes the device table for `devices`.
+fn publish_devices(engine: &Engine, devices: &[crate::store::Device], next_index: &mut u32) {
+    let (t, skipped) = engine.table.load().rebuilt(devices, next_index);
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            "devices with an unusable public key are not served"
+        );
+    }
+    tracing::debug!(devices = t.len(), "device table published");
+    engine.set_table(t);
+}
+
+/// Sends a handshake initiation to every device heard from within
+/// [`RECONNECT_WITHIN_SECS`] before `now` (Unix seconds); returns how many were sent.
+fn reconnect(
+    engine: &Engine,
+    sink: &impl engine::Sink,
+    endpoints: &[(String, crate::store::LastEndpoint)],
+    now: i64,
+) -> usize {
+    let mut bufs = engine::Bufs::default();
+    let mut sent = 0;
+    for (key, ep) in endpoints {
+        if now - ep.seen_at > RECONNECT_WITHIN_SECS {
+            continue;
+        }
+        let Ok(key) = keys::decode_key(key, "device key") else {
+            continue;
+        };
+        let to = peers::Endpoint {
+            addr: ep.addr,
+            local: ep.local,
+        };
+        if engine.initiate(&key, to, &mut bufs, sink) {
+            sent += 1;
+        }
+    }
+    sent
 }
 
 impl HubHandle {
@@ -297,6 +349,50 @@ impl HubHandle {
         v
     }
 
+    /// Replaces the device table: a new device can handshake, and a removed one is cut off,
+    /// when this returns. Unchanged devices keep their sessions.
+    pub fn set_devices(&self, devices: &[crate::store::Device]) {
+        publish_devices(&self.engine, devices, &mut self.next_index.lock());
+    }
+
+    /// Switches internet egress through the hub on or off (in force when this returns).
+    pub fn set_internet(&self, on: bool) -> Result<(), crate::egress::EgressError> {
+        let mut spec = self.egress.lock();
+        if spec.internet == on {
+            return Ok(());
+        }
+        let mut next = spec.clone();
+        next.internet = on;
+        crate::egress::install(&next)?;
+        *spec = next;
+        tracing::info!(internet = on, "internet switched");
+        Ok(())
+    }
+
+    /// Where each device that has been heard from was last seen, by public key (base64),
+    /// for the next start (see [`RECONNECT_WITHIN_SECS`]).
+    pub fn endpoints(&self) -> Vec<(String, crate::store::LastEndpoint)> {
+        use base64::Engine as _;
+        let table = self.engine.table.load();
+        let now = std::time::Instant::now();
+        let unix = crate::store::unix_now();
+        table
+            .peers()
+            .filter_map(|p| {
+                let ep = p.endpoint()?;
+                let since = p.stats(now).since_handshake?;
+                Some((
+                    base64::engine::general_purpose::STANDARD.encode(p.public_key),
+                    crate::store::LastEndpoint {
+                        addr: ep.addr,
+                        local: ep.local,
+                        seen_at: unix - since.as_secs() as i64,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// Counters of dropped and refused input.
     pub fn counters(&self) -> &Counters {
         &self.engine.counters
@@ -317,8 +413,6 @@ impl HubHandle {
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
-        let sync = std::mem::take(&mut self.sync);
-        let _ = tokio::task::spawn_blocking(move || sync.stop()).await;
         if let Err(e) = crate::egress::remove() {
             tracing::warn!(error = %e, "could not remove the nftables table");
         }

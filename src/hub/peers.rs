@@ -210,7 +210,7 @@ impl PeerTable {
         let mut t = PeerTable::default();
         let mut skipped = 0;
         for d in devices {
-            let Ok(key) = crate::hub::keys::decode_key(&d.public_key, "device key") else {
+            let Ok(key) = crate::enroll::keys::decode_key(&d.public_key, "device key") else {
                 skipped += 1;
                 continue;
             };
@@ -267,7 +267,7 @@ impl OwnerLookup for PeerTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::keys::KeyPair;
+    use crate::enroll::keys::KeyPair;
 
     fn device(name: &str, key: &str, n: u8) -> Device {
         Device {
@@ -279,6 +279,7 @@ mod tests {
             group: None,
             owner: false,
             no_log: false,
+            admin: false,
             created_at: 0,
         }
     }

@@ -11,9 +11,11 @@
 //!    [`QueryLog`] (cheap to clone) in the DNS path and call [`QueryLog::record`] once per
 //!    answered query. `record` never blocks: when the log is off it is one atomic load; when on,
 //!    the event goes into a bounded channel and is dropped (and counted) if the channel is full.
-//! 2. The writer notices `enable`/`disable` and device changes made by other processes itself
-//!    (it polls `PRAGMA data_version` every [`POLL_INTERVAL`] and before each batch); call
-//!    [`QueryLog::reload`] for an immediate switch when the hub already saw the database change.
+//! 2. The writer reads the switch, recipients and devices at start and then only when told:
+//!    after `enable`/`disable` ([`settings`], which work on the store with or without a
+//!    writer) call [`QueryLog::reload`]; after a device change call [`QueryLog::set_devices`].
+//!    Both return once the writer applied them. A `disable` stops writing even before the
+//!    reload: every write transaction re-checks the switch under the write lock.
 //! 3. [`serve_sync`] serves `GET /querylog?since=SEQ` on the hub's overlay addresses, port
 //!    [`SYNC_PORT`], to devices marked owner; everyone else gets 403.
 //! 4. `cloudpc querylog pull` ([`pull`]) fetches the new ciphertexts on an owner device, keeps a
@@ -63,7 +65,7 @@ use std::time::SystemTime;
 pub use entry::LogEntry;
 pub use settings::{LogStatus, Recipients};
 pub use sync::{serve_sync, SyncError, SyncServer, PAGE_MAX, SYNC_PORT};
-pub use writer::{QueryLog, QueryLogStats, CHANNEL_CAPACITY, POLL_INTERVAL};
+pub use writer::{QueryLog, QueryLogStats, CHANNEL_CAPACITY};
 
 use crate::store::StoreError;
 
@@ -120,9 +122,6 @@ pub enum QueryLogError {
     /// The state database could not be opened or used.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A query on the query log tables failed.
-    #[error("query log database: {0}")]
-    Db(rusqlite::Error),
     /// A `--recipient` is not an age X25519 public key.
     #[error("recipient {shown}: {reason}; expected an age public key like age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p (`age-keygen -y KEYFILE` prints it)")]
     InvalidRecipient {
@@ -145,12 +144,7 @@ pub enum QueryLogError {
     /// The writer thread could not be started.
     #[error("cannot start the query log writer: {0}")]
     Spawn(std::io::Error),
-}
-
-// By hand rather than `#[from]`: the message already includes the SQLite error, and a `source`
-// would make `{:#}` at the CLI print it twice.
-impl From<rusqlite::Error> for QueryLogError {
-    fn from(e: rusqlite::Error) -> Self {
-        QueryLogError::Db(e)
-    }
+    /// The writer thread has stopped, so the query log is off until the hub restarts.
+    #[error("the query log writer has stopped; restart cloudpc to log again")]
+    WriterStopped,
 }

@@ -1,32 +1,17 @@
-//! The query log's state in the database: on/off, the recipients, the entries table.
+//! The query log's settings: on/off and the recipients, validated.
 //!
-//! On/off and the recipients live in `meta` (`querylog.enabled`, `querylog.recipients`, one
-//! recipient a line); the ciphertexts live in `querylog_entries`. Every change is one
-//! transaction, so a running writer that checks `querylog.enabled` inside its own write
-//! transaction can never add an entry after `disable` committed.
+//! The store keeps them in `meta` (`querylog.enabled`, `querylog.recipients`, one recipient a
+//! line) next to the ciphertexts (see [`crate::store::Store::append_querylog`]); this module
+//! parses and checks them. Every change is one transaction, so a running writer that checks
+//! the switch inside its own write transaction can never add an entry after `disable`
+//! committed. The functions here work on a [`Store`] with or without a running writer.
 
 use std::str::FromStr;
 
 use age::x25519;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::QueryLogError;
-use crate::store::Store;
-
-/// The entries table. `seq` is AUTOINCREMENT so a sequence number is never reused, not even
-/// after `disable` or pruning: a puller's cursor stays valid.
-pub(crate) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS querylog_entries (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    time INTEGER NOT NULL,
-    data BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS querylog_entries_time ON querylog_entries(time);
-";
-
-pub(crate) const KEY_ENABLED: &str = "querylog.enabled";
-pub(crate) const KEY_RECIPIENTS: &str = "querylog.recipients";
-pub(crate) const KEY_LOG_ID: &str = "querylog.log_id";
+use crate::store::{QueryLogMeta, Store};
 
 /// A validated, de-duplicated set of age X25519 recipients (at least one).
 #[derive(Clone, PartialEq, Eq)]
@@ -137,32 +122,6 @@ pub struct LogStatus {
     pub last_seq: i64,
 }
 
-/// Creates the query log tables when missing.
-pub(crate) fn ensure_schema(conn: &Connection) -> Result<(), QueryLogError> {
-    conn.execute_batch(SCHEMA)?;
-    Ok(())
-}
-
-fn meta(conn: &Connection, key: &str) -> Result<Option<String>, rusqlite::Error> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-        .optional()
-}
-
-fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), rusqlite::Error> {
-    conn.execute(
-        "INSERT INTO meta(key, value) VALUES (?1, ?2)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        [key, value],
-    )
-    .map(|_| ())
-}
-
-/// Begins a write transaction (IMMEDIATE: takes the write lock up front, so a read-then-write
-/// cannot fail with a stale snapshot; `busy_timeout` covers waiting for it).
-pub(crate) fn begin_write(conn: &Connection) -> Result<Transaction<'_>, rusqlite::Error> {
-    Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
-}
-
 /// The on/off switch and recipients as the writer needs them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LogSettings {
@@ -173,104 +132,60 @@ pub(crate) struct LogSettings {
     pub recipients: Option<Recipients>,
 }
 
-/// Reads the settings (inside the caller's transaction, if any).
-pub(crate) fn load(conn: &Connection) -> Result<LogSettings, rusqlite::Error> {
-    let on = meta(conn, KEY_ENABLED)?.as_deref() == Some("1");
-    let text = meta(conn, KEY_RECIPIENTS)?.unwrap_or_default();
-    let recipients = if on {
-        Recipients::from_stored(&text)
-    } else {
-        None
-    };
-    Ok(LogSettings {
-        enabled: on && recipients.is_some(),
-        recipients_text: text,
-        recipients,
-    })
+impl LogSettings {
+    /// The settings as stored: on only with a usable recipient list.
+    pub(crate) fn from_meta(m: &QueryLogMeta) -> LogSettings {
+        let recipients = if m.enabled {
+            Recipients::from_stored(&m.recipients)
+        } else {
+            None
+        };
+        LogSettings {
+            enabled: m.enabled && recipients.is_some(),
+            recipients_text: m.recipients.clone(),
+            recipients,
+        }
+    }
+}
+
+/// Reads the settings from `store`.
+pub(crate) fn load(store: &Store) -> Result<LogSettings, QueryLogError> {
+    Ok(LogSettings::from_meta(&store.querylog_meta()?))
 }
 
 /// Whether the log is on, as stored.
 pub fn is_enabled(store: &Store) -> Result<bool, QueryLogError> {
-    Ok(load(store.conn())?.enabled)
+    Ok(load(store)?.enabled)
 }
 
 /// Turns the log on with exactly these recipients (replacing any earlier set).
 ///
-/// Entries already stored stay encrypted to the recipients of their time.
+/// Entries already stored stay encrypted to the recipients of their time. A running writer
+/// applies the change at its next [`super::QueryLog::reload`].
 pub fn enable(store: &Store, recipients: &Recipients) -> Result<LogStatus, QueryLogError> {
-    let conn = store.conn();
-    ensure_schema(conn)?;
-    let tx = begin_write(conn)?;
-    set_meta(&tx, KEY_RECIPIENTS, &recipients.to_stored())?;
-    set_meta(&tx, KEY_ENABLED, "1")?;
-    if meta(&tx, KEY_LOG_ID)?.is_none() {
-        set_meta(&tx, KEY_LOG_ID, &new_log_id())?;
-    }
-    tx.commit()?;
+    store.enable_querylog(&recipients.to_stored())?;
     status(store)
 }
 
-/// Turns the log off and deletes every stored entry, in one transaction. Returns how many
-/// entries were deleted.
-///
-/// `secure_delete` overwrites the freed pages and a WAL checkpoint moves the change into the
-/// main file, so the ciphertexts do not linger on disk either.
+/// Turns the log off and deletes every stored entry, in one transaction, overwriting the
+/// freed pages. Returns how many entries were deleted. A running writer stops writing at once
+/// (it re-checks the switch inside each write transaction).
 pub fn disable(store: &Store) -> Result<u64, QueryLogError> {
-    let conn = store.conn();
-    ensure_schema(conn)?;
-    conn.pragma_update(None, "secure_delete", "ON")?;
-    let tx = begin_write(conn)?;
-    let n: i64 = tx.query_row("SELECT COUNT(*) FROM querylog_entries", [], |r| r.get(0))?;
-    tx.execute("DELETE FROM querylog_entries", [])?;
-    set_meta(&tx, KEY_ENABLED, "0")?;
-    tx.execute("DELETE FROM meta WHERE key = ?1", [KEY_RECIPIENTS])?;
-    tx.commit()?;
-    // Best effort: a running hub holding a read snapshot can make the checkpoint partial; the
-    // pages are overwritten at the next checkpoint then.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-    Ok(u64::try_from(n).unwrap_or(0))
+    Ok(store.disable_querylog()?)
 }
 
 /// On/off, recipients and what is stored.
 pub fn status(store: &Store) -> Result<LogStatus, QueryLogError> {
-    let conn = store.conn();
-    ensure_schema(conn)?;
-    let s = load(conn)?;
-    let (entries, oldest, newest): (i64, Option<i64>, Option<i64>) = conn.query_row(
-        "SELECT COUNT(*), MIN(time), MAX(time) FROM querylog_entries",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let s = load(store)?;
+    let c = store.querylog_counts()?;
     Ok(LogStatus {
         enabled: s.enabled,
         recipients: s.recipients.map(|r| r.to_strings()).unwrap_or_default(),
-        entries: u64::try_from(entries).unwrap_or(0),
-        oldest,
-        newest,
-        last_seq: last_seq(conn)?,
+        entries: c.entries,
+        oldest: c.oldest,
+        newest: c.newest,
+        last_seq: c.last_seq,
     })
-}
-
-/// Highest sequence number ever handed out (survives deletes).
-pub(crate) fn last_seq(conn: &Connection) -> Result<i64, rusqlite::Error> {
-    let from_seq: Option<i64> = conn
-        .query_row(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'querylog_entries'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(from_seq.unwrap_or(0))
-}
-
-/// The random id of this hub's log; a puller starts over when it changes (a new state dir).
-pub(crate) fn log_id(conn: &Connection) -> Result<String, rusqlite::Error> {
-    Ok(meta(conn, KEY_LOG_ID)?.unwrap_or_default())
-}
-
-fn new_log_id() -> String {
-    let b: [u8; 16] = rand::random();
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -328,15 +243,9 @@ mod tests {
         let st = enable(&store, &r).unwrap();
         assert!(st.enabled);
         assert_eq!(st.recipients, r.to_strings());
-        for t in 0..3 {
-            store
-                .conn()
-                .execute(
-                    "INSERT INTO querylog_entries(time, data) VALUES (?1, x'00')",
-                    [t],
-                )
-                .unwrap();
-        }
+        store
+            .append_querylog(|_| Ok::<_, QueryLogError>((0..3).map(|t| (t, vec![0])).collect()))
+            .unwrap();
         assert_eq!(status(&store).unwrap().entries, 3);
 
         let n = disable(&store).unwrap();

@@ -322,42 +322,22 @@ struct WirePage {
 
 /// The JSON page of entries after `since`.
 fn page(store: &Store, since: i64, limit: usize) -> Result<Vec<u8>, super::QueryLogError> {
-    let conn = store.conn();
-    settings::ensure_schema(conn)?;
-    // One read transaction so the page, last_seq and log_id agree.
-    let tx = conn.unchecked_transaction()?;
-    let enabled = settings::load(&tx)?.enabled;
-    let mut entries = Vec::new();
-    {
-        let mut st = tx.prepare(
-            "SELECT seq, time, data FROM querylog_entries WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = st.query_map(rusqlite::params![since, limit as i64 + 1], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (seq, time, data) = row?;
-            entries.push(WireEntry {
-                seq,
-                time,
-                data: base64::engine::general_purpose::STANDARD.encode(data),
-            });
-        }
-    }
-    let more = entries.len() > limit;
-    entries.truncate(limit);
+    let p = store.querylog_page(since, limit)?;
     let p = WirePage {
-        log_id: settings::log_id(&tx)?,
-        enabled,
-        last_seq: settings::last_seq(&tx)?,
-        more,
-        entries,
+        log_id: p.log_id,
+        enabled: settings::LogSettings::from_meta(&p.meta).enabled,
+        last_seq: p.last_seq,
+        more: p.more,
+        entries: p
+            .rows
+            .into_iter()
+            .map(|r| WireEntry {
+                seq: r.seq,
+                time: r.time,
+                data: base64::engine::general_purpose::STANDARD.encode(r.data),
+            })
+            .collect(),
     };
-    drop(tx);
     Ok(serde_json::to_vec(&p).unwrap_or_default())
 }
 
@@ -430,16 +410,15 @@ mod tests {
         let (dir, devs) = devices();
         let phone = devs.iter().find(|d| d.name == "phone").unwrap();
         let store = Store::open(dir.path()).unwrap();
-        settings::ensure_schema(store.conn()).unwrap();
-        for t in 0..5 {
-            store
-                .conn()
-                .execute(
-                    "INSERT INTO querylog_entries(time, data) VALUES (?1, x'00ff')",
-                    [t],
+        let owner = age::x25519::Identity::generate().to_public().to_string();
+        settings::enable(&store, &settings::Recipients::parse(&[owner]).unwrap()).unwrap();
+        store
+            .append_querylog(|_| {
+                Ok::<_, super::super::QueryLogError>(
+                    (0..5).map(|t| (t, vec![0x00, 0xff])).collect(),
                 )
-                .unwrap();
-        }
+            })
+            .unwrap();
         let get = |q: &str| {
             let (s, b) = answer(
                 dir.path(),

@@ -5,6 +5,11 @@
 //! drains the channel in batches: it maps the client address to a device, skips devices with
 //! `no_log`, encrypts each entry to the recipients and appends the ciphertexts in one
 //! transaction that re-checks, under the write lock, that the log is still on.
+//!
+//! The writer learns of changes only when told: [`QueryLog::reload`] (switch and recipients,
+//! re-read from the store) and [`QueryLog::set_devices`] (the address → device map) go
+//! through the same channel as the events and return once the writer applied them, so
+//! everything recorded afterwards is handled with the new state.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,15 +24,12 @@ use super::entry::{self, LogEntry};
 use super::settings::{self, LogSettings};
 use super::{QueryEvent, QueryLogError};
 use crate::config::QueryLogConfig;
-use crate::store::Store;
+use crate::store::{Device, QueryLogAppend, QueryLogMeta, Store};
 
 /// Events waiting for the writer; beyond this `record` drops and counts. Encrypting one entry to
 /// two X25519 recipients measured ~150 µs (release build, this machine), so the writer keeps up
 /// with ~6,000 logged queries a second and this is about half a second of backlog.
 pub const CHANNEL_CAPACITY: usize = 4096;
-
-/// How often the writer looks for changes made by other processes when idle.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most entries written in one transaction.
 const MAX_BATCH: usize = 256;
@@ -48,6 +50,10 @@ enum Msg {
     Event(QueryEvent),
     /// Reply once everything sent before has been handled (tests, shutdown).
     Flush(SyncSender<()>),
+    /// Re-read the switch and recipients; reply whether the log is on.
+    Reload(SyncSender<Result<bool, QueryLogError>>),
+    /// Replace the address → device map; reply when done.
+    Devices(HashMap<IpAddr, DeviceTag>, SyncSender<()>),
 }
 
 struct Shared {
@@ -83,7 +89,6 @@ impl QueryLog {
         cfg: &QueryLogConfig,
     ) -> Result<(QueryLog, JoinHandle<()>), QueryLogError> {
         let store = Store::open(state_dir)?;
-        settings::ensure_schema(store.conn())?;
         let shared = Arc::new(Shared {
             enabled: AtomicBool::new(false),
             retention_days: AtomicU32::new(cfg.retention_days),
@@ -95,10 +100,10 @@ impl QueryLog {
             store,
             shared: shared.clone(),
             settings: None,
-            devices: HashMap::new(),
-            data_version: None,
+            devices: device_map(&[]),
         };
-        writer.refresh()?;
+        writer.reload()?;
+        writer.devices = device_map(&writer.store.devices()?);
         let handle = std::thread::Builder::new()
             .name("cloudpc-querylog".into())
             .spawn(move || writer.run(rx))
@@ -149,12 +154,30 @@ impl QueryLog {
         }
     }
 
-    /// Re-reads the on/off switch from `store` now (the writer also notices by itself within
-    /// [`POLL_INTERVAL`]). Call it when `Store::data_version` changed. Returns whether the log is on.
-    pub fn reload(&self, store: &Store) -> Result<bool, QueryLogError> {
-        let on = self.tx.is_some() && settings::is_enabled(store)?;
-        self.shared.enabled.store(on, Ordering::Relaxed);
-        Ok(on)
+    /// Makes the writer re-read the on/off switch and the recipients from the store, and
+    /// returns whether the log is on. Call it after `enable`/`disable` changed them. Blocks until
+    /// the writer applied it (events recorded before are handled first): the next
+    /// [`QueryLog::record`] is logged or not accordingly. Not for the DNS path.
+    pub fn reload(&self) -> Result<bool, QueryLogError> {
+        let Some(tx) = &self.tx else { return Ok(false) };
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        let stopped = || {
+            self.shared.enabled.store(false, Ordering::Relaxed);
+            QueryLogError::WriterStopped
+        };
+        tx.send(Msg::Reload(done_tx)).map_err(|_| stopped())?;
+        done_rx.recv().map_err(|_| stopped())?
+    }
+
+    /// Gives the writer the registered devices: which device an overlay address belongs to
+    /// (its name goes into the entry) and which ones are never logged (`no_log`). Call it
+    /// whenever devices change. Blocks until the writer applied it. Not for the DNS path.
+    pub fn set_devices(&self, devices: &[Device]) {
+        let Some(tx) = &self.tx else { return };
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        if tx.send(Msg::Devices(device_map(devices), done_tx)).is_ok() {
+            let _ = done_rx.recv();
+        }
     }
 
     /// Changes `retention_days` (on config reload). 0 keeps entries until `disable`.
@@ -187,93 +210,106 @@ struct DeviceTag {
     no_log: bool,
 }
 
+/// Overlay address (both families) → device.
+fn device_map(devices: &[Device]) -> HashMap<IpAddr, DeviceTag> {
+    devices
+        .iter()
+        .flat_map(|d| {
+            let tag = DeviceTag {
+                name: d.name.clone(),
+                no_log: d.no_log,
+            };
+            [(IpAddr::V4(d.ipv4), tag.clone()), (IpAddr::V6(d.ipv6), tag)]
+        })
+        .collect()
+}
+
 struct Writer {
     store: Store,
     shared: Arc<Shared>,
     settings: Option<LogSettings>,
     /// Overlay address → device.
     devices: HashMap<IpAddr, DeviceTag>,
-    data_version: Option<i64>,
 }
 
 impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
         let mut last_prune: Option<Instant> = None;
         loop {
-            let first = match rx.recv_timeout(POLL_INTERVAL) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            if let Err(e) = self.refresh() {
-                tracing::warn!(error = %e, "query log: cannot read settings");
-            }
-            if let Some(first) = first {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(m) => batch.push(m),
-                        Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-                    }
-                }
-                self.handle_batch(batch);
-            }
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(Instant::now());
                 self.prune(SystemTime::now());
             }
+            let wait = last_prune.map_or(PRUNE_EVERY, |t| PRUNE_EVERY.saturating_sub(t.elapsed()));
+            let first = match rx.recv_timeout(wait) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+                }
+            }
+            self.handle_batch(batch);
         }
         tracing::debug!("query log writer stopped");
     }
 
-    /// Reloads settings and devices when another connection committed since the last look.
-    fn refresh(&mut self) -> Result<(), QueryLogError> {
-        let v = self.store.data_version()?;
-        if self.data_version == Some(v) && self.settings.is_some() {
-            return Ok(());
-        }
-        let s = settings::load(self.store.conn())?;
-        self.shared.enabled.store(s.enabled, Ordering::Relaxed);
+    /// Re-reads the switch and recipients from the store. Returns whether the log is on.
+    fn reload(&mut self) -> Result<bool, QueryLogError> {
+        let s = settings::load(&self.store)?;
+        let on = s.enabled;
+        self.shared.enabled.store(on, Ordering::Relaxed);
         self.settings = Some(s);
-        self.devices = self
-            .store
-            .devices()?
-            .into_iter()
-            .flat_map(|d| {
-                let tag = DeviceTag {
-                    name: d.name,
-                    no_log: d.no_log,
-                };
-                [(IpAddr::V4(d.ipv4), tag.clone()), (IpAddr::V6(d.ipv6), tag)]
-            })
-            .collect();
-        self.data_version = Some(v);
-        Ok(())
+        Ok(on)
     }
 
+    /// Handles messages in order: events are written in runs, and a control message applies
+    /// after every event sent before it.
     fn handle_batch(&mut self, batch: Vec<Msg>) {
         let mut events = Vec::with_capacity(batch.len());
-        let mut flushes = Vec::new();
         for m in batch {
             match m {
                 Msg::Event(e) => events.push(e),
-                Msg::Flush(done) => flushes.push(done),
+                Msg::Flush(done) => {
+                    self.write_counted(std::mem::take(&mut events));
+                    let _ = done.try_send(());
+                }
+                Msg::Reload(done) => {
+                    self.write_counted(std::mem::take(&mut events));
+                    let r = self.reload();
+                    if let Err(e) = &r {
+                        tracing::warn!(error = %e, "query log: cannot read settings");
+                    }
+                    let _ = done.try_send(r);
+                }
+                Msg::Devices(map, done) => {
+                    self.write_counted(std::mem::take(&mut events));
+                    self.devices = map;
+                    let _ = done.try_send(());
+                }
             }
         }
-        if !events.is_empty() {
-            let n = events.len() as u64;
-            match self.write(events) {
-                Ok(w) => {
-                    self.shared.written.fetch_add(w, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    self.shared.dropped.fetch_add(n, Ordering::Relaxed);
-                    tracing::warn!(error = %e, entries = n, "query log: entries lost");
-                }
-            }
+        self.write_counted(events);
+    }
+
+    /// [`Writer::write`], with the outcome added to the counters.
+    fn write_counted(&mut self, events: Vec<QueryEvent>) {
+        if events.is_empty() {
+            return;
         }
-        for done in flushes {
-            let _ = done.try_send(());
+        let n = events.len() as u64;
+        match self.write(events) {
+            Ok(w) => {
+                self.shared.written.fetch_add(w, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.shared.dropped.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(error = %e, entries = n, "query log: entries lost");
+            }
         }
     }
 
@@ -289,30 +325,25 @@ impl Writer {
         if entries.is_empty() {
             return Ok(0);
         }
-        let mut rows = encrypt_all(&s, &entries)?;
-        let conn = self.store.conn();
-        let tx = settings::begin_write(conn)?;
-        // Re-check under the write lock: a `disable` committed since the last refresh wins.
-        let now = settings::load(&tx)?;
-        if !now.enabled {
-            drop(tx);
-            self.shared.enabled.store(false, Ordering::Relaxed);
-            self.settings = Some(now);
-            return Ok(0);
-        }
-        if now.recipients_text != s.recipients_text {
-            rows = encrypt_all(&now, &entries)?;
-            self.settings = Some(now);
-        }
-        {
-            let mut st =
-                tx.prepare_cached("INSERT INTO querylog_entries(time, data) VALUES (?1, ?2)")?;
-            for (time, data) in &rows {
-                st.execute(rusqlite::params![time, data])?;
+        let rows = encrypt_all(&s, &entries)?;
+        // The store re-checks under the write lock: a `disable` committed since the last
+        // look wins, and a change of recipients means encrypting again.
+        let outcome = self.store.append_querylog(|now: &QueryLogMeta| {
+            let now = LogSettings::from_meta(now);
+            if now.recipients_text == s.recipients_text {
+                Ok(rows)
+            } else {
+                encrypt_all(&now, &entries)
             }
-        }
-        tx.commit()?;
-        Ok(rows.len() as u64)
+        })?;
+        let (count, meta) = match outcome {
+            QueryLogAppend::Appended { count, meta } => (count, meta),
+            QueryLogAppend::Off { meta } => (0, meta),
+        };
+        let now = LogSettings::from_meta(&meta);
+        self.shared.enabled.store(now.enabled, Ordering::Relaxed);
+        self.settings = Some(now);
+        Ok(count)
     }
 
     /// The entry for one event (`None` for devices that opted out), with its time in seconds.
@@ -386,10 +417,7 @@ pub(crate) fn prune_cutoff(now: SystemTime, retention_days: u32) -> Option<i64> 
 
 /// Deletes entries older than `cutoff` (Unix seconds). Returns how many.
 pub(crate) fn prune_before(store: &Store, cutoff: i64) -> Result<u64, QueryLogError> {
-    let conn = store.conn();
-    conn.pragma_update(None, "secure_delete", "ON")?;
-    let n = conn.execute("DELETE FROM querylog_entries WHERE time < ?1", [cutoff])?;
-    Ok(n as u64)
+    Ok(store.prune_querylog_before(cutoff)?)
 }
 
 #[cfg(test)]
@@ -421,14 +449,13 @@ mod tests {
     }
 
     fn rows(store: &Store) -> Vec<(i64, i64, Vec<u8>)> {
-        let mut st = store
-            .conn()
-            .prepare("SELECT seq, time, data FROM querylog_entries ORDER BY seq")
-            .unwrap();
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        store
+            .querylog_page(0, 1000)
             .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+            .rows
+            .into_iter()
+            .map(|r| (r.seq, r.time, r.data))
+            .collect()
     }
 
     fn ids(i: &x25519::Identity) -> Vec<Box<dyn age::Identity + Send + Sync>> {
@@ -562,27 +589,25 @@ mod tests {
 
         assert!(rows(&store).is_empty());
         assert!(!log.is_enabled());
-        assert!(!log.reload(&store).unwrap());
+        assert!(!log.reload().unwrap());
     }
 
     #[test]
-    fn enable_from_another_process_is_noticed_without_reload() {
+    fn reload_applies_an_enable_before_it_returns() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _h) = QueryLog::start(dir.path(), &cfg()).unwrap();
         assert!(!log.is_enabled());
         let cli = Store::open(dir.path()).unwrap();
         let owner = x25519::Identity::generate();
-
         enable(
             &cli,
             &Recipients::parse(&[owner.to_public().to_string()]).unwrap(),
         )
         .unwrap();
 
-        let deadline = Instant::now() + POLL_INTERVAL * 3;
-        while !log.is_enabled() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let on = log.reload().unwrap();
+
+        assert!(on);
         assert!(log.is_enabled());
         log.record(ev("100.96.0.9", "now-on.example"));
         log.flush();
@@ -590,25 +615,64 @@ mod tests {
     }
 
     #[test]
+    fn set_devices_names_new_devices_and_skips_no_log_ones_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let owner = x25519::Identity::generate();
+        enable(
+            &store,
+            &Recipients::parse(&[owner.to_public().to_string()]).unwrap(),
+        )
+        .unwrap();
+        let (log, _h) = QueryLog::start(dir.path(), &cfg()).unwrap();
+        let phone = store.add_device("phone", "k1", false, &overlay()).unwrap();
+        let quiet = store.add_device("quiet", "k2", false, &overlay()).unwrap();
+        store.set_device("quiet", None, None, Some(true)).unwrap();
+
+        log.set_devices(&store.devices().unwrap());
+        log.record(ev(&phone.ipv4.to_string(), "phone.example"));
+        log.record(ev(&quiet.ipv4.to_string(), "quiet.example"));
+        log.flush();
+
+        let rows = rows(&store);
+        assert_eq!(rows.len(), 1);
+        let e = decrypt(&ids(&owner), &rows[0].2).unwrap();
+        assert_eq!(e.device.as_deref(), Some("phone"));
+        assert_eq!(e.name, "phone.example");
+    }
+
+    #[test]
+    fn reload_and_set_devices_on_a_log_without_writer_do_nothing() {
+        let log = QueryLog::disabled();
+
+        log.set_devices(&[]);
+
+        assert!(!log.reload().unwrap());
+        assert!(!log.is_enabled());
+    }
+
+    #[test]
     fn retention_prunes_only_old_entries() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        settings::ensure_schema(store.conn()).unwrap();
+        let owner = x25519::Identity::generate();
+        enable(
+            &store,
+            &Recipients::parse(&[owner.to_public().to_string()]).unwrap(),
+        )
+        .unwrap();
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let day = 86_400;
-        for t in [
+        let times = [
             1_800_000_000 - 8 * day,
             1_800_000_000 - 6 * day,
             1_800_000_000,
-        ] {
-            store
-                .conn()
-                .execute(
-                    "INSERT INTO querylog_entries(time, data) VALUES (?1, x'00')",
-                    [t],
-                )
-                .unwrap();
-        }
+        ];
+        store
+            .append_querylog(|_| {
+                Ok::<_, QueryLogError>(times.iter().map(|t| (*t, vec![0])).collect())
+            })
+            .unwrap();
 
         let cutoff = prune_cutoff(now, 7).unwrap();
         let n = prune_before(&store, cutoff).unwrap();

@@ -1,7 +1,22 @@
-//! The SQLite state: devices, hub settings (`meta`), block/allow rules added at run time.
+//! The SQLite state: devices, hub settings (`meta`), block/allow rules added at run time,
+//! each device's last endpoint, API tokens (`tokens.rs`), the query log's tables
+//! (`querylog.rs`) and the list subscription tables (`lists.rs`).
 //!
-//! Every write is one transaction. A running `cloudpc run` notices commits made by other
-//! processes (the CLI) through `PRAGMA data_version` (see [`Store::data_version`]).
+//! Every SQL statement of the program lives in this module, behind typed methods; nothing
+//! else gets a connection.
+//!
+//! Every write is one transaction. While `cloudpc run` runs, the daemon is the only writer
+//! (the CLI goes through its API); without a hub the CLI writes here directly.
+
+mod tokens;
+
+pub use tokens::ApiToken;
+
+mod lists;
+mod querylog;
+
+pub use lists::{ListAttempt, ListCopy, ListRecord};
+pub use querylog::{QueryLogAppend, QueryLogCounts, QueryLogMeta, QueryLogPage, QueryLogRow};
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -39,10 +54,26 @@ pub enum StoreError {
     /// The overlay range has no free address left.
     #[error("the overlay range {0} has no free address left; widen `wireguard.ipv4`")]
     Full(Ipv4Net),
+    /// No API token with that id.
+    #[error("no API token with id {0}; `cloudpc api token list` shows them")]
+    NoToken(i64),
+}
+
+impl StoreError {
+    /// True when SQLite gave up because the disk (or its quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db {
+                cause: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            } if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
 }
 
 /// One registered device. The hub never stores a device private key.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Device {
     pub name: String,
     /// WireGuard public key, base64.
@@ -57,8 +88,27 @@ pub struct Device {
     pub owner: bool,
     /// Never logged, even with the query log on.
     pub no_log: bool,
+    /// May use the management API over the private network (owners are admins too).
+    pub admin: bool,
     /// Unix seconds.
     pub created_at: i64,
+}
+
+impl Device {
+    /// True when the device may use the management API (admin or owner).
+    pub fn is_admin(&self) -> bool {
+        self.admin || self.owner
+    }
+}
+
+/// Where a device was last heard from, kept so a restarted hub can reach it at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastEndpoint {
+    pub addr: std::net::SocketAddr,
+    /// The hub's own address the device sent to (replies leave from it).
+    pub local: Option<std::net::IpAddr>,
+    /// Unix seconds of the latest authenticated packet seen from there.
+    pub seen_at: i64,
 }
 
 /// A run-time block or allow rule (`cloudpc block|allow add`).
@@ -118,6 +168,12 @@ CREATE TABLE IF NOT EXISTS devices (
     no_log INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS device_endpoints (
+    public_key TEXT PRIMARY KEY,
+    addr TEXT NOT NULL,
+    local TEXT,
+    seen_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rules (
     domain TEXT NOT NULL,
     action TEXT NOT NULL CHECK (action IN ('block', 'allow')),
@@ -148,6 +204,10 @@ impl Store {
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        conn.execute_batch(tokens::SCHEMA).map_err(db)?;
+        conn.execute_batch(querylog::SCHEMA).map_err(db)?;
+        conn.execute_batch(lists::SCHEMA).map_err(db)?;
+        migrate(&conn).map_err(db)?;
         Ok(Store { conn, path })
     }
 
@@ -258,10 +318,7 @@ impl Store {
             return Err(StoreError::Full(overlay.v4));
         }
         let (v4, v6) = overlay.addrs(index);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = unix_now();
         tx.execute(
             "INSERT INTO devices(name, public_key, ipv4, ipv6, addr_index, split, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -286,6 +343,7 @@ impl Store {
             group: None,
             owner: false,
             no_log: false,
+            admin: false,
             created_at: now,
         })
     }
@@ -295,7 +353,7 @@ impl Store {
         let mut st = self
             .conn
             .prepare(
-                "SELECT name, public_key, ipv4, ipv6, split, grp, owner, no_log, created_at
+                "SELECT name, public_key, ipv4, ipv6, split, grp, owner, no_log, created_at, admin
                  FROM devices ORDER BY name",
             )
             .map_err(|e| self.db(e))?;
@@ -313,6 +371,7 @@ impl Store {
                     owner: r.get(6)?,
                     no_log: r.get(7)?,
                     created_at: r.get(8)?,
+                    admin: r.get(9)?,
                 })
             })
             .map_err(|e| self.db(e))?;
@@ -357,6 +416,78 @@ impl Store {
         Ok(())
     }
 
+    /// Changes a device in one transaction: rename, group, owner, admin and no-log flags
+    /// (`None` leaves a field as it is). Returns the device as it is afterwards.
+    pub fn update_device(&self, name: &str, patch: &DevicePatch) -> Result<Device, StoreError> {
+        let path = self.path.clone();
+        let db = |cause| StoreError::Db {
+            path: path.clone(),
+            cause,
+        };
+        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let current: Option<(String, Option<String>, bool, bool, bool)> = tx
+            .query_row(
+                "SELECT name, grp, owner, admin, no_log FROM devices WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()
+            .map_err(db)?;
+        let Some((old, grp, owner, admin, no_log)) = current else {
+            return Err(StoreError::NoDevice(name.to_string()));
+        };
+        let new_name = patch.name.clone().unwrap_or_else(|| old.clone());
+        if !new_name.eq_ignore_ascii_case(&old) {
+            let taken: Option<String> = tx
+                .query_row("SELECT name FROM devices WHERE name = ?1", [&new_name], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(db)?;
+            if taken.is_some() {
+                return Err(StoreError::DuplicateName(new_name));
+            }
+        }
+        tx.execute(
+            "UPDATE devices SET name = ?2, grp = ?3, owner = ?4, admin = ?5, no_log = ?6
+             WHERE name = ?1",
+            params![
+                old,
+                new_name,
+                patch.group.clone().unwrap_or(grp),
+                patch.owner.unwrap_or(owner),
+                patch.admin.unwrap_or(admin),
+                patch.no_log.unwrap_or(no_log),
+            ],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        self.device(&new_name)
+    }
+
+    /// Registers a device with its flags in one transaction (all or nothing).
+    pub fn add_device_with(
+        &mut self,
+        name: &str,
+        public_key: &str,
+        split: bool,
+        overlay: &Overlay,
+        patch: &DevicePatch,
+    ) -> Result<Device, StoreError> {
+        let d = self.add_device(name, public_key, split, overlay)?;
+        if *patch == DevicePatch::default() {
+            return Ok(d);
+        }
+        match self.update_device(&d.name, patch) {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                // The second write failed (full disk, ...): take the first one back.
+                let _ = self.remove_device(&d.name);
+                Err(e)
+            }
+        }
+    }
+
     /// Sets a device's group, owner and no-log flags (`None` leaves a field as it is).
     pub fn set_device(
         &self,
@@ -365,23 +496,73 @@ impl Store {
         owner: Option<bool>,
         no_log: Option<bool>,
     ) -> Result<(), StoreError> {
-        let d = self.device(name)?;
-        let grp = match group {
-            Some(g) => g.map(str::to_string),
-            None => d.group,
+        let patch = DevicePatch {
+            group: group.map(|g| g.map(str::to_string)),
+            owner,
+            no_log,
+            ..DevicePatch::default()
         };
-        self.conn
-            .execute(
-                "UPDATE devices SET grp = ?2, owner = ?3, no_log = ?4 WHERE name = ?1",
-                params![
-                    d.name,
-                    grp,
-                    owner.unwrap_or(d.owner),
-                    no_log.unwrap_or(d.no_log)
-                ],
+        self.update_device(name, &patch).map(|_| ())
+    }
+
+    /// The last endpoint of every device that has one, by public key.
+    pub fn endpoints(&self) -> Result<Vec<(String, LastEndpoint)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT public_key, addr, local, seen_at FROM device_endpoints")
+            .map_err(|e| self.db(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(|e| self.db(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, addr, local, seen_at) = row.map_err(|e| self.db(e))?;
+            if let Ok(addr) = addr.parse() {
+                let local = local.and_then(|l| l.parse().ok());
+                out.push((
+                    key,
+                    LastEndpoint {
+                        addr,
+                        local,
+                        seen_at,
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the stored endpoints of these devices (the latest only, never a history),
+    /// in one transaction. Keys of devices no longer registered are forgotten.
+    pub fn save_endpoints(&self, eps: &[(String, LastEndpoint)]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let db = |cause| StoreError::Db {
+            path: path.clone(),
+            cause,
+        };
+        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        for (key, ep) in eps {
+            tx.execute(
+                "INSERT INTO device_endpoints(public_key, addr, local, seen_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(public_key) DO UPDATE SET
+                     addr = excluded.addr, local = excluded.local, seen_at = excluded.seen_at",
+                params![key, ep.addr.to_string(), ep.local.map(|l| l.to_string()), ep.seen_at],
             )
-            .map(|_| ())
-            .map_err(|e| self.db(e))
+            .map_err(db)?;
+        }
+        tx.execute(
+            "DELETE FROM device_endpoints WHERE public_key NOT IN (SELECT public_key FROM devices)",
+            [],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
     }
 
     /// Adds a run-time rule (idempotent).
@@ -427,20 +608,61 @@ impl Store {
             .map_err(|e| self.db(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.db(e))
     }
+}
 
-    /// The underlying connection, for modules that own tables of their own.
-    pub fn conn(&self) -> &Connection {
-        &self.conn
+/// A change to a device; `None` fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatch {
+    /// New name (a rename keeps the key and addresses).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `Some(None)` = back to the default policy.
+    #[serde(default, deserialize_with = "some_nullable")]
+    pub group: Option<Option<String>>,
+    #[serde(default)]
+    pub owner: Option<bool>,
+    #[serde(default)]
+    pub admin: Option<bool>,
+    #[serde(default)]
+    pub no_log: Option<bool>,
+}
+
+/// A present field, `null` included, is `Some(..)`; a missing one is `None` (via `default`).
+fn some_nullable<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    use serde::Deserialize;
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// Columns added after the first release; a database made by an older cloudpc gets them.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_admin: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('devices') WHERE name = 'admin'")?
+        .exists([])?;
+    if !has_admin {
+        conn.execute_batch("ALTER TABLE devices ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;")?;
     }
+    Ok(())
 }
 
 impl RuleAction {
-    fn as_str(self) -> &'static str {
+    /// `block` or `allow`.
+    pub fn as_str(self) -> &'static str {
         match self {
             RuleAction::Block => "block",
             RuleAction::Allow => "allow",
         }
     }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// A random RFC 4193 ULA /48 (`fd` + 40 random bits).

@@ -620,7 +620,7 @@ impl HubWorld {
             let mut store = cloudpc::store::Store::open(&h.state_dir).expect("store");
             let overlay = store.overlay(&cfg.wireguard).expect("overlay");
             let hub_key =
-                cloudpc::hub::keys::load_or_create_hub_key(&h.state_dir).expect("hub key");
+                cloudpc::enroll::keys::load_or_create_hub_key(&h.state_dir).expect("hub key");
             let d = store
                 .add_device(name, &public, false, &overlay)
                 .expect("add device");

@@ -30,14 +30,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 
 mod updater;
-use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 pub use updater::next_attempt;
 
 use super::fetch::{fetch, FetchError, FetchLimits, Fetched, HostResolver, ListUrl, Validators};
 use super::{check_list, ListError, ListLoader, ListSource, DEFAULT_LIST_TEXT};
 use crate::config::{Config, DEFAULT_LIST};
-use crate::store::Store;
+use crate::store::{ListAttempt, ListCopy, Store};
 
 /// The longest wait between retries of a failed download (before the jitter), unless
 /// `update_interval` is shorter.
@@ -47,42 +46,12 @@ const FIRST_RETRY: Duration = Duration::from_secs(300);
 /// How often the updater looks at the clock and the database.
 const TICK: Duration = Duration::from_millis(250);
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS list_cache (
-    id INTEGER PRIMARY KEY,
-    url TEXT NOT NULL UNIQUE,
-    entries INTEGER,
-    bytes INTEGER,
-    content_hash TEXT,
-    etag TEXT,
-    last_modified TEXT,
-    last_success INTEGER,
-    last_change INTEGER,
-    last_attempt INTEGER,
-    last_result TEXT,
-    last_error TEXT,
-    failures INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS list_subscriptions (
-    url TEXT PRIMARY KEY,
-    added_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS list_update_requests (
-    id INTEGER PRIMARY KEY,
-    url TEXT NOT NULL,
-    requested_at INTEGER NOT NULL
-);
-";
-
 /// Why the list state could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
     /// The state database refused.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    /// A list-table statement failed.
-    #[error("list state in the database: {0}")]
-    Db(#[from] rusqlite::Error),
     /// The cache directory could not be used.
     #[error("list cache {path}: {cause}")]
     Io {
@@ -136,7 +105,7 @@ impl ListSettings {
 }
 
 /// What one list looks like to `cloudpc lists`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ListStatus {
     /// `list N` id of a URL list (None for files).
     pub id: Option<i64>,
@@ -214,7 +183,6 @@ impl ListManager {
     /// Opens the list state in `settings.state_dir` (no network).
     pub fn open(settings: ListSettings) -> Result<ListManager, SubscribeError> {
         let store = Store::open(&settings.state_dir)?;
-        store.conn().execute_batch(SCHEMA)?;
         let dir = settings.state_dir.join("lists");
         std::fs::create_dir_all(&dir).map_err(|cause| SubscribeError::Io {
             path: dir.clone(),
@@ -254,12 +222,7 @@ impl ListManager {
 
     /// URLs added with `cloudpc lists add`, oldest first.
     pub fn added(&self) -> Result<Vec<String>, SubscribeError> {
-        let store = self.store.lock();
-        let mut st = store
-            .conn()
-            .prepare("SELECT url FROM list_subscriptions ORDER BY added_at, url")?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(self.store.lock().list_subscriptions()?)
     }
 
     /// Every URL that some entry names (default lists, groups, CLI), without duplicates.
@@ -296,14 +259,7 @@ impl ListManager {
 
     /// The `list N` id of a URL (created on first use).
     fn id_of(&self, url: &str) -> Result<i64, SubscribeError> {
-        let store = self.store.lock();
-        let c = store.conn();
-        c.execute("INSERT OR IGNORE INTO list_cache(url) VALUES (?1)", [url])?;
-        Ok(
-            c.query_row("SELECT id FROM list_cache WHERE url = ?1", [url], |r| {
-                r.get(0)
-            })?,
-        )
+        Ok(self.store.lock().list_id(url)?)
     }
 
     /// The texts to build from for `entries` (paths or URLs, as in `filter.lists`), and one
@@ -368,30 +324,18 @@ impl ListManager {
     }
 
     fn status_row(&self, url: &str) -> Result<Option<ListStatus>, SubscribeError> {
-        let store = self.store.lock();
-        let row = store
-            .conn()
-            .query_row(
-                "SELECT id, entries, last_success, last_change, last_attempt, last_result,
-                        last_error
-                 FROM list_cache WHERE url = ?1",
-                [url],
-                |r| {
-                    Ok(ListStatus {
-                        id: Some(r.get(0)?),
-                        list: url.to_string(),
-                        from: String::new(),
-                        entries: r.get::<_, Option<i64>>(1)?.map(|n| n as usize),
-                        last_success: r.get(2)?,
-                        last_change: r.get(3)?,
-                        last_attempt: r.get(4)?,
-                        last_result: r.get(5)?,
-                        last_error: r.get(6)?,
-                    })
-                },
-            )
-            .optional()?;
-        Ok(row)
+        let row = self.store.lock().list_record(url)?;
+        Ok(row.map(|r| ListStatus {
+            id: Some(r.id),
+            list: url.to_string(),
+            from: String::new(),
+            entries: r.entries.map(|n| n as usize),
+            last_success: r.last_success,
+            last_change: r.last_change,
+            last_attempt: r.last_attempt,
+            last_result: r.last_result,
+            last_error: r.last_error,
+        }))
     }
 
     /// Every list with its state, for `cloudpc lists`: the default lists, then each group's.
@@ -460,12 +404,10 @@ impl ListManager {
 
     /// Adds a URL list (`cloudpc lists add`). Returns false when it was already there.
     pub fn add(&self, url: &ListUrl) -> Result<bool, SubscribeError> {
-        let store = self.store.lock();
-        let n = store.conn().execute(
-            "INSERT OR IGNORE INTO list_subscriptions(url, added_at) VALUES (?1, ?2)",
-            params![url.as_str(), now_ms()],
-        )?;
-        Ok(n > 0)
+        Ok(self
+            .store
+            .lock()
+            .add_list_subscription(url.as_str(), now_ms())?)
     }
 
     /// Removes a URL added with [`ListManager::add`]. Returns false when it was not added.
@@ -473,16 +415,12 @@ impl ListManager {
     /// are cleaned up by the hub, whose config is the one that counts.)
     pub fn remove(&self, url: &str) -> Result<bool, SubscribeError> {
         let store = self.store.lock();
-        let n = store
-            .conn()
-            .execute("DELETE FROM list_subscriptions WHERE url = ?1", [url])?;
-        if n > 0 && !self.in_config(url) {
-            store
-                .conn()
-                .execute("DELETE FROM list_cache WHERE url = ?1", [url])?;
+        let removed = store.remove_list_subscription(url)?;
+        if removed && !self.in_config(url) {
+            store.forget_list(url)?;
             let _ = std::fs::remove_file(self.cache_path(url));
         }
-        Ok(n > 0)
+        Ok(removed)
     }
 
     /// True when `entry` is in `filter.lists` or a group's `lists`.
@@ -498,18 +436,10 @@ impl ListManager {
     /// Deletes metadata and cached copies of URLs no entry names.
     fn forget_unused(&self) -> Result<(), SubscribeError> {
         let wanted: HashSet<String> = self.urls().into_iter().collect();
-        let known: Vec<String> = {
-            let store = self.store.lock();
-            let mut st = store.conn().prepare("SELECT url FROM list_cache")?;
-            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
+        let known = self.store.lock().list_record_urls()?;
         for url in known.iter().filter(|u| !wanted.contains(*u)) {
             let _ = std::fs::remove_file(self.cache_path(url));
-            let store = self.store.lock();
-            store
-                .conn()
-                .execute("DELETE FROM list_cache WHERE url = ?1", [url])?;
+            self.store.lock().forget_list(url)?;
         }
         Ok(())
     }
@@ -518,29 +448,15 @@ impl ListManager {
     /// request time (Unix ms) to compare with [`ListStatus::last_attempt`].
     pub fn request_update(&self, url: Option<&str>) -> Result<i64, SubscribeError> {
         let at = now_ms();
-        let store = self.store.lock();
-        store.conn().execute(
-            "INSERT INTO list_update_requests(url, requested_at) VALUES (?1, ?2)",
-            params![url.unwrap_or("*"), at],
-        )?;
+        self.store
+            .lock()
+            .request_list_update(url.unwrap_or("*"), at)?;
         Ok(at)
     }
 
     /// Takes the pending update requests: the URLs asked for (`*` = all).
     fn take_requests(&self) -> Result<Vec<String>, SubscribeError> {
-        let store = self.store.lock();
-        let c = store.conn();
-        let rows: Vec<(i64, String)> = {
-            let mut st = c.prepare("SELECT id, url FROM list_update_requests")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        // Write only when there is something to take: every commit wakes the hub's other
-        // `data_version` watchers. Rows added meanwhile have higher ids and stay for next time.
-        if let Some(max) = rows.iter().map(|(id, _)| *id).max() {
-            c.execute("DELETE FROM list_update_requests WHERE id <= ?1", [max])?;
-        }
-        Ok(rows.into_iter().map(|(_, url)| url).collect())
+        Ok(self.store.lock().take_list_update_requests()?)
     }
 
     /// Downloads one URL list now and records the outcome (the cached copy is replaced only by
@@ -599,35 +515,26 @@ impl ListManager {
         if !self.cache_path(url).exists() {
             return Validators::default();
         }
-        let store = self.store.lock();
-        store
-            .conn()
-            .query_row(
-                "SELECT etag, last_modified FROM list_cache WHERE url = ?1",
-                [url],
-                |r| {
-                    Ok(Validators {
-                        etag: r.get(0)?,
-                        last_modified: r.get(1)?,
-                    })
-                },
-            )
-            .unwrap_or_default()
+        match self.store.lock().list_record(url) {
+            Ok(Some(r)) => Validators {
+                etag: r.etag,
+                last_modified: r.last_modified,
+            },
+            _ => Validators::default(),
+        }
     }
 
     fn save_validators(&self, url: &str, v: &Validators, stored: &Stored) {
-        let store = self.store.lock();
-        let r = store.conn().execute(
-            "UPDATE list_cache SET etag = ?2, last_modified = ?3, content_hash = ?4,
-                 entries = ?5, bytes = ?6 WHERE url = ?1",
-            params![
-                url,
-                v.etag,
-                v.last_modified,
-                format!("{:016x}", stored.hash),
-                stored.entries as i64,
-                stored.bytes as i64
-            ],
+        let hash = format!("{:016x}", stored.hash);
+        let r = self.store.lock().save_list_copy(
+            url,
+            &ListCopy {
+                etag: v.etag.as_deref(),
+                last_modified: v.last_modified.as_deref(),
+                content_hash: &hash,
+                entries: stored.entries as i64,
+                bytes: stored.bytes as i64,
+            },
         );
         if let Err(e) = r {
             tracing::warn!(error = %e, "cannot record list validators");
@@ -635,26 +542,14 @@ impl ListManager {
     }
 
     fn record(&self, url: &str, started: i64, o: &UpdateOutcome) -> Result<(), SubscribeError> {
-        let now = now_ms();
-        let store = self.store.lock();
-        let c = store.conn();
-        match o {
-            UpdateOutcome::Updated { .. } => c.execute(
-                "UPDATE list_cache SET last_attempt = ?2, last_success = ?3, last_change = ?3,
-                     last_result = 'updated', last_error = NULL, failures = 0 WHERE url = ?1",
-                params![url, started, now],
-            )?,
-            UpdateOutcome::Unchanged => c.execute(
-                "UPDATE list_cache SET last_attempt = ?2, last_success = ?3,
-                     last_result = 'unchanged', last_error = NULL, failures = 0 WHERE url = ?1",
-                params![url, started, now],
-            )?,
-            UpdateOutcome::Failed(e) => c.execute(
-                "UPDATE list_cache SET last_attempt = ?2, last_result = 'failed',
-                     last_error = ?3, failures = failures + 1 WHERE url = ?1",
-                params![url, started, e],
-            )?,
+        let attempt = match o {
+            UpdateOutcome::Updated { .. } => ListAttempt::Updated,
+            UpdateOutcome::Unchanged => ListAttempt::Unchanged,
+            UpdateOutcome::Failed(e) => ListAttempt::Failed(e),
         };
+        self.store
+            .lock()
+            .record_list_attempt(url, started, now_ms(), attempt)?;
         Ok(())
     }
 }

@@ -33,18 +33,8 @@ impl ListManager {
             let due = if !self.cache_path(url).exists() {
                 Some(0)
             } else {
-                let store = self.store.lock();
-                let row: Option<(Option<i64>, u32)> = store
-                    .conn()
-                    .query_row(
-                        "SELECT last_attempt, failures FROM list_cache WHERE url = ?1",
-                        [url],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()
-                    .ok()
-                    .flatten();
-                match row {
+                let row = self.store.lock().list_record(url).ok().flatten();
+                match row.map(|r| (r.last_attempt, r.failures)) {
                     Some((Some(at), failures)) => {
                         next_attempt(at, failures, self.settings.update_interval, jitter())
                     }
@@ -166,14 +156,9 @@ impl ListManager {
     }
 
     fn failures(&self, url: &str) -> u32 {
-        let store = self.store.lock();
-        store
-            .conn()
-            .query_row(
-                "SELECT failures FROM list_cache WHERE url = ?1",
-                [url],
-                |r| r.get(0),
-            )
-            .unwrap_or(1)
+        match self.store.lock().list_record(url) {
+            Ok(Some(r)) => r.failures,
+            _ => 1,
+        }
     }
 }

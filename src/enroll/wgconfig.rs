@@ -139,7 +139,7 @@ impl DeviceConfig<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::keys::{decode_key, KeyPair};
+    use crate::enroll::keys::{decode_key, KeyPair};
     use std::collections::BTreeMap;
     use std::net::IpAddr;
 

@@ -1,0 +1,259 @@
+//! HTTP routes onto a [`Manage`]: JSON in, JSON out, every refusal a 4xx with a message.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use http_body_util::{BodyExt, Limited};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::{ApiError, Manage, NewDevice, QueryLogChange, MAX_BODY};
+use crate::daemon::Control;
+use crate::store::{DevicePatch, RuleAction};
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "API call failed");
+        }
+        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+type Answer = Result<Response, ApiError>;
+
+fn ok<T: serde::Serialize>(status: StatusCode, v: T) -> Answer {
+    Ok((status, Json(v)).into_response())
+}
+
+/// Reads a JSON body of at most [`MAX_BODY`] bytes.
+async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err(ApiError::TooLarge(format!(
+                "the request body is over {} KiB",
+                MAX_BODY / 1024
+            )))
+        }
+    };
+    if !ct.is_empty() && !ct.starts_with("application/json") {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "the body must be JSON (Content-Type: application/json), not {ct:?}"
+        )));
+    }
+    let text = if bytes.is_empty() { &b"{}"[..] } else { &bytes[..] };
+    serde_json::from_slice(text)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not the JSON this call takes: {e}")))
+}
+
+/// Runs a blocking [`Manage`] call off the async workers.
+async fn call<T: Send + 'static>(
+    c: &Arc<Control>,
+    f: impl FnOnce(&Control) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let c = c.clone();
+    tokio::task::spawn_blocking(move || f(&c))
+        .await
+        .map_err(|e| ApiError::Internal(format!("the API call stopped: {e}")))?
+}
+
+fn rule_kind(kind: &str) -> Result<RuleAction, ApiError> {
+    match kind {
+        "block" => Ok(RuleAction::Block),
+        "allow" => Ok(RuleAction::Allow),
+        _ => Err(ApiError::NotFound(format!(
+            "no rule list {kind:?}; use /v1/rules/block or /v1/rules/allow"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainBody {
+    domain: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InternetBody {
+    internet: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UrlBody {
+    #[serde(default)]
+    url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameBody {
+    name: String,
+}
+
+/// The API's routes over `control`.
+pub fn router(control: Arc<Control>) -> Router {
+    Router::new()
+        .route("/v1/devices", get(list_devices).post(add_device))
+        .route(
+            "/v1/devices/{name}",
+            get(show_device).patch(update_device).delete(remove_device),
+        )
+        .route("/v1/rules/{kind}", get(list_rules).post(add_rule))
+        .route("/v1/rules/{kind}/{domain}", delete(remove_rule))
+        .route("/v1/internet", get(internet).put(set_internet))
+        .route("/v1/lists", get(lists).post(add_list).delete(remove_list))
+        .route("/v1/lists/update", post(update_lists))
+        .route("/v1/querylog", get(querylog).put(set_querylog))
+        .route("/v1/status", get(status))
+        .route("/v1/tokens", get(tokens).post(create_token))
+        .route("/v1/tokens/{id}", delete(revoke_token))
+        .fallback(|| async {
+            ApiError::NotFound("no such API route; docs/API.md lists them (e.g. GET /v1/devices)".into())
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed(
+                "this route does not take that method; docs/API.md lists what it takes".into(),
+            )
+        })
+        .with_state(control)
+}
+
+async fn list_devices(State(c): State<Arc<Control>>) -> Answer {
+    ok(StatusCode::OK, call(&c, |c| c.devices()).await?)
+}
+
+async fn add_device(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body) -> Answer {
+    let req: NewDevice = json_body(&headers, body).await?;
+    ok(StatusCode::CREATED, call(&c, move |c| c.add_device(&req)).await?)
+}
+
+async fn show_device(State(c): State<Arc<Control>>, Path(name): Path<String>) -> Answer {
+    ok(StatusCode::OK, call(&c, move |c| c.device(&name)).await?)
+}
+
+async fn update_device(
+    State(c): State<Arc<Control>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    let patch: DevicePatch = json_body(&headers, body).await?;
+    ok(StatusCode::OK, call(&c, move |c| c.update_device(&name, &patch)).await?)
+}
+
+async fn remove_device(State(c): State<Arc<Control>>, Path(name): Path<String>) -> Answer {
+    let removed = call(&c, move |c| c.remove_device(&name)).await?;
+    ok(StatusCode::OK, serde_json::json!({ "removed": removed }))
+}
+
+async fn list_rules(State(c): State<Arc<Control>>, Path(kind): Path<String>) -> Answer {
+    let kind = rule_kind(&kind)?;
+    ok(StatusCode::OK, call(&c, move |c| c.rules(kind)).await?)
+}
+
+async fn add_rule(
+    State(c): State<Arc<Control>>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    let kind = rule_kind(&kind)?;
+    let b: DomainBody = json_body(&headers, body).await?;
+    let added = call(&c, move |c| c.add_rule(kind, &b.domain)).await?;
+    ok(StatusCode::OK, serde_json::json!({ "added": added }))
+}
+
+async fn remove_rule(
+    State(c): State<Arc<Control>>,
+    Path((kind, domain)): Path<(String, String)>,
+) -> Answer {
+    let kind = rule_kind(&kind)?;
+    let removed = call(&c, move |c| c.remove_rule(kind, &domain)).await?;
+    ok(StatusCode::OK, serde_json::json!({ "removed": removed }))
+}
+
+async fn internet(State(c): State<Arc<Control>>) -> Answer {
+    let on = call(&c, |c| c.internet()).await?;
+    ok(StatusCode::OK, serde_json::json!({ "internet": on }))
+}
+
+async fn set_internet(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body) -> Answer {
+    let b: InternetBody = json_body(&headers, body).await?;
+    let on = call(&c, move |c| c.set_internet(b.internet)).await?;
+    ok(StatusCode::OK, serde_json::json!({ "internet": on }))
+}
+
+async fn lists(State(c): State<Arc<Control>>) -> Answer {
+    ok(StatusCode::OK, call(&c, |c| c.lists()).await?)
+}
+
+async fn add_list(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body) -> Answer {
+    let b: UrlBody = json_body(&headers, body).await?;
+    let url = b
+        .url
+        .ok_or_else(|| ApiError::BadRequest("give the list's \"url\"".into()))?;
+    ok(StatusCode::CREATED, call(&c, move |c| c.add_list(&url)).await?)
+}
+
+async fn remove_list(State(c): State<Arc<Control>>, Query(q): Query<UrlBody>) -> Answer {
+    let url = q
+        .url
+        .ok_or_else(|| ApiError::BadRequest("give the list as ?url=...".into()))?;
+    let removed = call(&c, move |c| c.remove_list(&url)).await?;
+    ok(StatusCode::OK, serde_json::json!({ "removed": removed }))
+}
+
+async fn update_lists(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body) -> Answer {
+    let b: UrlBody = json_body(&headers, body).await?;
+    ok(StatusCode::OK, call(&c, move |c| c.update_lists(b.url.as_deref())).await?)
+}
+
+async fn querylog(State(c): State<Arc<Control>>) -> Answer {
+    ok(StatusCode::OK, call(&c, |c| c.querylog()).await?)
+}
+
+async fn set_querylog(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body) -> Answer {
+    let b: QueryLogChange = json_body(&headers, body).await.map_err(|e| match e {
+        // serde quotes the offending value; a secret key must never be echoed.
+        ApiError::BadRequest(_) => ApiError::BadRequest(
+            "the body must be {\"enabled\": true, \"recipients\": [\"age1...\"]} or {\"enabled\": false}".into(),
+        ),
+        e => e,
+    })?;
+    ok(StatusCode::OK, call(&c, move |c| c.set_querylog(&b)).await?)
+}
+
+async fn status(State(c): State<Arc<Control>>) -> Answer {
+    ok(StatusCode::OK, call(&c, |c| c.status()).await?)
+}
+
+async fn tokens(State(c): State<Arc<Control>>) -> Answer {
+    ok(StatusCode::OK, call(&c, |c| c.tokens()).await?)
+}
+
+async fn create_token(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body) -> Answer {
+    let b: NameBody = json_body(&headers, body).await?;
+    ok(StatusCode::CREATED, call(&c, move |c| c.create_token(&b.name)).await?)
+}
+
+async fn revoke_token(State(c): State<Arc<Control>>, Path(id): Path<String>) -> Answer {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a token id (a number)")))?;
+    call(&c, move |c| c.revoke_token(id)).await?;
+    ok(StatusCode::OK, serde_json::json!({ "revoked": id }))
+}

@@ -1,0 +1,87 @@
+//! The requests and answers of the management API (docs/API.md), shared by the server, the
+//! CLI's client and the in-process [`super::Manage`] implementation.
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::Device;
+
+/// `POST /v1/devices`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    pub name: String,
+    /// The device's own public key; without it the hub makes a key pair.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    #[serde(default)]
+    pub split: bool,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub owner: bool,
+    #[serde(default)]
+    pub admin: bool,
+    #[serde(default)]
+    pub no_log: bool,
+    /// Also return an SVG QR code of the config.
+    #[serde(default)]
+    pub qr: bool,
+}
+
+/// The answer to `POST /v1/devices`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceAdded {
+    pub device: Device,
+    /// wg-quick config for the stock WireGuard apps.
+    pub config: String,
+    /// True when `config` carries a private key the hub made (shown only now).
+    pub private_key_included: bool,
+    pub qr_svg: Option<String>,
+}
+
+/// `GET|PUT /v1/querylog`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryLogState {
+    pub enabled: bool,
+    pub recipients: Vec<String>,
+    pub entries: u64,
+    /// Unix seconds of the oldest and newest stored entry.
+    pub oldest: Option<i64>,
+    pub newest: Option<i64>,
+    pub retention_days: u32,
+    /// Entries deleted by this change (a disable).
+    #[serde(default)]
+    pub deleted: u64,
+}
+
+/// `PUT /v1/querylog`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryLogChange {
+    pub enabled: bool,
+    #[serde(default)]
+    pub recipients: Vec<String>,
+}
+
+/// The answer to `POST /v1/tokens`: the token is shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewToken {
+    pub id: i64,
+    pub name: String,
+    pub token: String,
+}
+
+/// What `cloudpc status` shows (`GET /v1/status`). Only counts and device facts; never a
+/// queried name.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct StatusReport {
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub dns: crate::dns::stats::StatsSnapshot,
+    pub cache_entries: usize,
+    pub filter_rules: usize,
+    pub list_errors: usize,
+    pub listen: Vec<String>,
+    /// One JSON object per device (hub status plus per-device query and block counts).
+    pub devices: Vec<serde_json::Value>,
+}

@@ -1,0 +1,582 @@
+//! [`Control`]: the one place where a change is checked, written to the store and put in
+//! force.
+//!
+//! With a running hub the daemon owns one `Control` with [`Engines`]; every API call lands
+//! here, is written in one store transaction and then applied to the engines it concerns
+//! (the hub's device table, the resolver's local names, rules and groups, the query-log
+//! writer), all before the call returns. Without a hub the CLI makes a `Control` over the
+//! store alone ([`Control::offline`]): the same checks and writes, nothing to apply.
+//!
+//! The store lock is held from the write to the end of the apply, so two changes are applied
+//! in the order they were written.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::status;
+use crate::api::{
+    ApiError, DeviceAdded, Manage, NewDevice, NewToken, QueryLogChange, QueryLogState,
+    StatusReport,
+};
+use crate::dns::engine::Resolver;
+use crate::dns::local::{read_zone_files, LocalData};
+use crate::enroll::{self, EnrollSettings};
+use crate::filter::policy::{load_lists, GroupLists};
+use crate::dns::upstream::Upstreams;
+use crate::filter::{ListManager, ListStatus, ListUrl, PolicySettings};
+use crate::hub::HubHandle;
+use crate::querylog::{QueryLog, Recipients};
+use crate::store::{ApiToken, Device, DevicePatch, Overlay, RuleAction, Store};
+
+/// What the daemon applies changes to.
+pub struct Engines {
+    pub resolver: Arc<Resolver>,
+    pub hub: Option<Arc<HubHandle>>,
+    pub querylog: QueryLog,
+    /// Group lists as last built (rebuilt with the default lists).
+    pub group_lists: Mutex<GroupLists>,
+    /// Where zone files are read from.
+    pub zones_dir: PathBuf,
+    pub started: Instant,
+    pub listen: Vec<String>,
+    pub list_errors: std::sync::atomic::AtomicUsize,
+}
+
+/// The owner of the state: the store, and the engines while the hub runs.
+pub struct Control {
+    store: Mutex<Store>,
+    enroll: EnrollSettings,
+    policy: PolicySettings,
+    overlay: Overlay,
+    /// `egress.internet` from the config (`internet on|off` in the store overrides it).
+    internet_default: bool,
+    retention_days: u32,
+    lists: Arc<ListManager>,
+    /// What list hosts are resolved with (the resolver's pool while the hub runs).
+    upstreams: Option<Arc<Upstreams>>,
+    engines: Option<Engines>,
+    /// For list downloads from synchronous callers.
+    rt: tokio::runtime::Handle,
+}
+
+/// The settings a `Control` needs, read once from the config.
+pub struct ControlSettings {
+    pub enroll: EnrollSettings,
+    pub policy: PolicySettings,
+    pub internet_default: bool,
+    pub retention_days: u32,
+}
+
+/// `cloudpc internet on|off` (stored) overrides `egress.internet` (config).
+pub fn internet_setting(store: &Store, config: bool) -> Result<bool, ApiError> {
+    Ok(match store.meta("internet")?.as_deref() {
+        Some("on") => true,
+        Some("off") => false,
+        _ => config,
+    })
+}
+
+/// The resolver's local names: the devices under the zone, plus the zone files.
+pub fn local_data(zone: &str, zones_dir: &std::path::Path, devices: &[Device], overlay: &Overlay) -> LocalData {
+    let (files, mut errors) = read_zone_files(zones_dir);
+    let (data, errs) = LocalData::build(zone, devices, Some(overlay), &files);
+    errors.extend(errs);
+    for e in errors {
+        // The parse error may quote a name from the owner's zone: details at debug only.
+        tracing::warn!("zone data skipped (CLOUDPC_LOG=debug shows where and why)");
+        tracing::debug!(error = %e, "zone data skipped");
+    }
+    data
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(msg.into())
+}
+
+/// Refuses a name that is not a DNS label.
+pub fn check_device_name(name: &str) -> Result<(), ApiError> {
+    if !crate::dns::name::is_valid_label(name) {
+        return Err(bad(format!(
+            "{name:?} is not a valid device name: use 1 to 63 letters, digits or '-', not starting or ending with '-' (it becomes a DNS name, e.g. my-phone)"
+        )));
+    }
+    Ok(())
+}
+
+fn normalize(domain: &str) -> Result<String, ApiError> {
+    crate::dns::name::normalize_domain(domain)
+        .ok_or_else(|| bad(format!("{domain:?} is not a domain name, e.g. ads.example.com")))
+}
+
+fn sha256(token: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+impl Control {
+    /// A `Control` over the store alone (no hub runs): changes are checked and written only.
+    pub fn offline(
+        store: Store,
+        settings: ControlSettings,
+        overlay: Overlay,
+        lists: Arc<ListManager>,
+        upstreams: Option<Arc<Upstreams>>,
+        rt: tokio::runtime::Handle,
+    ) -> Control {
+        Control {
+            upstreams,
+            store: Mutex::new(store),
+            enroll: settings.enroll,
+            policy: settings.policy,
+            overlay,
+            internet_default: settings.internet_default,
+            retention_days: settings.retention_days,
+            lists,
+            engines: None,
+            rt,
+        }
+    }
+
+    /// The daemon's `Control`: every change is also applied to `engines`.
+    pub fn running(mut self, engines: Engines) -> Control {
+        self.engines = Some(engines);
+        self
+    }
+
+    /// The engines, while the hub runs.
+    pub fn engines(&self) -> Option<&Engines> {
+        self.engines.as_ref()
+    }
+
+    /// Runs `f` on the store (for the daemon's own bookkeeping, e.g. endpoints).
+    pub fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        f(&mut self.store.lock())
+    }
+
+    /// Puts the store's devices in force: hub table, local names, groups, query-log map.
+    fn apply_devices(&self, store: &Store) -> Result<(), ApiError> {
+        let Some(e) = &self.engines else {
+            return Ok(());
+        };
+        let devices = store.devices()?;
+        if let Some(hub) = &e.hub {
+            hub.set_devices(&devices);
+        }
+        e.resolver.set_local(local_data(
+            &self.enroll.zone,
+            &e.zones_dir,
+            &devices,
+            &self.overlay,
+        ));
+        let rules = store.rules()?;
+        let glists = e.group_lists.lock().clone();
+        e.resolver.set_groups(
+            self.policy
+                .groups(&rules, &devices, &e.resolver.policy.lists, &glists),
+        );
+        e.querylog.set_devices(&devices);
+        Ok(())
+    }
+
+    /// Puts the store's rules in force (default and group policies) and drops the cached
+    /// answers they may change: rules apply to every policy.
+    fn apply_rules(&self, store: &Store) -> Result<(), ApiError> {
+        let Some(e) = &self.engines else {
+            return Ok(());
+        };
+        let rules = store.rules()?;
+        e.resolver
+            .policy
+            .rules
+            .store(self.policy.rules_set(&rules, &[], &[]));
+        let devices = store.devices()?;
+        let glists = e.group_lists.lock().clone();
+        e.resolver.set_groups(
+            self.policy
+                .groups(&rules, &devices, &e.resolver.policy.lists, &glists),
+        );
+        e.resolver.clear_cache();
+        Ok(())
+    }
+
+    /// Rebuilds the default and group lists from the manager's copies and swaps them in
+    /// (a list was added, removed or downloaded, or SIGHUP). Blocking: about a second for a
+    /// million names.
+    pub fn rebuild_lists(&self) {
+        let Some(e) = &self.engines else { return };
+        let started = Instant::now();
+        let (set, errors) = load_lists(&self.lists.default_entries(), &self.lists);
+        e.resolver.policy.lists.store(set);
+        let fresh = self.policy.group_lists(&self.lists);
+        *e.group_lists.lock() = fresh.clone();
+        e.list_errors
+            .store(errors, std::sync::atomic::Ordering::Relaxed);
+        let store = self.store.lock();
+        if let (Ok(rules), Ok(devices)) = (store.rules(), store.devices()) {
+            e.resolver.set_groups(
+                self.policy
+                    .groups(&rules, &devices, &e.resolver.policy.lists, &fresh),
+            );
+        }
+        drop(store);
+        e.resolver.clear_cache();
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "filter lists rebuilt"
+        );
+        // The old sets and download buffers were freed in several malloc arenas; hand the
+        // free pages back so the resident size after a swap is the new set's.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
+    /// Re-reads the zone files (SIGHUP).
+    pub fn reload_zones(&self) {
+        let Some(e) = &self.engines else { return };
+        if let Ok(devices) = self.store.lock().devices() {
+            e.resolver.set_local(local_data(
+                &self.enroll.zone,
+                &e.zones_dir,
+                &devices,
+                &self.overlay,
+            ));
+        }
+    }
+
+    fn list_status(&self, url: &str) -> Result<ListStatus, ApiError> {
+        self.lists
+            .status()
+            .map_err(internal)?
+            .into_iter()
+            .find(|s| s.list == url)
+            .ok_or_else(|| ApiError::NotFound(format!("{url} is not a list")))
+    }
+
+    /// Downloads `targets` now, then rebuilds the filter.
+    fn download(&self, targets: &[String]) -> Result<Vec<ListStatus>, ApiError> {
+        let upstreams = match (&self.engines, &self.upstreams) {
+            (Some(e), _) => e.resolver.upstreams().clone(),
+            (None, Some(u)) => u.clone(),
+            (None, None) => {
+                return Err(ApiError::Internal(
+                    "no upstreams to resolve list hosts with".into(),
+                ))
+            }
+        };
+        let lists = self.lists.clone();
+        let t = targets.to_vec();
+        self.rt.block_on(async move {
+            for url in &t {
+                lists.update(url, &*upstreams).await;
+            }
+        });
+        self.rebuild_lists();
+        targets.iter().map(|t| self.list_status(t)).collect()
+    }
+}
+
+impl Manage for Control {
+    fn devices(&self) -> Result<Vec<Device>, ApiError> {
+        Ok(self.store.lock().devices()?)
+    }
+
+    fn device(&self, name: &str) -> Result<Device, ApiError> {
+        Ok(self.store.lock().device(name)?)
+    }
+
+    fn add_device(&self, req: &NewDevice) -> Result<DeviceAdded, ApiError> {
+        // Everything that can refuse runs before the store is touched.
+        check_device_name(&req.name)?;
+        if let Some(g) = &req.group {
+            self.check_group(g)?;
+        }
+        if req.qr && req.public_key.is_some() {
+            return Err(bad(
+                "a QR code is for importing a complete tunnel into a phone app, which needs the private key; \
+                 with a public key of its own the device keeps its private key: leave out the QR code",
+            ));
+        }
+        self.enroll.check().map_err(|e| bad(e.to_string()))?;
+        let key = enroll::new_device_key(req.public_key.as_deref()).map_err(|e| bad(e.to_string()))?;
+        let patch = DevicePatch {
+            group: req.group.clone().map(Some),
+            owner: req.owner.then_some(true),
+            admin: req.admin.then_some(true),
+            no_log: req.no_log.then_some(true),
+            name: None,
+        };
+        let mut store = self.store.lock();
+        let device = store.add_device_with(&req.name, &key.public, req.split, &self.overlay, &patch)?;
+        let config = self
+            .enroll
+            .device_config(&device, key.made.as_ref())
+            .map_err(|e| bad(e.to_string()));
+        let qr_svg = match &config {
+            Ok(text) if req.qr => Some(enroll::qr::svg(text).map_err(internal)),
+            _ => None,
+        }
+        .transpose();
+        let (config, qr_svg) = match (config, qr_svg) {
+            (Ok(c), Ok(q)) => (c, q),
+            (Err(e), _) | (_, Err(e)) => {
+                // Never leave a device registered whose config (and private key) was not shown.
+                let _ = store.remove_device(&device.name);
+                return Err(e);
+            }
+        };
+        self.apply_devices(&store)?;
+        Ok(DeviceAdded {
+            device,
+            config,
+            private_key_included: key.made.is_some(),
+            qr_svg,
+        })
+    }
+
+    fn update_device(&self, name: &str, patch: &DevicePatch) -> Result<Device, ApiError> {
+        if *patch == DevicePatch::default() {
+            return Err(bad(
+                "nothing to change: give name, group, owner, admin or no_log",
+            ));
+        }
+        if let Some(n) = &patch.name {
+            check_device_name(n)?;
+        }
+        if let Some(Some(g)) = &patch.group {
+            self.check_group(g)?;
+        }
+        let store = self.store.lock();
+        let d = store.update_device(name, patch)?;
+        self.apply_devices(&store)?;
+        Ok(d)
+    }
+
+    fn remove_device(&self, name: &str) -> Result<String, ApiError> {
+        let store = self.store.lock();
+        let d = store.device(name)?;
+        store.remove_device(&d.name)?;
+        self.apply_devices(&store)?;
+        Ok(d.name)
+    }
+
+    fn rules(&self, kind: RuleAction) -> Result<Vec<String>, ApiError> {
+        Ok(self
+            .store
+            .lock()
+            .rules()?
+            .into_iter()
+            .filter(|(_, a)| *a == kind)
+            .map(|(d, _)| d)
+            .collect())
+    }
+
+    fn add_rule(&self, kind: RuleAction, domain: &str) -> Result<String, ApiError> {
+        let d = normalize(domain)?;
+        let store = self.store.lock();
+        store.add_rule(&d, kind)?;
+        self.apply_rules(&store)?;
+        Ok(d)
+    }
+
+    fn remove_rule(&self, kind: RuleAction, domain: &str) -> Result<String, ApiError> {
+        let d = normalize(domain)?;
+        let store = self.store.lock();
+        if !store.remove_rule(&d, kind)? {
+            return Err(ApiError::NotFound(format!(
+                "{d} is not in the {} list; `cloudpc {} list` shows what is",
+                kind.as_str(),
+                kind.as_str()
+            )));
+        }
+        self.apply_rules(&store)?;
+        Ok(d)
+    }
+
+    fn internet(&self) -> Result<bool, ApiError> {
+        internet_setting(&self.store.lock(), self.internet_default)
+    }
+
+    fn set_internet(&self, on: bool) -> Result<bool, ApiError> {
+        let store = self.store.lock();
+        let before = store.meta("internet")?;
+        store.set_meta("internet", if on { "on" } else { "off" })?;
+        if let Some(hub) = self.engines.as_ref().and_then(|e| e.hub.as_ref()) {
+            if let Err(e) = hub.set_internet(on) {
+                // Not applied: the stored switch goes back to what is in force.
+                let _ = store.set_meta("internet", before.as_deref().unwrap_or(""));
+                return Err(internal(format!("cannot switch internet egress: {e}")));
+            }
+        }
+        Ok(on)
+    }
+
+    fn querylog(&self) -> Result<QueryLogState, ApiError> {
+        let st = crate::querylog::settings::status(&self.store.lock()).map_err(internal)?;
+        Ok(QueryLogState {
+            enabled: st.enabled,
+            recipients: st.recipients,
+            entries: st.entries,
+            oldest: st.oldest,
+            newest: st.newest,
+            retention_days: self.retention_days,
+            deleted: 0,
+        })
+    }
+
+    fn set_querylog(&self, change: &QueryLogChange) -> Result<QueryLogState, ApiError> {
+        let mut deleted = 0;
+        {
+            let store = self.store.lock();
+            if change.enabled {
+                let r = Recipients::parse(&change.recipients).map_err(|e| bad(e.to_string()))?;
+                crate::querylog::settings::enable(&store, &r).map_err(querylog_error)?;
+            } else {
+                if !change.recipients.is_empty() {
+                    return Err(bad("recipients are only given with enabled = true"));
+                }
+                deleted = crate::querylog::settings::disable(&store).map_err(querylog_error)?;
+            }
+            if let Some(e) = &self.engines {
+                e.querylog.reload(&store).map_err(internal)?;
+            }
+        }
+        Ok(QueryLogState {
+            deleted,
+            ..self.querylog()?
+        })
+    }
+
+    fn lists(&self) -> Result<Vec<ListStatus>, ApiError> {
+        self.lists.status().map_err(internal)
+    }
+
+    fn add_list(&self, url: &str) -> Result<ListStatus, ApiError> {
+        let parsed = ListUrl::parse(url).map_err(|e| bad(e.to_string()))?;
+        if self.lists.in_config(parsed.as_str()) {
+            return Err(ApiError::Conflict(format!("{parsed} is already in the config file")));
+        }
+        self.lists.add(&parsed).map_err(internal)?;
+        let mut st = self.download(&[parsed.as_str().to_string()])?;
+        st.pop()
+            .ok_or_else(|| internal("the list vanished while it was downloaded"))
+    }
+
+    fn remove_list(&self, url: &str) -> Result<String, ApiError> {
+        let url = ListUrl::parse(url)
+            .map(|u| u.as_str().to_string())
+            .unwrap_or_else(|_| url.to_string());
+        if self.lists.remove(&url).map_err(internal)? {
+            self.rebuild_lists();
+            Ok(url)
+        } else if self.lists.in_config(&url) {
+            Err(bad(format!(
+                "{url} is in the config file (filter.lists); remove it there and restart cloudpc"
+            )))
+        } else {
+            Err(ApiError::NotFound(format!(
+                "{url} is not a list added with `cloudpc lists add`; `cloudpc lists` shows them"
+            )))
+        }
+    }
+
+    fn update_lists(&self, url: Option<&str>) -> Result<Vec<ListStatus>, ApiError> {
+        let all = self.lists.urls();
+        let targets = match url {
+            None => all,
+            Some(u) => {
+                let u = ListUrl::parse(u).map_err(|e| bad(e.to_string()))?.as_str().to_string();
+                if !all.contains(&u) {
+                    return Err(ApiError::NotFound(format!(
+                        "{u} is not a list; add it with `cloudpc lists add {u}`"
+                    )));
+                }
+                vec![u]
+            }
+        };
+        self.download(&targets)
+    }
+
+    fn status(&self) -> Result<StatusReport, ApiError> {
+        let Some(e) = &self.engines else {
+            return Err(ApiError::NotRunning(
+                "cloudpc is not running with this state dir; start it with `cloudpc run`".into(),
+            ));
+        };
+        let devices = self.store.lock().devices()?;
+        Ok(status::report(e, &devices))
+    }
+
+    fn tokens(&self) -> Result<Vec<ApiToken>, ApiError> {
+        Ok(self.store.lock().tokens()?)
+    }
+
+    fn create_token(&self, name: &str) -> Result<NewToken, ApiError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(bad(
+                "a token needs a name of 1 to 64 printable characters, e.g. \"backup-script\"",
+            ));
+        }
+        use base64::Engine;
+        let raw: [u8; 32] = rand::random();
+        let token = format!(
+            "cpc_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        );
+        let t = self.store.lock().add_token(name, &sha256(&token))?;
+        Ok(NewToken {
+            id: t.id,
+            name: t.name,
+            token,
+        })
+    }
+
+    fn revoke_token(&self, id: i64) -> Result<(), ApiError> {
+        Ok(self.store.lock().revoke_token(id)?)
+    }
+}
+
+impl Control {
+    fn check_group(&self, group: &str) -> Result<(), ApiError> {
+        if !self.policy.has_group(group) {
+            return Err(bad(format!(
+                "there is no group {group:?} in the config; add a [groups.{group}] section (see config/cloudpc.example.toml)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// True when `token` is a current API token.
+    pub fn token_valid(&self, token: &str) -> bool {
+        matches!(self.store.lock().token_by_hash(&sha256(token)), Ok(Some(_)))
+    }
+
+    /// The device behind an overlay source address, if any.
+    pub fn device_at(&self, ip: std::net::IpAddr) -> Option<Device> {
+        let devices = self.store.lock().devices().ok()?;
+        devices
+            .into_iter()
+            .find(|d| std::net::IpAddr::from(d.ipv4) == ip || std::net::IpAddr::from(d.ipv6) == ip)
+    }
+}
+
+fn querylog_error(e: crate::querylog::QueryLogError) -> ApiError {
+    use crate::querylog::QueryLogError as E;
+    match e {
+        E::InvalidRecipient { .. } | E::NoRecipients => bad(e.to_string()),
+        E::Store(s) => s.into(),
+        other => internal(other),
+    }
+}

@@ -1,0 +1,409 @@
+//! `cloudpc run`: starts the resolver and the WireGuard hub, owns the running state and serves
+//! the management API until SIGINT/SIGTERM.
+//!
+//! The config is read once here and split into each module's own settings. The store is read
+//! once at start; from then on every change arrives through the API and is applied by
+//! [`Control`] to exactly the engines it concerns before the call returns; nothing polls the
+//! database. The process's own writes (query-log entries, list metadata, endpoints) never
+//! cause a reload. SIGHUP re-reads lists and zone files.
+
+pub mod control;
+mod status;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use control::{Control, ControlSettings, Engines};
+
+use crate::config::Config;
+use crate::dns::engine::{Resolver, Settings};
+use crate::dns::stats::Stats;
+use crate::dns::upstream::Upstreams;
+use crate::enroll::EnrollSettings;
+use crate::filter::policy::load_lists;
+use crate::filter::{Filter, ListManager, ListSettings, Policy, PolicySettings};
+use crate::store::{Overlay, Store};
+
+/// Why `cloudpc run` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
+    #[error(transparent)]
+    Lists(#[from] crate::filter::SubscribeError),
+    #[error(transparent)]
+    Upstreams(#[from] crate::dns::upstream::UpstreamError),
+    #[error(transparent)]
+    QueryLog(#[from] crate::querylog::QueryLogError),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::server::ServeError),
+    #[error(transparent)]
+    Tls(#[from] crate::dns::tls::TlsError),
+    #[error(transparent)]
+    Sync(#[from] crate::querylog::SyncError),
+    #[error(transparent)]
+    Api(#[from] crate::api::ServeError),
+    #[error(transparent)]
+    Key(#[from] crate::enroll::keys::KeyError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// How often the devices' endpoints are saved for the next start (only changed ones are
+/// written; a hub killed between two saves loses at most this much roaming).
+const SAVE_ENDPOINTS_EVERY: Duration = Duration::from_secs(2);
+
+/// The policy settings out of the config.
+pub fn policy_settings(cfg: &Config) -> PolicySettings {
+    PolicySettings {
+        block: cfg.filter.block.clone(),
+        allow: cfg.filter.allow.clone(),
+        blocked_answer: cfg.dns.blocked_answer,
+        groups: cfg.groups.clone(),
+    }
+}
+
+/// The settings of a [`Control`] out of the config, the hub key and the overlay.
+pub fn control_settings(
+    cfg: &Config,
+    state_dir: &Path,
+    overlay: Overlay,
+) -> Result<ControlSettings, DaemonError> {
+    let hub = crate::enroll::keys::load_or_create_hub_key(state_dir)?;
+    Ok(ControlSettings {
+        enroll: EnrollSettings::new(
+            &cfg.wireguard.endpoint,
+            cfg.wireguard.listen_port,
+            hub.public_b64(),
+            overlay,
+            &cfg.dns.zone,
+            cfg.wireguard.mtu,
+        ),
+        policy: policy_settings(cfg),
+        internet_default: cfg.egress.internet,
+        retention_days: cfg.querylog.retention_days,
+    })
+}
+
+fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Runs the hub until SIGINT/SIGTERM.
+pub fn run(cfg: Config, state_dir: PathBuf, base: PathBuf) -> Result<(), DaemonError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    rt.block_on(serve(state_dir, base, cfg))
+}
+
+async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let store = Store::open(&state_dir)?;
+    let overlay = store.overlay(&cfg.wireguard)?;
+    let devices = store.devices()?;
+    let rules = store.rules()?;
+    let settings = control_settings(&cfg, &state_dir, overlay)?;
+
+    let hub = if cfg.wireguard.enabled {
+        let hub = crate::hub::start(crate::hub::HubParams {
+            wireguard: cfg.wireguard.clone(),
+            egress_interface: cfg.egress.interface.clone(),
+            internet: control::internet_setting(&store, cfg.egress.internet)
+                .unwrap_or(cfg.egress.internet),
+            dns64_prefix: cfg.dns.dns64.then_some(cfg.dns.dns64_prefix),
+            state_dir: state_dir.clone(),
+            overlay,
+            devices: devices.clone(),
+            endpoints: store.endpoints()?,
+        })
+        .await?;
+        Some(Arc::new(hub))
+    } else {
+        None
+    };
+
+    crate::filter::subscribe::return_large_allocations_promptly();
+    let lists = Arc::new(ListManager::open(ListSettings::from_config(
+        &cfg, &state_dir, &base,
+    ))?);
+    let (default_lists, list_errors) = load_lists(&lists.default_entries(), &lists);
+    let policy = Policy {
+        rules: Filter::new(settings.policy.rules_set(&rules, &[], &[])),
+        lists: Arc::new(Filter::new(default_lists)),
+        blocked_answer: cfg.dns.blocked_answer,
+    };
+    let group_lists = settings.policy.group_lists(&lists);
+    let upstreams = Arc::new(Upstreams::from_config(&cfg.dns).await?);
+    let stats = Arc::new(Stats::default());
+    let resolver_settings = Settings {
+        dns64: cfg.dns.dns64.then_some(cfg.dns.dns64_prefix),
+        blocked_ttl: cfg.dns.blocked_ttl,
+        allow_from: cfg.dns.allow_from.clone(),
+        overlay: overlay.nets().to_vec(),
+        rate_limit: cfg.dns.rate_limit,
+        cache_size: cfg.dns.cache_size,
+    };
+    let (querylog, _querylog_writer) = crate::querylog::QueryLog::start(&state_dir, &cfg.querylog)?;
+    let zones_dir = resolve_path(&base, &cfg.dns.zones_dir);
+    let resolver = Arc::new(
+        Resolver::new(
+            resolver_settings,
+            policy,
+            control::local_data(&cfg.dns.zone, &zones_dir, &devices, &overlay),
+            upstreams.clone(),
+            stats,
+        )
+        .with_querylog(querylog.clone()),
+    );
+    resolver.set_groups(settings.policy.groups(
+        &rules,
+        &devices,
+        &resolver.policy.lists,
+        &group_lists,
+    ));
+    querylog.set_devices(&devices);
+
+    let listen = serve_dns(&cfg, &state_dir, &resolver, hub.is_some(), &overlay).await?;
+
+    // Owner devices fetch the encrypted query log over the tunnel, on the overlay only.
+    let _sync = if hub.is_some() {
+        let addrs = vec![
+            SocketAddr::from((overlay.hub_v4(), crate::querylog::SYNC_PORT)),
+            SocketAddr::from((overlay.hub_v6(), crate::querylog::SYNC_PORT)),
+        ];
+        Some(crate::querylog::serve_sync(addrs, &state_dir, overlay).await?)
+    } else {
+        None
+    };
+
+    let engines = Engines {
+        resolver: resolver.clone(),
+        hub: hub.clone(),
+        querylog,
+        group_lists: parking_lot::Mutex::new(group_lists),
+        zones_dir,
+        started,
+        listen: listen.clone(),
+        list_errors: list_errors.into(),
+    };
+    let control = Arc::new(
+        Control::offline(
+            store,
+            settings,
+            overlay,
+            lists.clone(),
+            Some(upstreams.clone()),
+            tokio::runtime::Handle::current(),
+        )
+        .running(engines),
+    );
+
+    let mut api = crate::api::ApiListeners {
+        unix: crate::paths::api_socket(&state_dir),
+        overlay: vec![],
+        tls: cfg.api.listen.clone(),
+        tls_acceptor: None,
+    };
+    if hub.is_some() && cfg.api.overlay {
+        api.overlay = vec![
+            SocketAddr::from((overlay.hub_v4(), crate::api::OVERLAY_PORT)),
+            SocketAddr::from((overlay.hub_v6(), crate::api::OVERLAY_PORT)),
+        ];
+    }
+    if !api.tls.is_empty() {
+        let m = crate::dns::tls::load_or_create(
+            &cfg.dns.tls_cert,
+            &cfg.dns.tls_key,
+            &state_dir,
+            &tls_names(&cfg, &listen_addrs(&cfg, hub.is_some(), &overlay)),
+        )?;
+        api.tls_acceptor = Some(tokio_rustls::TlsAcceptor::from(
+            crate::dns::tls::server_config(&m, &[b"http/1.1"])?,
+        ));
+    }
+    let api_sock = crate::api::serve(control.clone(), api).await?;
+
+    // URL lists download in the background; queries never wait for them.
+    {
+        let (l, u) = (lists.clone(), upstreams.clone());
+        tokio::spawn(async move { l.run_updater(u).await });
+    }
+    if let Some(h) = &hub {
+        tokio::spawn(save_endpoints(control.clone(), h.clone()));
+    }
+    tracing::info!(listen = ?listen, "cloudpc is serving");
+
+    wait_for_exit(&control, &lists).await;
+    tracing::info!("shutting down");
+    if let Some(h) = hub {
+        persist_endpoints(&control, &h);
+        drop(control);
+        match Arc::try_unwrap(h) {
+            Ok(h) => h.shutdown().await,
+            Err(_) => tracing::warn!("hub still in use at shutdown; its table is left to the kernel"),
+        }
+    }
+    let _ = std::fs::remove_file(api_sock);
+    Ok(())
+}
+
+/// Writes the endpoints that changed since the last save.
+fn persist_endpoints(control: &Control, hub: &crate::hub::HubHandle) {
+    let eps = hub.endpoints();
+    if eps.is_empty() {
+        return;
+    }
+    if let Err(e) = control.with_store(|s| s.save_endpoints(&eps)) {
+        tracing::warn!(error = %e, "could not save device endpoints");
+    }
+}
+
+/// Saves endpoints every [`SAVE_ENDPOINTS_EVERY`] when they changed (in-memory check; the
+/// store is written only on a change).
+async fn save_endpoints(control: Arc<Control>, hub: Arc<crate::hub::HubHandle>) {
+    let mut last = Vec::new();
+    let mut tick = tokio::time::interval(SAVE_ENDPOINTS_EVERY);
+    loop {
+        tick.tick().await;
+        let mut now: Vec<_> = hub
+            .endpoints()
+            .into_iter()
+            .map(|(k, e)| (k, e.addr, e.local))
+            .collect();
+        now.sort();
+        if now != last {
+            let (c, h) = (control.clone(), hub.clone());
+            let _ = tokio::task::spawn_blocking(move || persist_endpoints(&c, &h)).await;
+            last = now;
+        }
+    }
+}
+
+/// Plain DNS addresses: the configured ones plus, with the hub, its overlay addresses.
+fn listen_addrs(cfg: &Config, with_hub: bool, overlay: &Overlay) -> Vec<SocketAddr> {
+    let mut listen: Vec<SocketAddr> = cfg.dns.listen.clone();
+    if with_hub {
+        listen.push(SocketAddr::from((overlay.hub_v4(), 53)));
+        listen.push(SocketAddr::from((overlay.hub_v6(), 53)));
+    }
+    listen.dedup();
+    listen
+}
+
+/// Names the self-signed certificate covers.
+fn tls_names(cfg: &Config, listen: &[SocketAddr]) -> Vec<String> {
+    let mut names = vec!["cloudpc".to_string(), "localhost".to_string()];
+    if let Some((host, _)) = cfg.wireguard.endpoint.rsplit_once(':') {
+        names.push(host.trim_matches(['[', ']']).to_string());
+    }
+    names.extend(
+        listen
+            .iter()
+            .chain(&cfg.dns.tls_listen)
+            .chain(&cfg.dns.https_listen)
+            .chain(&cfg.api.listen)
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| a.ip().to_string()),
+    );
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Starts the DNS listeners; returns what they serve, as URLs.
+async fn serve_dns(
+    cfg: &Config,
+    state_dir: &Path,
+    resolver: &Arc<Resolver>,
+    with_hub: bool,
+    overlay: &Overlay,
+) -> Result<Vec<String>, DaemonError> {
+    let listen = listen_addrs(cfg, with_hub, overlay);
+    let idle = Duration::from_secs(cfg.dns.tcp_idle_timeout.max(1));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        crate::dns::server::MAX_CONNECTIONS,
+    ));
+    for a in &listen {
+        crate::dns::server::serve_udp(resolver.clone(), *a, tokio::runtime::Handle::current())?;
+        let l = crate::dns::server::bind_tcp(*a).await?;
+        crate::dns::server::serve_stream(resolver.clone(), l, None, idle, slots.clone());
+    }
+    if !cfg.dns.tls_listen.is_empty() || !cfg.dns.https_listen.is_empty() {
+        let m = crate::dns::tls::load_or_create(
+            &cfg.dns.tls_cert,
+            &cfg.dns.tls_key,
+            state_dir,
+            &tls_names(cfg, &listen),
+        )?;
+        for a in &cfg.dns.tls_listen {
+            let acc =
+                tokio_rustls::TlsAcceptor::from(crate::dns::tls::server_config(&m, &[b"dot"])?);
+            let l = crate::dns::server::bind_tcp(*a).await?;
+            crate::dns::server::serve_stream(resolver.clone(), l, Some(acc), idle, slots.clone());
+        }
+        for a in &cfg.dns.https_listen {
+            let acc = tokio_rustls::TlsAcceptor::from(crate::dns::tls::server_config(
+                &m,
+                &[b"h2", b"http/1.1"],
+            )?);
+            let l = crate::dns::server::bind_tcp(*a).await?;
+            crate::dns::doh::serve(resolver.clone(), l, acc, idle, slots.clone());
+        }
+    }
+    Ok(listen
+        .iter()
+        .map(|a| format!("dns://{a}"))
+        .chain(cfg.dns.tls_listen.iter().map(|a| format!("tls://{a}")))
+        .chain(
+            cfg.dns
+                .https_listen
+                .iter()
+                .map(|a| format!("https://{a}/dns-query")),
+        )
+        .collect())
+}
+
+/// Waits for SIGINT/SIGTERM; reloads lists and zone files on SIGHUP and rebuilds the filter
+/// when the background updater changed a list copy.
+async fn wait_for_exit(control: &Arc<Control>, lists: &Arc<ListManager>) {
+    let mut changes = lists.changes();
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    let rebuild = |c: &Arc<Control>| {
+        let c = c.clone();
+        tokio::task::spawn_blocking(move || c.rebuild_lists())
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                control.reload_zones();
+                let _ = rebuild(control).await;
+                tracing::info!("lists and zone files reloaded");
+            }
+            Ok(()) = changes.changed() => {
+                let _ = rebuild(control).await;
+            }
+        }
+    }
+}
