@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::PublicKey;
-use cloudpc::hub::engine::{Bufs, Engine, Sink, HANDSHAKES_PER_SEC};
 use cloudpc::enroll::keys::KeyPair;
+use cloudpc::hub::engine::{Bufs, Engine, Sink, HANDSHAKES_PER_SEC};
 use cloudpc::hub::peers::{Endpoint, PeerTable};
 use cloudpc::hub::route::RouteCtx;
 use cloudpc::store::{Device, Overlay};
@@ -138,6 +138,7 @@ fn main() {
             group: None,
             owner: false,
             no_log: false,
+            admin: false,
             created_at: 0,
         });
         keys.push(kp);

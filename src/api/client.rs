@@ -10,8 +10,7 @@ use serde_json::{json, Value};
 use tokio::net::UnixStream;
 
 use super::{
-    ApiError, DeviceAdded, Manage, NewDevice, NewToken, QueryLogChange, QueryLogState,
-    StatusReport,
+    ApiError, DeviceAdded, Manage, NewDevice, NewToken, QueryLogChange, QueryLogState, StatusReport,
 };
 use crate::filter::ListStatus;
 use crate::store::{ApiToken, Device, DevicePatch, RuleAction};
@@ -197,7 +196,11 @@ impl Manage for Client {
         field(v, "removed")
     }
     fn update_lists(&self, url: Option<&str>) -> Result<Vec<ListStatus>, ApiError> {
-        self.call(Method::POST, "/v1/lists/update", Some(json!({ "url": url })))
+        self.call(
+            Method::POST,
+            "/v1/lists/update",
+            Some(json!({ "url": url })),
+        )
     }
     fn status(&self) -> Result<StatusReport, ApiError> {
         self.call(Method::GET, "/v1/status", None)

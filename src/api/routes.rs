@@ -23,7 +23,11 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %self, "API call failed");
         }
-        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }
 
@@ -53,7 +57,11 @@ async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Resu
             "the body must be JSON (Content-Type: application/json), not {ct:?}"
         )));
     }
-    let text = if bytes.is_empty() { &b"{}"[..] } else { &bytes[..] };
+    let text = if bytes.is_empty() {
+        &b"{}"[..]
+    } else {
+        &bytes[..]
+    };
     serde_json::from_slice(text)
         .map_err(|e| ApiError::BadRequest(format!("the body is not the JSON this call takes: {e}")))
 }
@@ -122,7 +130,9 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/tokens", get(tokens).post(create_token))
         .route("/v1/tokens/{id}", delete(revoke_token))
         .fallback(|| async {
-            ApiError::NotFound("no such API route; docs/API.md lists them (e.g. GET /v1/devices)".into())
+            ApiError::NotFound(
+                "no such API route; docs/API.md lists them (e.g. GET /v1/devices)".into(),
+            )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed(
@@ -138,7 +148,10 @@ async fn list_devices(State(c): State<Arc<Control>>) -> Answer {
 
 async fn add_device(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body) -> Answer {
     let req: NewDevice = json_body(&headers, body).await?;
-    ok(StatusCode::CREATED, call(&c, move |c| c.add_device(&req)).await?)
+    ok(
+        StatusCode::CREATED,
+        call(&c, move |c| c.add_device(&req)).await?,
+    )
 }
 
 async fn show_device(State(c): State<Arc<Control>>, Path(name): Path<String>) -> Answer {
@@ -152,7 +165,10 @@ async fn update_device(
     body: Body,
 ) -> Answer {
     let patch: DevicePatch = json_body(&headers, body).await?;
-    ok(StatusCode::OK, call(&c, move |c| c.update_device(&name, &patch)).await?)
+    ok(
+        StatusCode::OK,
+        call(&c, move |c| c.update_device(&name, &patch)).await?,
+    )
 }
 
 async fn remove_device(State(c): State<Arc<Control>>, Path(name): Path<String>) -> Answer {
@@ -206,7 +222,10 @@ async fn add_list(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body)
     let url = b
         .url
         .ok_or_else(|| ApiError::BadRequest("give the list's \"url\"".into()))?;
-    ok(StatusCode::CREATED, call(&c, move |c| c.add_list(&url)).await?)
+    ok(
+        StatusCode::CREATED,
+        call(&c, move |c| c.add_list(&url)).await?,
+    )
 }
 
 async fn remove_list(State(c): State<Arc<Control>>, Query(q): Query<UrlBody>) -> Answer {
@@ -219,7 +238,10 @@ async fn remove_list(State(c): State<Arc<Control>>, Query(q): Query<UrlBody>) ->
 
 async fn update_lists(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body) -> Answer {
     let b: UrlBody = json_body(&headers, body).await?;
-    ok(StatusCode::OK, call(&c, move |c| c.update_lists(b.url.as_deref())).await?)
+    ok(
+        StatusCode::OK,
+        call(&c, move |c| c.update_lists(b.url.as_deref())).await?,
+    )
 }
 
 async fn querylog(State(c): State<Arc<Control>>) -> Answer {
@@ -247,7 +269,10 @@ async fn tokens(State(c): State<Arc<Control>>) -> Answer {
 
 async fn create_token(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body) -> Answer {
     let b: NameBody = json_body(&headers, body).await?;
-    ok(StatusCode::CREATED, call(&c, move |c| c.create_token(&b.name)).await?)
+    ok(
+        StatusCode::CREATED,
+        call(&c, move |c| c.create_token(&b.name)).await?,
+    )
 }
 
 async fn revoke_token(State(c): State<Arc<Control>>, Path(id): Path<String>) -> Answer {

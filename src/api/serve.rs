@@ -85,7 +85,12 @@ pub async fn serve(control: Arc<Control>, l: ApiListeners) -> Result<PathBuf, Se
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                tokio::spawn(serve_conn(conn, Caller::Local, router.clone(), control.clone()));
+                tokio::spawn(serve_conn(
+                    conn,
+                    Caller::Local,
+                    router.clone(),
+                    control.clone(),
+                ));
             }
         });
     }
@@ -94,7 +99,12 @@ pub async fn serve(control: Arc<Control>, l: ApiListeners) -> Result<PathBuf, Se
         let listener = crate::dns::server::bind_tcp(*a).await?;
         let (router, control) = (router.clone(), control.clone());
         crate::dns::server::accept_loop(listener, slots.clone(), move |tcp, peer| {
-            serve_conn(tcp, Caller::Overlay(peer.ip()), router.clone(), control.clone())
+            serve_conn(
+                tcp,
+                Caller::Overlay(peer.ip()),
+                router.clone(),
+                control.clone(),
+            )
         });
     }
     if let Some(acc) = &l.tls_acceptor {
@@ -183,7 +193,10 @@ fn authorize(caller: Caller, bearer: Option<String>, control: &Control) -> Optio
 /// IPv4-mapped IPv6 sources count as their IPv4 address.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     }
 }

@@ -272,7 +272,11 @@ pub fn device(g: &Globals, c: DeviceCmd) -> anyhow::Result<()> {
             let removed = api.remove_device(&name)?;
             eprintln!(
                 "Removed device {removed:?}{}. Its addresses may be given to a new device.",
-                if m.is_running() { "; it is cut off" } else { "" }
+                if m.is_running() {
+                    "; it is cut off"
+                } else {
+                    ""
+                }
             );
             Ok(())
         }
@@ -333,7 +337,9 @@ fn add(m: &Manager, a: AddArgs) -> anyhow::Result<()> {
 
     if let (Some(path), Some(kind)) = (&a.output, &output_kind) {
         let written = match kind {
-            OutputKind::Image => qr::write_image(text, path).map(|_| ()).map_err(anyhow::Error::from),
+            OutputKind::Image => qr::write_image(text, path)
+                .map(|_| ())
+                .map_err(anyhow::Error::from),
             OutputKind::ConfigText => qr::write_private_file(path, text.as_bytes())
                 .with_context(|| format!("cannot write {}", path.display())),
         };

@@ -105,7 +105,11 @@ pub fn internet(g: &Globals, a: InternetArgs) -> anyhow::Result<()> {
     println!(
         "internet through the hub: {}{}",
         if on { "on" } else { "off" },
-        if m.is_running() { "" } else { " (from the next start)" }
+        if m.is_running() {
+            ""
+        } else {
+            " (from the next start)"
+        }
     );
     Ok(())
 }

@@ -18,14 +18,13 @@ use parking_lot::Mutex;
 
 use super::status;
 use crate::api::{
-    ApiError, DeviceAdded, Manage, NewDevice, NewToken, QueryLogChange, QueryLogState,
-    StatusReport,
+    ApiError, DeviceAdded, Manage, NewDevice, NewToken, QueryLogChange, QueryLogState, StatusReport,
 };
 use crate::dns::engine::Resolver;
 use crate::dns::local::{read_zone_files, LocalData};
+use crate::dns::upstream::Upstreams;
 use crate::enroll::{self, EnrollSettings};
 use crate::filter::policy::{load_lists, GroupLists};
-use crate::dns::upstream::Upstreams;
 use crate::filter::{ListManager, ListStatus, ListUrl, PolicySettings};
 use crate::hub::HubHandle;
 use crate::querylog::{QueryLog, Recipients};
@@ -80,7 +79,12 @@ pub fn internet_setting(store: &Store, config: bool) -> Result<bool, ApiError> {
 }
 
 /// The resolver's local names: the devices under the zone, plus the zone files.
-pub fn local_data(zone: &str, zones_dir: &std::path::Path, devices: &[Device], overlay: &Overlay) -> LocalData {
+pub fn local_data(
+    zone: &str,
+    zones_dir: &std::path::Path,
+    devices: &[Device],
+    overlay: &Overlay,
+) -> LocalData {
     let (files, mut errors) = read_zone_files(zones_dir);
     let (data, errs) = LocalData::build(zone, devices, Some(overlay), &files);
     errors.extend(errs);
@@ -107,8 +111,11 @@ pub fn check_device_name(name: &str) -> Result<(), ApiError> {
 }
 
 fn normalize(domain: &str) -> Result<String, ApiError> {
-    crate::dns::name::normalize_domain(domain)
-        .ok_or_else(|| bad(format!("{domain:?} is not a domain name, e.g. ads.example.com")))
+    crate::dns::name::normalize_domain(domain).ok_or_else(|| {
+        bad(format!(
+            "{domain:?} is not a domain name, e.g. ads.example.com"
+        ))
+    })
 }
 
 fn sha256(token: &str) -> [u8; 32] {
@@ -179,10 +186,12 @@ impl Control {
         ));
         let rules = store.rules()?;
         let glists = e.group_lists.lock().clone();
-        e.resolver.set_groups(
-            self.policy
-                .groups(&rules, &devices, &e.resolver.policy.lists, &glists),
-        );
+        e.resolver.set_groups(self.policy.groups(
+            &rules,
+            &devices,
+            &e.resolver.policy.lists,
+            &glists,
+        ));
         e.querylog.set_devices(&devices);
         Ok(())
     }
@@ -200,10 +209,12 @@ impl Control {
             .store(self.policy.rules_set(&rules, &[], &[]));
         let devices = store.devices()?;
         let glists = e.group_lists.lock().clone();
-        e.resolver.set_groups(
-            self.policy
-                .groups(&rules, &devices, &e.resolver.policy.lists, &glists),
-        );
+        e.resolver.set_groups(self.policy.groups(
+            &rules,
+            &devices,
+            &e.resolver.policy.lists,
+            &glists,
+        ));
         e.resolver.clear_cache();
         Ok(())
     }
@@ -222,10 +233,12 @@ impl Control {
             .store(errors, std::sync::atomic::Ordering::Relaxed);
         let store = self.store.lock();
         if let (Ok(rules), Ok(devices)) = (store.rules(), store.devices()) {
-            e.resolver.set_groups(
-                self.policy
-                    .groups(&rules, &devices, &e.resolver.policy.lists, &fresh),
-            );
+            e.resolver.set_groups(self.policy.groups(
+                &rules,
+                &devices,
+                &e.resolver.policy.lists,
+                &fresh,
+            ));
         }
         drop(store);
         e.resolver.clear_cache();
@@ -309,7 +322,8 @@ impl Manage for Control {
             ));
         }
         self.enroll.check().map_err(|e| bad(e.to_string()))?;
-        let key = enroll::new_device_key(req.public_key.as_deref()).map_err(|e| bad(e.to_string()))?;
+        let key =
+            enroll::new_device_key(req.public_key.as_deref()).map_err(|e| bad(e.to_string()))?;
         let patch = DevicePatch {
             group: req.group.clone().map(Some),
             owner: req.owner.then_some(true),
@@ -318,7 +332,8 @@ impl Manage for Control {
             name: None,
         };
         let mut store = self.store.lock();
-        let device = store.add_device_with(&req.name, &key.public, req.split, &self.overlay, &patch)?;
+        let device =
+            store.add_device_with(&req.name, &key.public, req.split, &self.overlay, &patch)?;
         let config = self
             .enroll
             .device_config(&device, key.made.as_ref())
@@ -449,7 +464,7 @@ impl Manage for Control {
                 deleted = crate::querylog::settings::disable(&store).map_err(querylog_error)?;
             }
             if let Some(e) = &self.engines {
-                e.querylog.reload(&store).map_err(internal)?;
+                e.querylog.reload().map_err(internal)?;
             }
         }
         Ok(QueryLogState {
@@ -465,7 +480,9 @@ impl Manage for Control {
     fn add_list(&self, url: &str) -> Result<ListStatus, ApiError> {
         let parsed = ListUrl::parse(url).map_err(|e| bad(e.to_string()))?;
         if self.lists.in_config(parsed.as_str()) {
-            return Err(ApiError::Conflict(format!("{parsed} is already in the config file")));
+            return Err(ApiError::Conflict(format!(
+                "{parsed} is already in the config file"
+            )));
         }
         self.lists.add(&parsed).map_err(internal)?;
         let mut st = self.download(&[parsed.as_str().to_string()])?;
@@ -496,7 +513,10 @@ impl Manage for Control {
         let targets = match url {
             None => all,
             Some(u) => {
-                let u = ListUrl::parse(u).map_err(|e| bad(e.to_string()))?.as_str().to_string();
+                let u = ListUrl::parse(u)
+                    .map_err(|e| bad(e.to_string()))?
+                    .as_str()
+                    .to_string();
                 if !all.contains(&u) {
                     return Err(ApiError::NotFound(format!(
                         "{u} is not a list; add it with `cloudpc lists add {u}`"

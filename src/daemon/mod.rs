@@ -252,7 +252,9 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
         drop(control);
         match Arc::try_unwrap(h) {
             Ok(h) => h.shutdown().await,
-            Err(_) => tracing::warn!("hub still in use at shutdown; its table is left to the kernel"),
+            Err(_) => {
+                tracing::warn!("hub still in use at shutdown; its table is left to the kernel")
+            }
         }
     }
     let _ = std::fs::remove_file(api_sock);

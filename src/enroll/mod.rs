@@ -89,11 +89,18 @@ impl EnrollSettings {
 
     /// Refuses an endpoint that device configs cannot dial (run before registering).
     pub fn check(&self) -> Result<String, EnrollError> {
-        Ok(wgconfig::endpoint_with_port(&self.endpoint, self.listen_port)?)
+        Ok(wgconfig::endpoint_with_port(
+            &self.endpoint,
+            self.listen_port,
+        )?)
     }
 
     /// The wg-quick text for `d` (with `PrivateKey` when the hub made the key).
-    pub fn device_config(&self, d: &Device, private: Option<&KeyPair>) -> Result<String, EnrollError> {
+    pub fn device_config(
+        &self,
+        d: &Device,
+        private: Option<&KeyPair>,
+    ) -> Result<String, EnrollError> {
         let endpoint = self.check()?;
         let private = private.map(KeyPair::private_b64);
         Ok(wgconfig::DeviceConfig {

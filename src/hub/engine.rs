@@ -451,7 +451,13 @@ impl Engine {
     /// sent data for ~15 s without an answer; an initiation from the hub gives it a fresh
     /// session at once. boringtun's timers retry it like any handshake. False when the device
     /// is not registered.
-    pub fn initiate(&self, key: &[u8; 32], to: Endpoint, bufs: &mut Bufs, sink: &impl Sink) -> bool {
+    pub fn initiate(
+        &self,
+        key: &[u8; 32],
+        to: Endpoint,
+        bufs: &mut Bufs,
+        sink: &impl Sink,
+    ) -> bool {
         let table = self.table.load();
         let Some(peer) = table.by_key(key) else {
             return false;

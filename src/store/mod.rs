@@ -439,9 +439,11 @@ impl Store {
         let new_name = patch.name.clone().unwrap_or_else(|| old.clone());
         if !new_name.eq_ignore_ascii_case(&old) {
             let taken: Option<String> = tx
-                .query_row("SELECT name FROM devices WHERE name = ?1", [&new_name], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    "SELECT name FROM devices WHERE name = ?1",
+                    [&new_name],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(db)?;
             if taken.is_some() {
