@@ -138,6 +138,7 @@ fn main() {
             group: None,
             owner: false,
             no_log: false,
+            admin: false,
             created_at: 0,
         });
         keys.push(kp);

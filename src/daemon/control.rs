@@ -464,7 +464,7 @@ impl Manage for Control {
                 deleted = crate::querylog::settings::disable(&store).map_err(querylog_error)?;
             }
             if let Some(e) = &self.engines {
-                e.querylog.reload(&store).map_err(internal)?;
+                e.querylog.reload().map_err(internal)?;
             }
         }
         Ok(QueryLogState {
