@@ -1,11 +1,9 @@
 //! `cloudpc lists`: show every list; `add`, `remove`, `update` URL lists.
 //!
-//! With a hub running, `add` and `update` ask it (a row in `list_update_requests`, which its
-//! updater notices within a second) and wait for the attempt to be recorded; without one they
-//! download directly and fill the cache, so the next start uses the new copy.
+//! `add` and `update` download in this process ([`ListManager::update_now`]) and fill the
+//! cache, so the next start (or the next reload of a running hub) uses the new copy.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 
@@ -35,7 +33,9 @@ pub enum ListsCmd {
 pub fn lists(g: &Globals, a: ListsArgs) -> anyhow::Result<()> {
     let cfg = g.config()?;
     let manager = Arc::new(ListManager::open(ListSettings::from_config(
-        &cfg,
+        &cfg.filter,
+        cfg.group_lists(),
+        &cfg.dns.upstream_ca,
         &g.state_dir(),
         &g.base_dir(),
     ))?);
@@ -64,7 +64,7 @@ pub fn lists(g: &Globals, a: ListsArgs) -> anyhow::Result<()> {
                 .map(|u| u.as_str().to_string())
                 .unwrap_or(url);
             if manager.remove(&url)? {
-                println!("removed {url}; a running hub stops using it within a second");
+                println!("removed {url}; a running hub stops using it at its next reload (SIGHUP) or restart");
                 Ok(())
             } else if manager.in_config(&url) {
                 anyhow::bail!(
@@ -104,7 +104,7 @@ pub fn lists(g: &Globals, a: ListsArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Downloads `targets` through the running hub, or directly when none runs, and prints how
+/// Downloads `targets` (all URL lists, or the `one` given) in this process and prints how
 /// each attempt ended.
 fn update(
     g: &Globals,
@@ -116,43 +116,21 @@ fn update(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let state_dir = g.state_dir();
     let running = rt
-        .block_on(crate::control::request_status(&state_dir))
+        .block_on(crate::control::request_status(&g.state_dir()))
         .is_ok();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    rt.block_on(async {
+        let upstreams = crate::dns::upstream::Upstreams::from_config(&cfg.dns)
+            .await
+            .context("cannot set up the upstreams that resolve list hosts")?;
+        manager.set_resolver(Arc::new(upstreams));
+        manager.update_now(one).await;
+        anyhow::Ok(())
+    })?;
     if running {
-        let asked = manager.request_update(one)?;
-        let wait = Duration::from_secs(cfg.filter.download_timeout + 10);
-        let deadline = std::time::Instant::now() + wait;
-        loop {
-            let status = manager.status()?;
-            let pending = targets.iter().any(|t| {
-                !status
-                    .iter()
-                    .any(|s| &s.list == t && s.last_attempt.is_some_and(|at| at >= asked))
-            });
-            if !pending {
-                break;
-            }
-            if std::time::Instant::now() > deadline {
-                anyhow::bail!(
-                    "the running hub did not finish the download within {} s; `cloudpc lists` shows the result later",
-                    wait.as_secs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        println!("(the running hub uses the new copies after `kill -HUP` or a restart)");
     } else {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        rt.block_on(async {
-            let upstreams = crate::dns::upstream::Upstreams::from_config(&cfg.dns)
-                .await
-                .context("cannot set up the upstreams that resolve list hosts")?;
-            for t in targets {
-                manager.update(t, &upstreams).await;
-            }
-            anyhow::Ok(())
-        })?;
         println!("(no hub running: the cache is updated for its next start)");
     }
     let status = manager.status()?;

@@ -219,7 +219,11 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result
 
     crate::filter::subscribe::return_large_allocations_promptly();
     let manager = Arc::new(ListManager::open(ListSettings::from_config(
-        &cfg, &state_dir, &base,
+        &cfg.filter,
+        cfg.group_lists(),
+        &cfg.dns.upstream_ca,
+        &state_dir,
+        &base,
     ))?);
     let (lists, list_errors) = load_lists(&manager.default_entries(), &manager);
     let policy = Policy {
@@ -352,7 +356,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> anyhow::Result
     };
     let sock = crate::control::serve(&state_dir, reporter)?;
     // URL lists download in the background; queries never wait for them.
-    manager.spawn_updater(&cfg).await?;
+    manager.spawn_updater(Arc::new(Upstreams::from_config(&cfg.dns).await?));
     tracing::info!(listen = ?all_listen, "cloudpc is serving");
 
     // Watch the database for CLI changes (devices, rules) and apply them within a second.
