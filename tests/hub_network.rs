@@ -158,7 +158,7 @@ fn devices_reach_each_other_the_hub_and_the_internet_and_wg_show_lists_them() {
 }
 
 #[test]
-fn internet_switch_and_device_removal_apply_within_a_second() {
+fn internet_switch_and_device_removal_are_in_force_when_the_command_returns() {
     if !netns::root_or_skip("hub_network") {
         return;
     }
@@ -182,7 +182,6 @@ fn internet_switch_and_device_removal_apply_within_a_second() {
     // Off: no internet, but the hub and the other devices stay reachable.
     let st = hub.cli().args(["internet", "off"]).status().unwrap();
     assert!(st.success());
-    std::thread::sleep(Duration::from_millis(1000));
     assert!(
         !w.lab.sh_succeeds("d1", &web, 4),
         "internet still reachable when off"
@@ -196,17 +195,19 @@ fn internet_switch_and_device_removal_apply_within_a_second() {
         .status()
         .unwrap()
         .success());
-    std::thread::sleep(Duration::from_millis(1000));
     assert!(
         w.lab.sh_succeeds("d1", &web, 4),
         "internet not back when on"
     );
 
-    // Removal: the phone is cut off within a second, the laptop carries on.
+    // Removal: the phone is cut off when the command returns, the laptop carries on.
     assert!(w.lab.ping("d2", "100.96.0.1", 2));
-    let store = cloudpc::store::Store::open(&hub.state_dir).unwrap();
-    store.remove_device("phone").unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    let st = hub
+        .cli()
+        .args(["device", "remove", "phone"])
+        .status()
+        .unwrap();
+    assert!(st.success());
     assert!(
         !w.lab.ping("d2", "100.96.0.1", 3),
         "removed device still reaches the hub"

@@ -197,11 +197,12 @@ impl Manage for Client {
         field(v, "removed")
     }
     fn update_lists(&self, url: Option<&str>) -> Result<Vec<ListStatus>, ApiError> {
-        self.call(
+        let v: Vec<Value> = self.call(
             Method::POST,
             "/v1/lists/update",
             Some(json!({ "url": url })),
-        )
+        )?;
+        v.into_iter().map(|e| field(e, "outcome")).collect()
     }
     fn status(&self) -> Result<StatusReport, ApiError> {
         self.call(Method::GET, "/v1/status", None)

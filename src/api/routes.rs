@@ -83,7 +83,16 @@ async fn call<T: Send + 'static>(
     let c = c.clone();
     tokio::task::spawn_blocking(move || f(&c))
         .await
-        .map_err(|e| ApiError::Internal(format!("the API call stopped: {e}")))?
+        .map_err(|e| {
+            if e.is_cancelled() {
+                // A blocking task is only cancelled before it starts: nothing ran.
+                ApiError::NotRunning(
+                    "the hub is stopping; nothing was changed. Run the command again".into(),
+                )
+            } else {
+                ApiError::Internal(format!("the API call failed: {e}"))
+            }
+        })?
 }
 
 fn rule_kind(kind: &str) -> Result<RuleAction, ApiError> {

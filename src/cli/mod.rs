@@ -77,7 +77,10 @@ impl Manager {
             crate::daemon::list_settings(&cfg, &state_dir, &g.base_dir()),
         )?);
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // A worker thread drives the sockets: `Control` waits for downloads with
+        // `Handle::block_on`, which cannot drive a current-thread runtime's I/O.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()?;
         let upstreams = rt

@@ -54,6 +54,8 @@ pub struct Control {
     internet_default: bool,
     retention_days: u32,
     lists: Arc<ListManager>,
+    /// The list-change version the filter in force was built from.
+    built_version: std::sync::atomic::AtomicU64,
     engines: Option<Engines>,
     /// For list downloads from synchronous callers.
     rt: tokio::runtime::Handle,
@@ -148,6 +150,7 @@ impl Control {
             internet_default: settings.internet_default,
             retention_days: settings.retention_days,
             lists,
+            built_version: 0.into(),
             engines: None,
             rt,
         }
@@ -225,6 +228,8 @@ impl Control {
     pub fn rebuild_lists(&self) {
         let Some(e) = &self.engines else { return };
         let started = Instant::now();
+        // Copies changed up to this version are in what is built now.
+        let version = *self.lists.changes().borrow();
         let (set, errors) = load_lists(&self.lists.default_entries(), &self.lists);
         e.resolver.policy.lists.store(set);
         let fresh = self.policy.group_lists(&self.lists);
@@ -242,6 +247,8 @@ impl Control {
         }
         drop(store);
         e.resolver.clear_cache();
+        self.built_version
+            .fetch_max(version, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "filter lists rebuilt"
@@ -253,6 +260,13 @@ impl Control {
         unsafe {
             libc::malloc_trim(0);
         }
+    }
+
+    /// True when the filter in force already has the list copies of change `version`.
+    pub fn lists_built(&self, version: u64) -> bool {
+        self.built_version
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= version
     }
 
     /// Re-reads the zone files (SIGHUP).
@@ -277,16 +291,22 @@ impl Control {
             .ok_or_else(|| ApiError::NotFound(format!("{url} is not a list")))
     }
 
-    /// Downloads `targets` now, then rebuilds the filter.
+    /// Downloads `targets` now and, when a copy changed, rebuilds the filter.
     fn download(&self, targets: &[String]) -> Result<Vec<ListStatus>, ApiError> {
         let lists = self.lists.clone();
         let t = targets.to_vec();
-        self.rt.block_on(async move {
+        let changed = self.rt.block_on(async move {
+            let mut changed = false;
             for url in &t {
-                lists.update_now(Some(url)).await;
+                for (_, o) in lists.update_now(Some(url)).await {
+                    changed |= matches!(o, crate::filter::UpdateOutcome::Updated { .. });
+                }
             }
+            changed
         });
-        self.rebuild_lists();
+        if changed {
+            self.rebuild_lists();
+        }
         targets.iter().map(|t| self.list_status(t)).collect()
     }
 }

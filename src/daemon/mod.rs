@@ -410,7 +410,11 @@ async fn wait_for_exit(control: &Arc<Control>, lists: &Arc<ListManager>) {
                 tracing::info!("lists and zone files reloaded");
             }
             Ok(()) = changes.changed() => {
-                let _ = rebuild(control).await;
+                // An API call that downloaded has rebuilt the filter already.
+                let version = *changes.borrow_and_update();
+                if !control.lists_built(version) {
+                    let _ = rebuild(control).await;
+                }
             }
         }
     }

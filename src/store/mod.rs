@@ -37,7 +37,7 @@ pub enum StoreError {
         cause: std::io::Error,
     },
     /// SQLite refused: corrupt file, full disk, locked database.
-    #[error("state database {path}: {cause} (if the file is corrupt, move it away and run `cloudpc init` again)")]
+    #[error("state database {path}: {cause}{hint}", hint = db_hint(cause))]
     Db {
         path: PathBuf,
         cause: rusqlite::Error,
@@ -57,6 +57,24 @@ pub enum StoreError {
     /// No API token with that id.
     #[error("no API token with id {0}; `cloudpc api token list` shows them")]
     NoToken(i64),
+}
+
+/// What to do about a SQLite error, for the message.
+fn db_hint(cause: &rusqlite::Error) -> &'static str {
+    use rusqlite::ErrorCode as C;
+    match cause {
+        rusqlite::Error::SqliteFailure(e, _) => match e.code {
+            C::DiskFull => "",
+            C::DatabaseBusy | C::DatabaseLocked => {
+                " (another cloudpc command is writing it; try again)"
+            }
+            C::DatabaseCorrupt | C::NotADatabase => {
+                " (the file is damaged: move it away and run `cloudpc init` again; devices must then be added again)"
+            }
+            _ => "",
+        },
+        _ => "",
+    }
 }
 
 impl StoreError {
@@ -268,7 +286,7 @@ impl Store {
             path: path.clone(),
             cause,
         };
-        let tx = self.conn.transaction().map_err(db)?;
+        let tx = begin_write(&self.conn).map_err(db)?;
         let dup: Option<String> = tx
             .query_row("SELECT name FROM devices WHERE name = ?1", [name], |r| {
                 r.get(0)
@@ -399,7 +417,7 @@ impl Store {
             path: path.clone(),
             cause,
         };
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let tx = begin_write(&self.conn).map_err(db)?;
         let current: Option<(String, Option<String>, bool, bool, bool)> = tx
             .query_row(
                 "SELECT name, grp, owner, admin, no_log FROM devices WHERE name = ?1",
@@ -524,7 +542,7 @@ impl Store {
             path: path.clone(),
             cause,
         };
-        let tx = self.conn.unchecked_transaction().map_err(db)?;
+        let tx = begin_write(&self.conn).map_err(db)?;
         for (key, ep) in eps {
             tx.execute(
                 "INSERT INTO device_endpoints(public_key, addr, local, seen_at) VALUES (?1, ?2, ?3, ?4)
@@ -632,6 +650,13 @@ impl RuleAction {
             RuleAction::Allow => "allow",
         }
     }
+}
+
+/// Begins a write transaction (IMMEDIATE: takes the write lock up front, so a read-then-write
+/// cannot fail with a stale snapshot when another process wrote meanwhile; `busy_timeout`
+/// covers waiting for the lock).
+pub(crate) fn begin_write(conn: &Connection) -> Result<rusqlite::Transaction<'_>, rusqlite::Error> {
+    rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

@@ -6,9 +6,9 @@
 //! [`Store::append_querylog`] re-reads the switch under the write lock, so no entry is ever
 //! added after [`Store::disable_querylog`] committed.
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Store, StoreError};
+use super::{begin_write, Store, StoreError};
 
 /// The entries table. `seq` is AUTOINCREMENT so a sequence number is never reused, not even
 /// after `disable` or pruning: a puller's cursor stays valid.
@@ -74,12 +74,6 @@ pub enum QueryLogAppend {
     Appended { count: u64, meta: QueryLogMeta },
     /// The log was off under the write lock; nothing was written.
     Off { meta: QueryLogMeta },
-}
-
-/// Begins a write transaction (IMMEDIATE: takes the write lock up front, so a read-then-write
-/// cannot fail with a stale snapshot; `busy_timeout` covers waiting for it).
-fn begin_write(conn: &Connection) -> Result<Transaction<'_>, rusqlite::Error> {
-    Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
 }
 
 fn meta(conn: &Connection, key: &str) -> Result<Option<String>, rusqlite::Error> {

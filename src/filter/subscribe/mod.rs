@@ -418,9 +418,8 @@ impl ListManager {
             .store
             .lock()
             .add_list_subscription(url.as_str(), now_ms())?;
-        if added {
-            self.wake.notify_one();
-        }
+        // The owner downloads it now (`update_now`), which wakes the updater to schedule it;
+        // waking it here would start a second download of the same list.
         Ok(added)
     }
 

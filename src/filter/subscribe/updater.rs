@@ -204,7 +204,8 @@ impl ListManager {
                         if let Err(e) = self.forget_unused() {
                             tracing::warn!(error = %e, "cannot clean the list cache");
                         }
-                        self.notify();
+                        // Entries change only through `add`/`remove`, whose caller (the
+                        // daemon) rebuilds the filter itself.
                     }
                     // Downloads made meanwhile (`update_now`) moved the schedule.
                     for (u, at) in due.iter_mut() {
