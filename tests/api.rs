@@ -651,6 +651,7 @@ fn lists_are_subscribed_updated_and_removed_through_the_api() {
     assert_eq!(hub.short("v4only.example.test", "A"), ["0.0.0.0"]);
 
     // Refusals change nothing.
+    let lists = hub.api_ok("GET", "/v1/lists", None, 200);
     for bad in [
         json!({"url": "not a url"}),
         json!({"url": "ftp://x.test/l"}),
