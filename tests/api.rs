@@ -650,7 +650,7 @@ fn lists_are_subscribed_updated_and_removed_through_the_api() {
     assert_eq!(v[0]["url"], server.url.as_str());
     assert_eq!(hub.short("v4only.example.test", "A"), ["0.0.0.0"]);
 
-    // Refusals change nothing.
+    // Refusals change nothing (the updates above moved the timestamps: read them again).
     let lists = hub.api_ok("GET", "/v1/lists", None, 200);
     for bad in [
         json!({"url": "not a url"}),

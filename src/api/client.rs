@@ -189,7 +189,8 @@ impl Manage for Client {
         self.call(Method::GET, "/v1/lists", None)
     }
     fn add_list(&self, url: &str) -> Result<ListStatus, ApiError> {
-        self.call(Method::POST, "/v1/lists", Some(json!({ "url": url })))
+        let v: Value = self.call(Method::POST, "/v1/lists", Some(json!({ "url": url })))?;
+        field(v, "outcome")
     }
     fn remove_list(&self, url: &str) -> Result<String, ApiError> {
         let v: Value = self.call(Method::DELETE, &format!("/v1/lists?url={}", enc(url)), None)?;

@@ -62,8 +62,17 @@ async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Resu
     } else {
         &bytes[..]
     };
-    serde_json::from_slice(text)
-        .map_err(|e| ApiError::BadRequest(format!("the body is not the JSON this call takes: {e}")))
+    let bad = |e: serde_json::Error| {
+        ApiError::BadRequest(format!("the body is not the JSON this call takes: {e}"))
+    };
+    // serde would also read a struct from a JSON array, by position: only objects are taken.
+    let v: serde_json::Value = serde_json::from_slice(text).map_err(bad)?;
+    if !v.is_object() {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object, e.g. {\"name\": \"phone\"}".into(),
+        ));
+    }
+    serde_json::from_value(v).map_err(bad)
 }
 
 /// Runs a blocking [`Manage`] call off the async workers.
@@ -222,9 +231,10 @@ async fn add_list(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body)
     let url = b
         .url
         .ok_or_else(|| ApiError::BadRequest("give the list's \"url\"".into()))?;
+    let st = call(&c, move |c| c.add_list(&url)).await?;
     ok(
         StatusCode::CREATED,
-        call(&c, move |c| c.add_list(&url)).await?,
+        serde_json::json!({ "added": st.list, "outcome": st }),
     )
 }
 
@@ -238,10 +248,12 @@ async fn remove_list(State(c): State<Arc<Control>>, Query(q): Query<UrlBody>) ->
 
 async fn update_lists(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body) -> Answer {
     let b: UrlBody = json_body(&headers, body).await?;
-    ok(
-        StatusCode::OK,
-        call(&c, move |c| c.update_lists(b.url.as_deref())).await?,
-    )
+    let st = call(&c, move |c| c.update_lists(b.url.as_deref())).await?;
+    let out: Vec<_> = st
+        .into_iter()
+        .map(|s| serde_json::json!({ "url": s.list, "outcome": s }))
+        .collect();
+    ok(StatusCode::OK, out)
 }
 
 async fn querylog(State(c): State<Arc<Control>>) -> Answer {

@@ -95,16 +95,8 @@ fn status(g: &Globals, json: bool) -> anyhow::Result<()> {
     let st = Manager::open(g)?.api().querylog()?;
     let retention = st.retention_days;
     if json {
-        let v = serde_json::json!({
-            "enabled": st.enabled,
-            "recipients": st.recipients,
-            "entries": st.entries,
-            "oldest": st.oldest.map(|s| timefmt::format_rfc3339(s * 1000, false)),
-            "newest": st.newest.map(|s| timefmt::format_rfc3339(s * 1000, false)),
-            "retention_days": retention,
-            "sync_port": SYNC_PORT,
-        });
-        println!("{v}");
+        // The API's own answer (GET /v1/querylog), so scripts see one shape.
+        println!("{}", serde_json::to_string(&st)?);
         return Ok(());
     }
     println!("query log: {}", if st.enabled { "on" } else { "off" });

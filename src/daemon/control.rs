@@ -498,7 +498,7 @@ impl Manage for Control {
             self.rebuild_lists();
             Ok(url)
         } else if self.lists.in_config(&url) {
-            Err(bad(format!(
+            Err(ApiError::NotFound(format!(
                 "{url} is in the config file (filter.lists); remove it there and restart cloudpc"
             )))
         } else {
