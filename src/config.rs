@@ -274,6 +274,14 @@ impl Default for ApiConfig {
 }
 
 impl Config {
+    /// Each group with lists of its own: (group name, its `lists`).
+    pub fn group_lists(&self) -> Vec<(String, Vec<String>)> {
+        self.groups
+            .iter()
+            .filter_map(|(name, g)| g.lists.clone().map(|l| (name.clone(), l)))
+            .collect()
+    }
+
     /// Parses TOML text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);

@@ -74,7 +74,7 @@ impl Manager {
         let overlay = store.overlay(&cfg.wireguard)?;
         let settings = crate::daemon::control_settings(&cfg, &state_dir, overlay)?;
         let lists = std::sync::Arc::new(crate::filter::ListManager::open(
-            crate::filter::ListSettings::from_config(&cfg, &state_dir, &g.base_dir()),
+            crate::daemon::list_settings(&cfg, &state_dir, &g.base_dir()),
         )?);
         let _ = rustls::crypto::ring::default_provider().install_default();
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -54,8 +54,6 @@ pub struct Control {
     internet_default: bool,
     retention_days: u32,
     lists: Arc<ListManager>,
-    /// What list hosts are resolved with (the resolver's pool while the hub runs).
-    upstreams: Option<Arc<Upstreams>>,
     engines: Option<Engines>,
     /// For list downloads from synchronous callers.
     rt: tokio::runtime::Handle,
@@ -139,8 +137,10 @@ impl Control {
         upstreams: Option<Arc<Upstreams>>,
         rt: tokio::runtime::Handle,
     ) -> Control {
+        if let Some(u) = &upstreams {
+            lists.set_resolver(u.clone());
+        }
         Control {
-            upstreams,
             store: Mutex::new(store),
             enroll: settings.enroll,
             policy: settings.policy,
@@ -279,20 +279,11 @@ impl Control {
 
     /// Downloads `targets` now, then rebuilds the filter.
     fn download(&self, targets: &[String]) -> Result<Vec<ListStatus>, ApiError> {
-        let upstreams = match (&self.engines, &self.upstreams) {
-            (Some(e), _) => e.resolver.upstreams().clone(),
-            (None, Some(u)) => u.clone(),
-            (None, None) => {
-                return Err(ApiError::Internal(
-                    "no upstreams to resolve list hosts with".into(),
-                ))
-            }
-        };
         let lists = self.lists.clone();
         let t = targets.to_vec();
         self.rt.block_on(async move {
             for url in &t {
-                lists.update(url, &*upstreams).await;
+                lists.update_now(Some(url)).await;
             }
         });
         self.rebuild_lists();

@@ -67,6 +67,17 @@ pub fn policy_settings(cfg: &Config) -> PolicySettings {
     }
 }
 
+/// The list manager's settings out of the config.
+pub fn list_settings(cfg: &Config, state_dir: &Path, base: &Path) -> ListSettings {
+    ListSettings::from_config(
+        &cfg.filter,
+        cfg.group_lists(),
+        &cfg.dns.upstream_ca,
+        state_dir,
+        base,
+    )
+}
+
 /// The settings of a [`Control`] out of the config, the hub key and the overlay.
 pub fn control_settings(
     cfg: &Config,
@@ -135,9 +146,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
     };
 
     crate::filter::subscribe::return_large_allocations_promptly();
-    let lists = Arc::new(ListManager::open(ListSettings::from_config(
-        &cfg, &state_dir, &base,
-    ))?);
+    let lists = Arc::new(ListManager::open(list_settings(&cfg, &state_dir, &base))?);
     let (default_lists, list_errors) = load_lists(&lists.default_entries(), &lists);
     let policy = Policy {
         rules: Filter::new(settings.policy.rules_set(&rules, &[], &[])),
@@ -236,10 +245,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
     let api_sock = crate::api::serve(control.clone(), api).await?;
 
     // URL lists download in the background; queries never wait for them.
-    {
-        let (l, u) = (lists.clone(), upstreams.clone());
-        tokio::spawn(async move { l.run_updater(u).await });
-    }
+    lists.spawn_updater(upstreams.clone());
     if let Some(h) = &hub {
         tokio::spawn(save_endpoints(control.clone(), h.clone()));
     }

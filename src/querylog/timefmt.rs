@@ -1,134 +1,77 @@
-//! Times for `cloudpc querylog pull`: RFC 3339 (UTC) output and `--since` parsing.
+//! Times for `cloudpc querylog pull` and durations in the config: RFC 3339 (UTC) output,
+//! `--since` parsing, `"24h"`-style durations. The calendar and unit arithmetic is `jiff`'s.
 //!
 //! `--since` takes either a duration back from now (`90s`, `30m`, `1h`, `7d`, `2w`) or an RFC 3339
 //! time (`2026-11-26T10:00:00Z`, `2026-11-26T11:00:00+01:00`, or a date `2026-11-26` = midnight UTC).
+
+use jiff::civil::{Date, Time};
+use jiff::tz::Offset;
+use jiff::{Span, SpanRelativeTo, Timestamp};
 
 /// Why a `--since` value was not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("--since {0:?}: expected a duration like 30m, 1h, 7d or an RFC 3339 time like 2026-11-26T10:00:00Z")]
 pub struct SinceError(pub String);
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number (inverse of [`days_from_civil`]).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// `2026-11-26T16:52:56.123Z` (milliseconds shown when `with_ms`).
+/// `2026-11-26T16:52:56.123Z` (milliseconds shown when `with_ms`). Times outside the years
+/// -9999..=9999 are shown clamped to that range.
 pub fn format_rfc3339(unix_ms: i64, with_ms: bool) -> String {
-    let secs = unix_ms.div_euclid(1000);
-    let ms = unix_ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let (hh, mm, ss) = (sod / 3600, (sod / 60) % 60, sod % 60);
+    let ms = unix_ms.clamp(
+        Timestamp::MIN.as_millisecond(),
+        Timestamp::MAX.as_millisecond(),
+    );
+    let ts = Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH);
     if with_ms {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{ms:03}Z")
+        format!("{ts:.3}")
     } else {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
+        format!("{ts:.0}")
     }
 }
 
-fn num(s: &str) -> Option<u32> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
+/// True when `clock` starts with a full `HH:MM:SS`: RFC 3339 requires the seconds, which the
+/// ISO 8601 forms `jiff` also reads may leave out.
+fn has_seconds(clock: &str) -> bool {
+    let b = clock.as_bytes();
+    b.len() >= 8
+        && b[2] == b':'
+        && b[5] == b':'
+        && [0, 1, 3, 4, 6, 7].iter().all(|&i| b[i].is_ascii_digit())
 }
 
-/// Parses an RFC 3339 time (or a bare date) to Unix milliseconds.
+/// Parses an RFC 3339 time (or a bare `YYYY-MM-DD` date, midnight UTC) to Unix milliseconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let s = s.trim();
-    let (date, rest) = match s.find(['T', 't', ' ']) {
-        Some(i) => (&s[..i], Some(&s[i + 1..])),
-        None => (s, None),
-    };
-    let mut dp = date.split('-');
-    let (y, m, d) = (num(dp.next()?)?, num(dp.next()?)?, num(dp.next()?)?);
-    if dp.next().is_some() || date.len() != 10 || !(1..=12).contains(&m) || d == 0 {
-        return None;
-    }
-    let dim = match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    };
-    if d > dim {
-        return None;
-    }
-    let day_ms = days_from_civil(i64::from(y), m, d) * 86_400_000;
-    let Some(rest) = rest else {
-        return Some(day_ms);
-    };
-    // Time, optional fraction, then Z or ±HH:MM.
-    let (clock, offset_ms) = if let Some(c) = rest.strip_suffix(['Z', 'z']) {
-        (c, 0)
-    } else {
-        let i = rest.rfind(['+', '-'])?;
-        let (c, off) = (&rest[..i], &rest[i..]);
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let mut op = off[1..].split(':');
-        let (oh, om) = (num(op.next()?)?, num(op.next()?)?);
-        if op.next().is_some() || oh > 23 || om > 59 {
-            return None;
+    match s.find(['T', 't', ' ']) {
+        None if s.len() == 10 => {
+            let d: Date = s.parse().ok()?;
+            let ts = Offset::UTC
+                .to_timestamp(d.to_datetime(Time::midnight()))
+                .ok()?;
+            Some(ts.as_millisecond())
         }
-        (c, sign * i64::from(oh * 3600 + om * 60) * 1000)
-    };
-    let (hms, frac) = match clock.split_once('.') {
-        Some((a, f)) => (a, Some(f)),
-        None => (clock, None),
-    };
-    let mut tp = hms.split(':');
-    let (hh, mm, ss) = (num(tp.next()?)?, num(tp.next()?)?, num(tp.next()?)?);
-    if tp.next().is_some() || hms.len() != 8 || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    let ms = match frac {
-        Some(f) if !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()) => {
-            let f3: String = f.chars().chain("000".chars()).take(3).collect();
-            i64::from(num(&f3)?)
+        None => None,
+        Some(i) if has_seconds(&s[i + 1..]) => {
+            let ts: Timestamp = s.parse().ok()?;
+            Some(ts.as_millisecond())
         }
-        Some(_) => return None,
-        None => 0,
-    };
-    Some(day_ms + i64::from(hh * 3600 + mm * 60 + ss) * 1000 + ms - offset_ms)
+        Some(_) => None,
+    }
 }
 
-/// Parses `30s`, `15m`, `1h`, `7d`, `2w` to milliseconds.
+/// Parses a duration such as `30s`, `15m`, `90min`, `1h`, `7d`, `2w` (days are 24 hours,
+/// weeks 7 days) to milliseconds. Negative durations and months or years are refused.
 pub fn parse_duration_ms(s: &str) -> Option<i64> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: i64 = n.parse().ok()?;
-    let unit_ms: i64 = match unit {
-        "s" => 1000,
-        "m" | "min" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "w" => 7 * 86_400_000,
-        _ => return None,
-    };
-    n.checked_mul(unit_ms)
+    // jiff also reads ISO 8601 durations (`PT1H`) and signs; keep to `<number><unit>` words.
+    if !s.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    let span: Span = s.parse().ok()?;
+    if span.is_negative() {
+        return None;
+    }
+    let d = span.to_duration(SpanRelativeTo::days_are_24_hours()).ok()?;
+    i64::try_from(d.as_millis()).ok()
 }
 
 /// The Unix millisecond `--since` stands for, given the current time.
@@ -184,6 +127,24 @@ mod tests {
         assert_eq!(parse_since("1h", 10_000_000), Ok(10_000_000 - 3_600_000));
         assert_eq!(parse_since("7d", 0), Ok(-7 * 86_400_000));
         assert_eq!(parse_duration_ms("99999999999999999999d"), None);
+    }
+
+    #[test]
+    fn every_documented_duration_form_parses() {
+        for (s, ms) in [
+            ("30m", 1_800_000),
+            ("90min", 5_400_000),
+            ("1h", 3_600_000),
+            ("24h", 86_400_000),
+            ("3600s", 3_600_000),
+            ("7d", 7 * 86_400_000),
+            ("2w", 14 * 86_400_000),
+        ] {
+            assert_eq!(parse_duration_ms(s), Some(ms), "{s}");
+        }
+        for s in ["1mo", "1y", "PT1H", "-1h", "h", ""] {
+            assert_eq!(parse_duration_ms(s), None, "{s}");
+        }
     }
 
     proptest! {

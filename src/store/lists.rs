@@ -31,11 +31,6 @@ CREATE TABLE IF NOT EXISTS list_subscriptions (
     url TEXT PRIMARY KEY,
     added_at INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS list_update_requests (
-    id INTEGER PRIMARY KEY,
-    url TEXT NOT NULL,
-    requested_at INTEGER NOT NULL
-);
 ";
 
 /// What is recorded about one URL list (times in Unix milliseconds).
@@ -220,38 +215,6 @@ impl Store {
             ),
         };
         r.map(|_| ()).map_err(|e| self.db(e))
-    }
-
-    /// Asks a running hub to download `url` (`*` = every URL list) at `at` (Unix ms).
-    pub fn request_list_update(&self, url: &str, at: i64) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "INSERT INTO list_update_requests(url, requested_at) VALUES (?1, ?2)",
-                params![url, at],
-            )
-            .map(|_| ())
-            .map_err(|e| self.db(e))
-    }
-
-    /// Takes the pending update requests: the URLs asked for (`*` = all).
-    pub fn take_list_update_requests(&self) -> Result<Vec<String>, StoreError> {
-        let run = || {
-            let rows: Vec<(i64, String)> = {
-                let mut st = self
-                    .conn
-                    .prepare("SELECT id, url FROM list_update_requests")?;
-                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                rows.collect::<Result<_, _>>()?
-            };
-            // Write only when there is something to take: every commit wakes the hub's other
-            // `data_version` watchers. Rows added meanwhile have higher ids and stay.
-            if let Some(max) = rows.iter().map(|(id, _)| *id).max() {
-                self.conn
-                    .execute("DELETE FROM list_update_requests WHERE id <= ?1", [max])?;
-            }
-            Ok(rows.into_iter().map(|(_, url)| url).collect())
-        };
-        run().map_err(|e| self.db(e))
     }
 }
 

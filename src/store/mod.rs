@@ -218,13 +218,6 @@ impl Store {
         }
     }
 
-    /// Changes whenever another connection commits (cheap; poll it).
-    pub fn data_version(&self) -> Result<i64, StoreError> {
-        self.conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
-            .map_err(|e| self.db(e))
-    }
-
     /// Reads a `meta` value.
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.conn
@@ -394,24 +387,6 @@ impl Store {
             .map_err(|e| self.db(e))?;
         if n == 0 {
             return Err(StoreError::NoDevice(name.to_string()));
-        }
-        Ok(())
-    }
-
-    /// Renames a device, keeping its key and addresses.
-    pub fn rename_device(&self, old: &str, new: &str) -> Result<(), StoreError> {
-        if !old.eq_ignore_ascii_case(new) && self.device(new).is_ok() {
-            return Err(StoreError::DuplicateName(new.to_string()));
-        }
-        let n = self
-            .conn
-            .execute(
-                "UPDATE devices SET name = ?2 WHERE name = ?1",
-                params![old, new],
-            )
-            .map_err(|e| self.db(e))?;
-        if n == 0 {
-            return Err(StoreError::NoDevice(old.to_string()));
         }
         Ok(())
     }

@@ -10,11 +10,12 @@
 //!    [`ListManager::default_entries`], or a group's own `lists`): files are read now (with their
 //!    last good copy standing in for a broken file), URL lists come from the cache. Build the
 //!    [`super::FilterSet`]s from them off the query path (`spawn_blocking`).
-//! 3. [`ListManager::spawn_updater`] downloads in the background: every `update_interval`
-//!    (±10% jitter), a list never downloaded at once, failures again after a back-off, and
-//!    whatever `cloudpc lists update|add` asks for (rows in `list_update_requests`, noticed by
-//!    watching `PRAGMA data_version`). After each change of a cached copy or of the set of
-//!    entries, the value of [`ListManager::changes`] goes up: rebuild every set then.
+//! 3. [`ListManager::spawn_updater`] downloads in the background with the resolver it is
+//!    given: every `update_interval` (±10% jitter), a list never downloaded at once, failures
+//!    again after a back-off. [`ListManager::add`] and [`ListManager::remove`] wake it
+//!    in-process; [`ListManager::update_now`] downloads at once and returns the outcomes.
+//!    After each change of a cached copy or of the set of entries, the value of
+//!    [`ListManager::changes`] goes up: rebuild every set then.
 //!
 //! A download that fails, is not a list ([`super::check_list`]) or exceeds `max_list_bytes`
 //! keeps the previous copy; the error is recorded and shown by `cloudpc lists`.
@@ -35,16 +36,15 @@ pub use updater::next_attempt;
 
 use super::fetch::{fetch, FetchError, FetchLimits, Fetched, HostResolver, ListUrl, Validators};
 use super::{check_list, ListError, ListLoader, ListSource, DEFAULT_LIST_TEXT};
-use crate::config::{Config, DEFAULT_LIST};
+use crate::config::{FilterConfig, DEFAULT_LIST};
 use crate::store::{ListAttempt, ListCopy, Store};
+use updater::ListResolver;
 
 /// The longest wait between retries of a failed download (before the jitter), unless
 /// `update_interval` is shorter.
 const MAX_RETRY: Duration = Duration::from_secs(3600);
 /// The first retry after a failure; doubled per failure up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_secs(300);
-/// How often the updater looks at the clock and the database.
-const TICK: Duration = Duration::from_millis(250);
 
 /// Why the list state could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +61,6 @@ pub enum SubscribeError {
     /// A download setting (the CA bundle) cannot be used.
     #[error(transparent)]
     Fetch(#[from] FetchError),
-    /// The upstreams for resolving list hosts could not be set up.
-    #[error("upstreams for list downloads: {0}")]
-    Upstreams(String),
 }
 
 /// The settings the manager needs (from the config).
@@ -85,21 +82,24 @@ pub struct ListSettings {
 }
 
 impl ListSettings {
-    /// The settings from `cfg`.
-    pub fn from_config(cfg: &Config, state_dir: &Path, base_dir: &Path) -> ListSettings {
+    /// The settings from `[filter]`, the groups' own lists (`Config::group_lists`) and the
+    /// extra CA bundle (`dns.upstream_ca`).
+    pub fn from_config(
+        filter: &FilterConfig,
+        group_lists: Vec<(String, Vec<String>)>,
+        extra_ca: &str,
+        state_dir: &Path,
+        base_dir: &Path,
+    ) -> ListSettings {
         ListSettings {
-            config_lists: cfg.filter.lists.clone(),
-            group_lists: cfg
-                .groups
-                .iter()
-                .filter_map(|(name, g)| g.lists.clone().map(|l| (name.clone(), l)))
-                .collect(),
+            config_lists: filter.lists.clone(),
+            group_lists,
             base_dir: base_dir.to_path_buf(),
             state_dir: state_dir.to_path_buf(),
-            update_interval: Duration::from_secs(cfg.filter.update_interval),
-            max_bytes: cfg.filter.max_list_bytes,
-            timeout: Duration::from_secs(cfg.filter.download_timeout.max(1)),
-            extra_ca: cfg.dns.upstream_ca.clone(),
+            update_interval: Duration::from_secs(filter.update_interval),
+            max_bytes: filter.max_list_bytes,
+            timeout: Duration::from_secs(filter.download_timeout.max(1)),
+            extra_ca: extra_ca.to_string(),
         }
     }
 }
@@ -145,6 +145,12 @@ pub struct ListManager {
     files: Mutex<HashMap<PathBuf, ListLoader>>,
     limits: FetchLimits,
     changed: tokio::sync::watch::Sender<u64>,
+    /// Wakes the background updater to look at the entries and the schedule again.
+    wake: tokio::sync::Notify,
+    /// Looks up list hosts; set by [`ListManager::set_resolver`].
+    resolver: Mutex<Option<ListResolver>>,
+    /// One lock per URL: two downloads of one list never write its copy at the same time.
+    downloading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Makes every allocation of 1 MiB or more its own mapping, returned to the system when freed.
@@ -195,6 +201,9 @@ impl ListManager {
             files: Mutex::new(HashMap::new()),
             limits,
             changed: tokio::sync::watch::channel(0).0,
+            wake: tokio::sync::Notify::new(),
+            resolver: Mutex::new(None),
+            downloading: Mutex::new(HashMap::new()),
         })
     }
 
@@ -402,23 +411,33 @@ impl ListManager {
         Ok(out)
     }
 
-    /// Adds a URL list (`cloudpc lists add`). Returns false when it was already there.
+    /// Adds a URL list (`cloudpc lists add`). Returns false when it was already there. A
+    /// running updater schedules it at once (download it now with [`ListManager::update_now`]).
     pub fn add(&self, url: &ListUrl) -> Result<bool, SubscribeError> {
-        Ok(self
+        let added = self
             .store
             .lock()
-            .add_list_subscription(url.as_str(), now_ms())?)
+            .add_list_subscription(url.as_str(), now_ms())?;
+        if added {
+            self.wake.notify_one();
+        }
+        Ok(added)
     }
 
     /// Removes a URL added with [`ListManager::add`]. Returns false when it was not added.
     /// Its cached copy is deleted unless the config names the URL too. (Other unused copies
-    /// are cleaned up by the hub, whose config is the one that counts.)
+    /// are cleaned up by the hub, whose config is the one that counts.) A running updater
+    /// drops it and notifies [`ListManager::changes`].
     pub fn remove(&self, url: &str) -> Result<bool, SubscribeError> {
         let store = self.store.lock();
         let removed = store.remove_list_subscription(url)?;
         if removed && !self.in_config(url) {
             store.forget_list(url)?;
             let _ = std::fs::remove_file(self.cache_path(url));
+        }
+        drop(store);
+        if removed {
+            self.wake.notify_one();
         }
         Ok(removed)
     }
@@ -444,24 +463,16 @@ impl ListManager {
         Ok(())
     }
 
-    /// Asks a running hub to download `url` (or every URL list with `None`); returns the
-    /// request time (Unix ms) to compare with [`ListStatus::last_attempt`].
-    pub fn request_update(&self, url: Option<&str>) -> Result<i64, SubscribeError> {
-        let at = now_ms();
-        self.store
-            .lock()
-            .request_list_update(url.unwrap_or("*"), at)?;
-        Ok(at)
-    }
-
-    /// Takes the pending update requests: the URLs asked for (`*` = all).
-    fn take_requests(&self) -> Result<Vec<String>, SubscribeError> {
-        Ok(self.store.lock().take_list_update_requests()?)
-    }
-
     /// Downloads one URL list now and records the outcome (the cached copy is replaced only by
     /// a good list). Notifies [`ListManager::changes`] when the copy changed.
     pub async fn update(&self, url: &str, resolver: &impl HostResolver) -> UpdateOutcome {
+        let lock = self
+            .downloading
+            .lock()
+            .entry(url.to_string())
+            .or_default()
+            .clone();
+        let _one_at_a_time = lock.lock().await;
         let started = now_ms();
         let id = self.id_of(url).unwrap_or(0);
         let outcome = match ListUrl::parse(url) {
@@ -643,18 +654,117 @@ mod tests {
         );
     }
 
+    fn settings(dir: &Path, config_lists: Vec<String>) -> ListSettings {
+        ListSettings {
+            config_lists,
+            group_lists: vec![],
+            base_dir: dir.into(),
+            state_dir: dir.join("state"),
+            update_interval: Duration::from_secs(86_400),
+            max_bytes: 1 << 20,
+            timeout: Duration::from_secs(5),
+            extra_ca: String::new(),
+        }
+    }
+
+    /// Answers every request with `body` (a list host on 127.0.0.1, so no name lookup).
+    fn list_server(body: &'static str) -> String {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for mut c in l.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        base
+    }
+
+    struct NoDns;
+    impl HostResolver for NoDns {
+        async fn resolve(&self, _host: &str) -> Result<Vec<std::net::IpAddr>, String> {
+            Err("no resolver in this test".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn update_now_downloads_every_list_records_it_and_notifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("{}/a.txt", list_server("||ads.example^\nads2.example\n"));
+        let m = Arc::new(ListManager::open(settings(dir.path(), vec![url.clone()])).unwrap());
+        m.set_resolver(Arc::new(NoDns));
+        let mut changes = m.changes();
+
+        let out = m.update_now(None).await;
+
+        assert_eq!(out, [(url.clone(), UpdateOutcome::Updated { entries: 2 })]);
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        let st = m.status().unwrap();
+        assert_eq!(st[0].last_result.as_deref(), Some("updated"));
+        assert_eq!(st[0].entries, Some(2));
+        let again = m.update_now(Some(&url)).await;
+        assert_eq!(again, [(url, UpdateOutcome::Unchanged)]);
+        assert!(
+            !changes.has_changed().unwrap(),
+            "the same copy again is no change"
+        );
+    }
+
+    #[tokio::test]
+    async fn update_now_refuses_unknown_urls_and_needs_a_resolver() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = "http://127.0.0.1:1/c.txt".to_string();
+        let m = Arc::new(ListManager::open(settings(dir.path(), vec![url.clone()])).unwrap());
+
+        let unset = m.update_now(None).await;
+        m.set_resolver(Arc::new(NoDns));
+        let unknown = m.update_now(Some("http://127.0.0.1:1/other.txt")).await;
+
+        assert!(
+            matches!(&unset[..], [(u, UpdateOutcome::Failed(e))] if *u == url && e.contains("resolver"))
+        );
+        assert!(
+            matches!(&unknown[..], [(_, UpdateOutcome::Failed(e))] if e.contains("not a list"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_url_added_while_the_updater_runs_is_downloaded_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("{}/added.txt", list_server("added.example\n"));
+        let m = Arc::new(ListManager::open(settings(dir.path(), vec![])).unwrap());
+        m.spawn_updater(Arc::new(NoDns));
+        let mut changes = m.changes();
+
+        m.add(&ListUrl::parse(&url).unwrap()).unwrap();
+
+        let downloaded = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                changes.changed().await.unwrap();
+                let (sources, _) = m.sources(&m.default_entries());
+                if !sources.is_empty() {
+                    return sources;
+                }
+            }
+        })
+        .await
+        .expect("the updater did not download the added list");
+        assert_eq!(downloaded[0].text, "added.example\n");
+    }
+
     #[test]
     fn urls_join_the_default_lists_and_are_forgotten_when_removed() {
         let dir = tempfile::tempdir().unwrap();
         let m = ListManager::open(ListSettings {
-            config_lists: vec!["http://127.0.0.1:1/c.txt".into()],
             group_lists: vec![("kids".into(), vec!["http://127.0.0.1:1/k.txt".into()])],
-            base_dir: dir.path().into(),
-            state_dir: dir.path().join("state"),
-            update_interval: Duration::from_secs(86_400),
-            max_bytes: 1 << 20,
-            timeout: Duration::from_secs(1),
-            extra_ca: String::new(),
+            ..settings(dir.path(), vec!["http://127.0.0.1:1/c.txt".into()])
         })
         .unwrap();
         let added = ListUrl::parse("http://127.0.0.1:1/a.txt").unwrap();
