@@ -255,13 +255,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
     tracing::info!("shutting down");
     if let Some(h) = hub {
         persist_endpoints(&control, &h);
-        drop(control);
-        match Arc::try_unwrap(h) {
-            Ok(h) => h.shutdown().await,
-            Err(_) => {
-                tracing::warn!("hub still in use at shutdown; its table is left to the kernel")
-            }
-        }
+        h.shutdown().await;
     }
     let _ = std::fs::remove_file(api_sock);
     Ok(())

@@ -105,12 +105,12 @@ pub struct DeviceStatus {
 pub struct HubHandle {
     engine: Arc<Engine>,
     sink: Arc<io::NetSink>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Session indexes for new devices (kept so a rebuilt table never reuses a live one).
     next_index: parking_lot::Mutex<u32>,
     /// The egress table as installed.
     egress: parking_lot::Mutex<crate::egress::EgressSpec>,
-    uapi_path: Option<PathBuf>,
+    uapi_path: parking_lot::Mutex<Option<PathBuf>>,
 }
 
 // The resolver keeps the handle in its own tasks.
@@ -275,10 +275,10 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
     Ok(HubHandle {
         engine,
         sink,
-        tasks,
+        tasks: parking_lot::Mutex::new(tasks),
         next_index: parking_lot::Mutex::new(next_index),
         egress: parking_lot::Mutex::new(spec),
-        uapi_path: Some(uapi.1),
+        uapi_path: parking_lot::Mutex::new(Some(uapi.1)),
     })
 }
 
@@ -405,21 +405,22 @@ impl HubHandle {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Stops every task and removes the nftables table, the UAPI socket and the TUN.
-    pub async fn shutdown(mut self) {
-        for t in &self.tasks {
+    /// Stops every task and removes the nftables table and the UAPI socket; the TUN goes
+    /// with the last handle (at the latest when the process exits).
+    pub async fn shutdown(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for t in &tasks {
             t.abort();
         }
-        for t in self.tasks.drain(..) {
+        for t in tasks {
             let _ = t.await;
         }
         if let Err(e) = crate::egress::remove() {
             tracing::warn!(error = %e, "could not remove the nftables table");
         }
-        if let Some(p) = self.uapi_path.take() {
+        if let Some(p) = self.uapi_path.lock().take() {
             let _ = std::fs::remove_file(p);
         }
-        // The TUN goes when its last handle (held by the sink) is dropped with `self`.
         tracing::info!("hub stopped");
     }
 }
