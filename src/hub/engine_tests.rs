@@ -380,3 +380,45 @@ fn without_a_translator_dns64_traffic_is_dropped_and_counted() {
     assert!(w.sink.tun.borrow().is_empty());
     assert_eq!(w.engine.counters.nat64_dropped.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn a_restarted_hub_reaches_a_device_at_its_stored_endpoint_without_waiting_for_it() {
+    let mut w = World::new();
+    let mut c = w.add(2);
+    let key = crate::enroll::keys::decode_key(&w.devices[0].public_key, "key").unwrap();
+
+    // The hub starts the handshake towards the endpoint it kept.
+    assert!(w.engine.initiate(&key, c.addr.into(), &mut w.bufs, &w.sink));
+    let sent: Vec<_> = w.sink.udp.borrow_mut().drain(..).collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, c.addr);
+    assert_eq!(sent[0].1[0], 1, "a handshake initiation");
+
+    // The device answers; the hub confirms the session with a keepalive.
+    let mut dst = vec![0u8; 2048];
+    let TunnResult::WriteToNetwork(resp) = c.tunn.decapsulate(None, &sent[0].1, &mut dst) else {
+        panic!("the device did not answer the initiation")
+    };
+    let resp = resp.to_vec();
+    let out = w.deliver(c.addr, &resp);
+    assert_eq!(out.len(), 1, "keepalive after the response");
+    let mut dst = vec![0u8; 2048];
+    assert!(matches!(
+        c.tunn.decapsulate(None, &out[0].1, &mut dst),
+        TunnResult::Done
+    ));
+
+    // Traffic from the hub's side reaches the device at once.
+    let pkt = ipv4(Ipv4Addr::new(100, 96, 0, 1), c.v4, 20);
+    w.engine.handle_tun_packet(&pkt, &mut w.bufs, &w.sink);
+    let sent: Vec<_> = w.sink.udp.borrow_mut().drain(..).collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(open(&mut c, &sent[0].1), pkt);
+
+    // A key that is not registered (a device removed meanwhile) gets nothing.
+    let other = KeyPair::generate();
+    assert!(!w
+        .engine
+        .initiate(other.public.as_bytes(), c.addr.into(), &mut w.bufs, &w.sink));
+    assert!(w.sink.udp.borrow().is_empty());
+}
