@@ -343,6 +343,17 @@ fn full_disk_refuses_changes_cleanly_and_keeps_serving() {
 
 #[test]
 fn cli_during_hub_shutdown_applies_completely_or_not_at_all() {
+    cli_during_hub_exit(false);
+}
+
+/// The same with SIGKILL: no cleanup runs, as after a crash or power loss, in the middle of
+/// the commands.
+#[test]
+fn cli_during_a_hub_crash_applies_completely_or_not_at_all() {
+    cli_during_hub_exit(true);
+}
+
+fn cli_during_hub_exit(crash: bool) {
     let knot = Knot::start(&unique_ip());
     let ip = unique_ip();
     let mut hub = Cloudpc::start(&ip, &config(&ip, &knot.ip));
@@ -367,7 +378,11 @@ fn cli_during_hub_shutdown_applies_completely_or_not_at_all() {
     }
     let at_stop = done.load(Ordering::SeqCst);
     assert!(at_stop >= 8, "the first commands took over 30 s");
-    hub.stop();
+    if crash {
+        hub.crash();
+    } else {
+        hub.stop();
+    }
     let results = adder.join().unwrap();
     assert!(
         done.load(Ordering::SeqCst) > at_stop,

@@ -167,7 +167,7 @@ where
 fn authorize(caller: Caller, bearer: Option<String>, control: &Control) -> Option<ApiError> {
     match caller {
         Caller::Local => None,
-        Caller::Overlay(ip) => match control.device_at(canonical(ip)) {
+        Caller::Overlay(ip) => match control.device_at(crate::dns::engine::canonical(ip)) {
             Some(d) if d.is_admin() => None,
             Some(_) => Some(ApiError::Forbidden(
                 "this device is not an admin; on the hub run `cloudpc device set NAME --admin`"
@@ -187,16 +187,5 @@ fn authorize(caller: Caller, bearer: Option<String>, control: &Control) -> Optio
                     .into(),
             )),
         },
-    }
-}
-
-/// IPv4-mapped IPv6 sources count as their IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
     }
 }

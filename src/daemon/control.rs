@@ -188,15 +188,18 @@ impl Control {
             &self.overlay,
         ));
         let rules = store.rules()?;
-        let glists = e.group_lists.lock().clone();
-        e.resolver.set_groups(self.policy.groups(
-            &rules,
-            &devices,
-            &e.resolver.policy.lists,
-            &glists,
-        ));
+        self.apply_groups(e, &rules, &devices);
         e.querylog.set_devices(&devices);
         Ok(())
+    }
+
+    /// Rebuilds the group policies from `rules` and `devices` over the lists in force.
+    fn apply_groups(&self, e: &Engines, rules: &[(String, RuleAction)], devices: &[Device]) {
+        let glists = e.group_lists.lock().clone();
+        e.resolver.set_groups(
+            self.policy
+                .groups(rules, devices, &e.resolver.policy.lists, &glists),
+        );
     }
 
     /// Puts the store's rules in force (default and group policies) and drops the cached
@@ -211,13 +214,7 @@ impl Control {
             .rules
             .store(self.policy.rules_set(&rules, &[], &[]));
         let devices = store.devices()?;
-        let glists = e.group_lists.lock().clone();
-        e.resolver.set_groups(self.policy.groups(
-            &rules,
-            &devices,
-            &e.resolver.policy.lists,
-            &glists,
-        ));
+        self.apply_groups(e, &rules, &devices);
         e.resolver.clear_cache();
         Ok(())
     }

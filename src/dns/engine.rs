@@ -695,7 +695,7 @@ fn name_text(n: &Name) -> String {
 }
 
 /// IPv4-mapped IPv6 client addresses count as their IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()
