@@ -196,10 +196,12 @@ impl Control {
     /// Rebuilds the group policies from `rules` and `devices` over the lists in force.
     fn apply_groups(&self, e: &Engines, rules: &[(String, RuleAction)], devices: &[Device]) {
         let glists = e.group_lists.lock().clone();
-        e.resolver.set_groups(
-            self.policy
-                .groups(rules, devices, &e.resolver.policy.lists, &glists),
-        );
+        e.resolver.set_groups(self.policy.groups(
+            rules,
+            devices,
+            &e.resolver.policy.lists,
+            &glists,
+        ));
     }
 
     /// Puts the store's rules in force (default and group policies) and drops the cached

@@ -305,6 +305,26 @@ mod tests {
     }
 
     #[test]
+    fn the_example_zone_in_zones_loads_and_answers() {
+        let text = include_str!("../../zones/example.zone.sample").to_string();
+        let (d, e) = LocalData::build(
+            "mesh",
+            &[dev("laptop", 2)],
+            Some(&overlay()),
+            &[("example.zone.sample".into(), text)],
+        );
+        assert!(e.is_empty(), "{e:?}");
+        let q = |n: &str, t| d.answer(&Name::from_ascii(n).unwrap(), t).answers;
+        assert_eq!(q("printer.mesh.", RecordType::A).len(), 1);
+        assert_eq!(q("media.mesh.", RecordType::AAAA).len(), 1);
+        assert_eq!(q("_xmpp-client._tcp.mesh.", RecordType::SRV).len(), 1);
+        assert_eq!(q("media.mesh.", RecordType::TXT).len(), 1);
+        let nas = q("nas.mesh.", RecordType::A);
+        assert_eq!(nas.len(), 2, "CNAME then the device's address: {nas:?}");
+        assert_eq!(nas[1].record_type(), RecordType::A);
+    }
+
+    #[test]
     fn broken_zone_file_is_reported_and_others_load() {
         let (d, e) = LocalData::build(
             "mesh",

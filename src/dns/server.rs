@@ -116,7 +116,7 @@ where
     });
 }
 
-/// Completes a TLS handshake within [`HANDSHAKE_TIMEOUT`].
+/// Completes a TLS handshake within `HANDSHAKE_TIMEOUT`.
 pub async fn tls_handshake(
     acc: &tokio_rustls::TlsAcceptor,
     tcp: TcpStream,

@@ -2,7 +2,7 @@
 //! datagrams per `recvmmsg` and sends the answers with one `sendmmsg`, so a busy resolver pays
 //! two system calls per batch instead of two per query (FIELD-NOTES: per-packet system calls,
 //! not work, bound throughput on this machine). With a `udp://` upstream asked first, each
-//! listener also forwards its misses itself ([`ForwardLane`]).
+//! listener also forwards its misses itself (`ForwardLane`).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};

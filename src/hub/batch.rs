@@ -47,7 +47,7 @@ pub struct GsoRun {
 }
 
 /// Groups queued datagrams (laid out back to back in the arena) into GSO runs of at most
-/// `max_segments` datagrams and [`GSO_MAX_BYTES`].
+/// `max_segments` datagrams and `GSO_MAX_BYTES`.
 pub fn gso_runs(queued: &[Queued], max_segments: usize, out: &mut Vec<GsoRun>) {
     out.clear();
     for q in queued {
