@@ -205,7 +205,7 @@ impl Resolver {
             }
             Err(WireError::NotImplemented { id, flags }) => {
                 Stats::bump(&self.stats.malformed);
-                wire::header_only_answer(id, flags, wire::RCODE_NOTIMP, out);
+                wire::notimp_answer(id, flags, out);
                 return Fast::Answered;
             }
         };

@@ -222,6 +222,16 @@ pub fn response_flags(query_flags: u16, rcode: u8, aa: bool) -> u16 {
     0x8000 | (query_flags & 0x7910) | 0x0080 | if aa { 0x0400 } else { 0 } | rcode as u16
 }
 
+/// A header-only NOTIMP answer to a query with an opcode we do not implement (RFC 1035
+/// §4.1.1): the id, opcode and RD are echoed, and nothing else is claimed — no RA (no
+/// recursion was offered for it) and no CD (a DNSSEC flag of a QUERY). ISC's compliance tester
+/// (`genreport`) checks exactly this.
+pub fn notimp_answer(id: u16, query_flags: u16, out: &mut Vec<u8>) {
+    out.clear();
+    let flags = 0x8000 | (query_flags & 0x7900) | RCODE_NOTIMP as u16;
+    put_header(out, id, flags, [0; 4]);
+}
+
 /// Appends a header.
 pub fn put_header(out: &mut Vec<u8>, id: u16, flags: u16, counts: [u16; 4]) {
     out.extend_from_slice(&id.to_be_bytes());
@@ -341,6 +351,20 @@ mod tests {
             QueryView::parse(&b),
             Err(WireError::NotImplemented { .. })
         ));
+        let Err(WireError::NotImplemented { id, flags }) = QueryView::parse(&b) else {
+            unreachable!()
+        };
+        let mut out = Vec::new();
+        // The query asked with CD set.
+        notimp_answer(id, flags | 0x0010, &mut out);
+        let f = u16::from_be_bytes([out[2], out[3]]);
+        assert_eq!(f & 0x8000, 0x8000, "a response");
+        assert_eq!((f >> 11) & 0xF, 5, "opcode echoed");
+        assert_eq!(f & 0x0100, flags & 0x0100, "RD echoed");
+        assert_eq!(f & 0x0080, 0, "no RA");
+        assert_eq!(f & 0x0010, 0, "no CD");
+        assert_eq!(f & 0xF, u16::from(RCODE_NOTIMP));
+        assert_eq!(out.len(), HEADER_LEN);
         let mut r = query(&["a"], TYPE_A, false);
         r[2] |= 0x80;
         assert_eq!(QueryView::parse(&r).unwrap_err(), WireError::Drop);
