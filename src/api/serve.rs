@@ -96,7 +96,19 @@ pub async fn serve(control: Arc<Control>, l: ApiListeners) -> Result<PathBuf, Se
     }
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     for a in &l.overlay {
-        let listener = crate::dns::server::bind_tcp(*a).await?;
+        // Port 80 may be taken by a web server of the owner's on the wildcard address: the
+        // API then stays on the socket (and `api.listen`) rather than the hub not starting.
+        let listener = match crate::dns::server::bind_tcp(*a).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(
+                    port = OVERLAY_PORT,
+                    "management API not served on an overlay address (port in use?)"
+                );
+                tracing::debug!(error = %e, "overlay API bind failed");
+                continue;
+            }
+        };
         let (router, control) = (router.clone(), control.clone());
         crate::dns::server::accept_loop(listener, slots.clone(), move |tcp, peer| {
             serve_conn(
