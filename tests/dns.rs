@@ -376,10 +376,13 @@ fn malformed_messages_get_formerr_notimp_or_nothing_and_the_server_survives() {
     let mut two = vec![0, 8, 1, 0, 0, 2, 0, 0, 0, 0, 0, 0];
     two.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01\x01b\x00\x00\x01\x00\x01");
     assert_eq!(ask(&two).unwrap()[3] & 0x0F, 1);
-    // UPDATE opcode → NOTIMP.
-    let mut upd = vec![0, 9, 0x28, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    // UPDATE opcode (asked with CD) → NOTIMP with the opcode echoed and neither RA nor CD.
+    let mut upd = vec![0, 9, 0x28, 0x10, 0, 1, 0, 0, 0, 0, 0, 0];
     upd.extend_from_slice(b"\x01a\x00\x00\x01\x00\x01");
-    assert_eq!(ask(&upd).unwrap()[3] & 0x0F, 4);
+    let r = ask(&upd).unwrap();
+    assert_eq!(r[3] & 0x0F, 4);
+    assert_eq!((r[2] >> 3) & 0x0F, 5, "opcode echoed");
+    assert_eq!(r[3] & 0x90, 0, "no RA, no CD");
     // A compression loop → FORMERR.
     let mut lp = vec![0, 10, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1];
     lp.extend_from_slice(
