@@ -254,7 +254,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
     wait_for_exit(&control, &lists).await;
     tracing::info!("shutting down");
     if let Some(h) = hub {
-        persist_endpoints(&control, &h);
+        persist_endpoints(&control, &h.endpoints());
         h.shutdown().await;
     }
     let _ = std::fs::remove_file(api_sock);
@@ -262,36 +262,46 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
 }
 
 /// Writes the endpoints that changed since the last save.
-fn persist_endpoints(control: &Control, hub: &crate::hub::HubHandle) {
-    let eps = hub.endpoints();
+fn persist_endpoints(control: &Control, eps: &[(String, crate::store::LastEndpoint)]) {
     if eps.is_empty() {
         return;
     }
-    if let Err(e) = control.with_store(|s| s.save_endpoints(&eps)) {
+    if let Err(e) = control.with_store(|s| s.save_endpoints(eps)) {
         tracing::warn!(error = %e, "could not save device endpoints");
     }
 }
 
-/// Saves endpoints every [`SAVE_ENDPOINTS_EVERY`] when they changed (in-memory check; the
-/// store is written only on a change).
+/// Saves endpoints every [`SAVE_ENDPOINTS_EVERY`] when one moved, or when the last-seen
+/// times stored fell [`SEEN_AT_SLACK_SECS`] behind (in-memory check; the store is written only
+/// then). Without the second rule a device that never roams would keep the time of its first
+/// handshake, and after a crash more than `hub::RECONNECT_WITHIN_SECS` later the restarted hub
+/// would not call it.
 async fn save_endpoints(control: Arc<Control>, hub: Arc<crate::hub::HubHandle>) {
-    let mut last = Vec::new();
+    let mut last: Vec<(String, crate::store::LastEndpoint)> = Vec::new();
     let mut tick = tokio::time::interval(SAVE_ENDPOINTS_EVERY);
     loop {
         tick.tick().await;
-        let mut now: Vec<_> = hub
-            .endpoints()
-            .into_iter()
-            .map(|(k, e)| (k, e.addr, e.local))
-            .collect();
-        now.sort();
-        if now != last {
-            let (c, h) = (control.clone(), hub.clone());
-            let _ = tokio::task::spawn_blocking(move || persist_endpoints(&c, &h)).await;
+        let mut now = hub.endpoints();
+        now.sort_by(|a, b| a.0.cmp(&b.0));
+        let stale = now.len() != last.len()
+            || now.iter().zip(&last).any(|((k, e), (lk, le))| {
+                k != lk
+                    || e.addr != le.addr
+                    || e.local != le.local
+                    || e.seen_at - le.seen_at >= SEEN_AT_SLACK_SECS
+            });
+        if stale {
+            let c = control.clone();
+            let eps = now.clone();
+            let _ = tokio::task::spawn_blocking(move || persist_endpoints(&c, &eps)).await;
             last = now;
         }
     }
 }
+
+/// How far the stored last-seen time may lag the live one (a small fraction of
+/// `hub::RECONNECT_WITHIN_SECS`).
+const SEEN_AT_SLACK_SECS: i64 = 60;
 
 /// Plain DNS addresses: the configured ones plus, with the hub, its overlay addresses.
 fn listen_addrs(cfg: &Config, with_hub: bool, overlay: &Overlay) -> Vec<SocketAddr> {
