@@ -162,11 +162,6 @@ impl Control {
         self
     }
 
-    /// The engines, while the hub runs.
-    pub fn engines(&self) -> Option<&Engines> {
-        self.engines.as_ref()
-    }
-
     /// Runs `f` on the store (for the daemon's own bookkeeping, e.g. endpoints).
     pub fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
         f(&mut self.store.lock())
@@ -344,18 +339,17 @@ impl Manage for Control {
         let mut store = self.store.lock();
         let device =
             store.add_device_with(&req.name, &key.public, req.split, &self.overlay, &patch)?;
-        let config = self
+        let rendered = self
             .enroll
             .device_config(&device, key.made.as_ref())
-            .map_err(|e| bad(e.to_string()));
-        let qr_svg = match &config {
-            Ok(text) if req.qr => Some(enroll::qr::svg(text).map_err(internal)),
-            _ => None,
-        }
-        .transpose();
-        let (config, qr_svg) = match (config, qr_svg) {
-            (Ok(c), Ok(q)) => (c, q),
-            (Err(e), _) | (_, Err(e)) => {
+            .map_err(|e| bad(e.to_string()))
+            .and_then(|config| {
+                let qr = req.qr.then(|| enroll::qr::svg(&config)).transpose();
+                Ok((config, qr.map_err(internal)?))
+            });
+        let (config, qr_svg) = match rendered {
+            Ok(r) => r,
+            Err(e) => {
                 // Never leave a device registered whose config (and private key) was not shown.
                 let _ = store.remove_device(&device.name);
                 return Err(e);
