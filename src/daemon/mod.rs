@@ -19,6 +19,7 @@ pub use control::{Control, ControlSettings, Engines};
 
 use crate::config::Config;
 use crate::dns::engine::{Resolver, Settings};
+use crate::dns::service::DnsService;
 use crate::dns::stats::Stats;
 use crate::dns::upstream::Upstreams;
 use crate::enroll::EnrollSettings;
@@ -171,7 +172,6 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
             resolver_settings,
             policy,
             control::local_data(&cfg.dns.zone, &zones_dir, &devices, &overlay),
-            upstreams.clone(),
             stats,
         )
         .with_querylog(querylog.clone()),
@@ -184,7 +184,8 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
     ));
     querylog.set_devices(&devices);
 
-    let listen = serve_dns(&cfg, &state_dir, &resolver, hub.is_some(), &overlay).await?;
+    let service = DnsService::new(resolver.clone(), upstreams.clone());
+    let listen = serve_dns(&cfg, &state_dir, &service, hub.is_some(), &overlay).await?;
 
     // Owner devices fetch the encrypted query log over the tunnel, on the overlay only.
     let _sync = if hub.is_some() {
@@ -338,7 +339,7 @@ fn tls_names(cfg: &Config, listen: &[SocketAddr]) -> Vec<String> {
 async fn serve_dns(
     cfg: &Config,
     state_dir: &Path,
-    resolver: &Arc<Resolver>,
+    service: &Arc<DnsService>,
     with_hub: bool,
     overlay: &Overlay,
 ) -> Result<Vec<String>, DaemonError> {
@@ -348,9 +349,9 @@ async fn serve_dns(
         crate::dns::server::MAX_CONNECTIONS,
     ));
     for a in &listen {
-        crate::dns::server::serve_udp(resolver.clone(), *a, tokio::runtime::Handle::current())?;
+        crate::dns::server::serve_udp(service.clone(), *a, tokio::runtime::Handle::current())?;
         let l = crate::dns::server::bind_tcp(*a).await?;
-        crate::dns::server::serve_stream(resolver.clone(), l, None, idle, slots.clone());
+        crate::dns::server::serve_stream(service.clone(), l, None, idle, slots.clone());
     }
     if !cfg.dns.tls_listen.is_empty() || !cfg.dns.https_listen.is_empty() {
         let m = crate::dns::tls::load_or_create(
@@ -363,7 +364,7 @@ async fn serve_dns(
             let acc =
                 tokio_rustls::TlsAcceptor::from(crate::dns::tls::server_config(&m, &[b"dot"])?);
             let l = crate::dns::server::bind_tcp(*a).await?;
-            crate::dns::server::serve_stream(resolver.clone(), l, Some(acc), idle, slots.clone());
+            crate::dns::server::serve_stream(service.clone(), l, Some(acc), idle, slots.clone());
         }
         for a in &cfg.dns.https_listen {
             let acc = tokio_rustls::TlsAcceptor::from(crate::dns::tls::server_config(
@@ -371,7 +372,7 @@ async fn serve_dns(
                 &[b"h2", b"http/1.1"],
             )?);
             let l = crate::dns::server::bind_tcp(*a).await?;
-            crate::dns::doh::serve(resolver.clone(), l, acc, idle, slots.clone());
+            crate::dns::doh::serve(service.clone(), l, acc, idle, slots.clone());
         }
     }
     Ok(listen

@@ -93,7 +93,8 @@ pub fn key<'b>(q: &QueryView<'_>, policy: u8, buf: &'b mut [u8; 263]) -> &'b [u8
 /// One shard: its map and when expired entries were last swept out of it.
 struct Shard {
     map: HashMap<Box<[u8]>, Arc<Entry>, FxBuildHasher>,
-    last_sweep: Instant,
+    /// None until the first sweep.
+    last_sweep: Option<Instant>,
 }
 
 /// Shortest time between two sweeps of a full shard. A sweep walks the whole shard, so doing
@@ -114,7 +115,7 @@ impl Cache {
                 .map(|_| {
                     Mutex::new(Shard {
                         map: HashMap::with_hasher(FxBuildHasher),
-                        last_sweep: Instant::now(),
+                        last_sweep: None,
                     })
                 })
                 .collect(),
@@ -138,17 +139,19 @@ impl Cache {
         (now < e.expires).then(|| e.clone())
     }
 
-    /// Stores an entry, evicting expired ones (or any one) when the shard is full.
-    pub fn insert(&self, key: &[u8], entry: Arc<Entry>) {
+    /// Stores an entry at `now`, evicting expired ones (or any one) when the shard is full.
+    pub fn insert(&self, key: &[u8], entry: Arc<Entry>, now: Instant) {
         if self.per_shard == 0 {
             return;
         }
-        let now = Instant::now();
         let mut shard = self.shard(key).lock();
         if shard.map.len() >= self.per_shard && !shard.map.contains_key(key) {
-            if now.saturating_duration_since(shard.last_sweep) >= SWEEP_EVERY {
+            let due = shard
+                .last_sweep
+                .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY);
+            if due {
                 shard.map.retain(|_, e| e.expires > now);
-                shard.last_sweep = now;
+                shard.last_sweep = Some(now);
             }
             if shard.map.len() >= self.per_shard {
                 // Still full: drop one entry (hash order, i.e. arbitrary) for the new one.
@@ -218,7 +221,7 @@ mod tests {
     fn entries_expire_with_their_ttl() {
         let c = Cache::new(100);
         let now = Instant::now();
-        c.insert(b"k", Arc::new(Entry::new(answer(), 5, now).unwrap()));
+        c.insert(b"k", Arc::new(Entry::new(answer(), 5, now).unwrap()), now);
         assert!(c.get(b"k", now + Duration::from_secs(4)).is_some());
         assert!(c.get(b"k", now + Duration::from_secs(6)).is_none());
     }
@@ -231,6 +234,7 @@ mod tests {
             c.insert(
                 &i.to_be_bytes(),
                 Arc::new(Entry::new(answer(), 100, now).unwrap()),
+                now,
             );
         }
         assert!(c.len() <= SHARDS * 2);

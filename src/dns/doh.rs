@@ -14,7 +14,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::engine::{Resolver, Transport};
+use super::engine::Transport;
+use super::service::DnsService;
 
 /// The path DoH is served on.
 pub const PATH: &str = "/dns-query";
@@ -32,7 +33,7 @@ fn plain(status: StatusCode, text: &'static str) -> Resp {
 
 /// Answers one HTTP request.
 pub async fn handle_request(
-    resolver: Arc<Resolver>,
+    service: Arc<DnsService>,
     peer: SocketAddr,
     req: Request<hyper::body::Incoming>,
 ) -> Resp {
@@ -72,7 +73,7 @@ pub async fn handle_request(
         }
         _ => return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST\n"),
     };
-    match resolver.handle(&query, peer.ip(), Transport::Stream).await {
+    match service.answer(&query, peer.ip(), Transport::Stream).await {
         Some(ans) => {
             let ttl = super::wire::ttl_fields(&ans)
                 .and_then(|t| t.iter().map(|x| x.1).min())
@@ -89,14 +90,14 @@ pub async fn handle_request(
 
 /// Serves DoH on `listener` with TLS (`acceptor` must offer ALPN h2 and http/1.1).
 pub fn serve(
-    resolver: Arc<Resolver>,
+    service: Arc<DnsService>,
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     idle: Duration,
     slots: Arc<Semaphore>,
 ) {
     super::server::accept_loop(listener, slots, move |tcp, peer| {
-        let (r, acc) = (resolver.clone(), acceptor.clone());
+        let (r, acc) = (service.clone(), acceptor.clone());
         async move {
             let Some(tls) = super::server::tls_handshake(&acc, tcp).await else {
                 return;

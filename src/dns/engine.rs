@@ -1,9 +1,20 @@
-//! The resolver's decisions: a query in, an answer out.
+//! The resolver's decisions, free of I/O: a query in, an answer or a question for an upstream
+//! out.
 //!
 //! Order (DESIGN.md): access control → rate limit → local names → filter → cache → upstream
-//! (with CNAME uncloaking) → DNS64. [`Resolver::handle_fast`] answers refusals, blocked names
-//! and cache hits synchronously into a reused buffer; everything else returns
-//! [`Fast::Slow`] and goes through [`Resolver::handle`].
+//! (with CNAME uncloaking) → DNS64. Drive it like the hub's engine:
+//!
+//! 1. [`Resolver::handle_query`] takes the query's bytes, the client, the transport and `now`,
+//!    and returns a [`Step`]: [`Step::Answered`] (the answer is in `out`), [`Step::Drop`], or
+//!    [`Step::Ask`] with a [`Pending`] token that carries what was already decided (the parsed
+//!    question, the client's policy and its verdict).
+//! 2. The caller asks an upstream what [`Pending::ask`] names, and hands the answer (or the
+//!    failure) back with the token and `now` to [`Resolver::handle_upstream`], which returns the
+//!    next [`Step`]: DNS64 is a second [`Step::Ask`] (for the A records of a name without AAAA).
+//!
+//! Nothing here reads a clock, opens a socket or awaits: `dns::service` (TCP, DoT, DoH and the
+//! UDP fallback) and `dns::udp_batch` (in-thread UDP forwarding) move the bytes. Cache hits and
+//! blocked names are answered without allocating beyond the reused output buffer.
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
@@ -20,11 +31,11 @@ use super::cache::{self, Cache, Entry, MAX_NEGATIVE_TTL, MAX_TTL};
 use super::local::LocalData;
 use super::ratelimit::RateLimiter;
 use super::stats::Stats;
-use super::upstream::{UpstreamAnswer, Upstreams};
-use super::wire::{self, QueryView, WireError};
+use super::upstream::{UpstreamAnswer, UpstreamError};
+use super::wire::{self, Edns, QueryView, WireError};
 use crate::config::BlockedAnswer;
 use crate::filter::{Groups, Policy, Verdict};
-use crate::querylog::{QueryEvent, QueryLog, Verdict as LogVerdict};
+use crate::querylog::{QueryLog, Verdict as LogVerdict};
 
 /// How the query arrived: UDP answers are size-limited (TC bit), streams are not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,19 +44,100 @@ pub enum Transport {
     Stream,
 }
 
-/// Outcome of the fast path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fast {
+/// What the caller does next with a query.
+#[derive(Debug)]
+pub enum Step {
     /// `out` holds the answer.
     Answered,
-    /// Send nothing.
+    /// Send nothing (not a query, or a UDP client over its rate).
     Drop,
-    /// Needs the general path ([`Resolver::handle`]).
-    Slow,
-    /// Not local, not blocked, not cached: needs an upstream. The general path handles it,
-    /// or a UDP listener forwards it itself and finishes it with
-    /// [`Resolver::complete_forward`].
-    Miss,
+    /// Ask an upstream [`Pending::ask`], then hand its answer to
+    /// [`Resolver::handle_upstream`] with this token.
+    Ask(Box<Pending>),
+}
+
+/// A query waiting for an upstream, with everything already decided about it.
+pub struct Pending {
+    /// The client's query up to the end of its question (header and question as sent).
+    head: Vec<u8>,
+    id: u16,
+    flags: u16,
+    qname_len: usize,
+    qtype: u16,
+    qclass: u16,
+    edns: Option<Edns>,
+    client: IpAddr,
+    transport: Transport,
+    /// Lower-case, fully qualified.
+    name: Name,
+    /// Lower-case dotted text without the trailing dot (filter and query log).
+    text: String,
+    /// The client's group policy (None = the default policy).
+    group: Option<(u8, Arc<Policy>)>,
+    verdict: Verdict,
+    /// When the first upstream question was decided (for the query log's upstream time).
+    asked: Instant,
+    stage: Stage,
+}
+
+/// Which upstream answer a [`Pending`] waits for.
+enum Stage {
+    /// The answer to the client's own question.
+    First,
+    /// DNS64: the A records of a name whose AAAA answer (kept here) had none.
+    Dns64 { own: UpstreamAnswer },
+}
+
+impl std::fmt::Debug for Pending {
+    /// Names and addresses stay out (they may reach a log).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("qtype", &self.qtype)
+            .field("transport", &self.transport)
+            .field("dns64", &matches!(self.stage, Stage::Dns64 { .. }))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pending {
+    /// The client's query as a view (no parsing: the fields were kept).
+    pub fn query(&self) -> QueryView<'_> {
+        QueryView {
+            id: self.id,
+            flags: self.flags,
+            qname: &self.head[wire::HEADER_LEN..wire::HEADER_LEN + self.qname_len],
+            qtype: self.qtype,
+            qclass: self.qclass,
+            question_end: self.head.len(),
+            edns: self.edns,
+        }
+    }
+
+    /// The question to ask the upstream: name and type.
+    pub fn ask(&self) -> (&Name, RecordType) {
+        let t = match self.stage {
+            Stage::First => RecordType::from(self.qtype),
+            Stage::Dns64 { .. } => RecordType::A,
+        };
+        (&self.name, t)
+    }
+
+    /// The question to ask in wire form (lower-case labels, type, class IN), for a UDP
+    /// upstream.
+    pub fn put_question(&self, out: &mut Vec<u8>) {
+        let qname = &self.head[wire::HEADER_LEN..wire::HEADER_LEN + self.qname_len];
+        super::udp_client::put_question(out, qname, u16::from(self.ask().1));
+    }
+
+    /// The client that asked.
+    pub fn client(&self) -> IpAddr {
+        self.client
+    }
+
+    /// How the query arrived.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
 }
 
 /// Settings the resolver runs with (fixed for the process lifetime, but for the overlay).
@@ -66,7 +158,6 @@ pub struct Resolver {
     groups: ArcSwap<Groups>,
     local: ArcSwap<LocalData>,
     cache: Cache,
-    upstreams: Arc<Upstreams>,
     pub stats: Arc<Stats>,
     limiter: RateLimiter,
     querylog: QueryLog,
@@ -82,7 +173,6 @@ impl Resolver {
         settings: Settings,
         policy: Policy,
         local: LocalData,
-        upstreams: Arc<Upstreams>,
         stats: Arc<Stats>,
     ) -> Resolver {
         Resolver {
@@ -92,7 +182,6 @@ impl Resolver {
             policy,
             groups: ArcSwap::from_pointee(Groups::default()),
             local: ArcSwap::from_pointee(local),
-            upstreams,
             stats,
             querylog: QueryLog::disabled(),
         }
@@ -105,7 +194,7 @@ impl Resolver {
     }
 
     /// Hands a finished query to the query log when it is on (names never reach the log
-    /// otherwise).
+    /// otherwise). The log stamps the wall-clock time itself.
     fn log_query(
         &self,
         client: IpAddr,
@@ -118,15 +207,9 @@ impl Resolver {
         if !self.querylog.is_enabled() {
             return;
         }
-        self.querylog.record(QueryEvent {
-            time: std::time::SystemTime::now(),
-            client,
-            name: name.to_string(),
-            qtype,
-            verdict,
-            rcode: out.get(3).map(|f| (f & 0x0F) as u16).unwrap_or(0),
-            upstream_ms,
-        });
+        let rcode = out.get(3).map(|f| (f & 0x0F) as u16).unwrap_or(0);
+        self.querylog
+            .record_query(client, name, qtype, verdict, rcode, upstream_ms);
     }
 
     /// Replaces the group policies (devices, groups or rules changed).
@@ -156,11 +239,6 @@ impl Resolver {
         self.local.store(Arc::new(local));
     }
 
-    /// The upstream pool (one per process: list downloads resolve their hosts with it too).
-    pub fn upstreams(&self) -> &Arc<Upstreams> {
-        &self.upstreams
-    }
-
     /// Number of cached answers.
     pub fn cache_len(&self) -> usize {
         self.cache.len()
@@ -181,14 +259,17 @@ impl Resolver {
         self.settings.overlay.iter().any(|n| n.contains(&ip))
     }
 
-    /// Answers what can be answered without waiting: errors, refusals, blocked names, cache hits.
-    pub fn handle_fast(
+    /// Takes a query from `client` at `now`: answers it into `out` when no upstream is
+    /// needed (errors, refusals, local names, blocked names, cache hits), or returns the
+    /// upstream question to ask.
+    pub fn handle_query(
         &self,
         query: &[u8],
         client: IpAddr,
         transport: Transport,
+        now: Instant,
         out: &mut Vec<u8>,
-    ) -> Fast {
+    ) -> Step {
         // Every decision below uses the canonical form (IPv4-mapped IPv6 → IPv4), made once.
         let client = canonical(client);
         Stats::bump(&self.stats.queries);
@@ -196,57 +277,69 @@ impl Resolver {
             Ok(q) => q,
             Err(WireError::Drop) => {
                 Stats::bump(&self.stats.malformed);
-                return Fast::Drop;
+                return Step::Drop;
             }
             Err(WireError::Malformed { id, flags }) => {
                 Stats::bump(&self.stats.malformed);
                 wire::header_only_answer(id, flags, wire::RCODE_FORMERR, out);
-                return Fast::Answered;
+                return Step::Answered;
             }
             Err(WireError::NotImplemented { id, flags }) => {
                 Stats::bump(&self.stats.malformed);
                 wire::notimp_answer(id, flags, out);
-                return Fast::Answered;
+                return Step::Answered;
             }
         };
         if !self.client_allowed(client) {
             Stats::bump(&self.stats.refused);
             wire::error_answer(&q, query, wire::RCODE_REFUSED, false, out);
-            return Fast::Answered;
+            return Step::Answered;
         }
-        let now = Instant::now();
         if !self.limiter.allow(client, now) {
             Stats::bump(&self.stats.rate_limited);
             if transport == Transport::Udp {
-                return Fast::Drop;
+                return Step::Drop;
             }
             wire::error_answer(&q, query, wire::RCODE_REFUSED, false, out);
-            return Fast::Answered;
+            return Step::Answered;
         }
         if q.qclass != wire::CLASS_IN {
             Stats::bump(&self.stats.refused);
             wire::error_answer(&q, query, wire::RCODE_REFUSED, false, out);
-            return Fast::Answered;
+            return Step::Answered;
         }
         if q.edns.is_some_and(|e| e.version > 0) {
             // RFC 6891 §6.1.3: BADVERS is extended rcode 16 = upper bits 1, lower 0.
             wire::error_answer(&q, query, 0, false, out);
             let n = out.len();
             out[n - 6] = 1;
-            return Fast::Answered;
+            return Step::Answered;
         }
         NAME_BUF.with(|buf| {
-            let mut name = buf.borrow_mut();
-            if !q.qname_text(&mut name) || self.maybe_local(&name) {
-                return Fast::Slow;
+            let mut text = buf.borrow_mut();
+            // Common names are read straight off the wire; unusual bytes, and names that may
+            // be local, take the general name parser.
+            let mut name = None;
+            if !q.qname_text(&mut text) || self.maybe_local(&text) {
+                let Some(n) = read_name(&q) else {
+                    Stats::bump(&self.stats.malformed);
+                    wire::error_answer(&q, query, wire::RCODE_FORMERR, false, out);
+                    return Step::Answered;
+                };
+                if self.answer_local(&q, query, client, transport, &n, now, out) {
+                    return Step::Answered;
+                }
+                *text = name_text(&n);
+                name = Some(n);
             }
             let group = self.group_of(client);
             let (pid, policy) = self.policy_of(&group);
-            if policy.check(&name) == Verdict::Block {
+            let verdict = policy.check(&text);
+            if verdict == Verdict::Block {
                 self.write_blocked(&q, query, policy.blocked_answer, out);
                 self.count(client, true);
-                self.log_query(client, &name, q.qtype, LogVerdict::Blocked, out, None);
-                return Fast::Answered;
+                self.log_query(client, &text, q.qtype, LogVerdict::Blocked, out, None);
+                return Step::Answered;
             }
             let mut kb = [0u8; 263];
             let key = cache::key(&q, pid, &mut kb);
@@ -255,14 +348,36 @@ impl Resolver {
                 Stats::bump(&self.stats.cache_hits);
                 self.finish(&q, query, transport, out);
                 self.count(client, false);
-                self.log_query(client, &name, q.qtype, LogVerdict::Cached, out, None);
-                return Fast::Answered;
+                self.log_query(client, &text, q.qtype, LogVerdict::Cached, out, None);
+                return Step::Answered;
             }
-            Fast::Miss
+            let Some(name) = name.or_else(|| read_name(&q)) else {
+                Stats::bump(&self.stats.malformed);
+                wire::error_answer(&q, query, wire::RCODE_FORMERR, false, out);
+                return Step::Answered;
+            };
+            Step::Ask(Box::new(Pending {
+                head: query[..q.question_end].to_vec(),
+                id: q.id,
+                flags: q.flags,
+                qname_len: q.qname.len(),
+                qtype: q.qtype,
+                qclass: q.qclass,
+                edns: q.edns,
+                client,
+                transport,
+                name,
+                text: text.clone(),
+                group,
+                verdict,
+                asked: now,
+                stage: Stage::First,
+            }))
         })
     }
 
-    /// A cheap over-approximation of "answered from local data"; the slow path decides exactly.
+    /// A cheap over-approximation of "answered from local data"; [`Self::answer_local`]
+    /// decides exactly.
     fn maybe_local(&self, name: &str) -> bool {
         name.ends_with(".arpa") || {
             let local = self.local.load();
@@ -273,6 +388,107 @@ impl Resolver {
                         && name.as_bytes()[name.len() - z.len() - 1] == b'.')
             })
         }
+    }
+
+    /// Answers `name` from local data (devices, zone files, reverse names) when it is local.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_local(
+        &self,
+        q: &QueryView<'_>,
+        query: &[u8],
+        client: IpAddr,
+        transport: Transport,
+        name: &Name,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let local = self.local.load();
+        if !local.is_local(name) {
+            return false;
+        }
+        let qtype = RecordType::from(q.qtype);
+        let a = local.answer(name, qtype);
+        Stats::bump(&self.stats.local);
+        let found = Found {
+            rcode: a.rcode,
+            answers: a.answers,
+            authorities: a.authorities,
+        };
+        self.template(q, name, found, true, 0, now)
+            .write_answer(q, now, out);
+        self.finish(q, query, transport, out);
+        self.count(client, false);
+        self.log_query(
+            client,
+            &name_text(name),
+            q.qtype,
+            LogVerdict::Local,
+            out,
+            None,
+        );
+        true
+    }
+
+    /// Takes the upstream's `answer` to `pending` at `now`: answers into `out`, or returns
+    /// the next question (DNS64 asks for the A records of a name without AAAA).
+    pub fn handle_upstream(
+        &self,
+        mut pending: Box<Pending>,
+        answer: Result<UpstreamAnswer, UpstreamError>,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Step {
+        let answer = match std::mem::replace(&mut pending.stage, Stage::First) {
+            Stage::First => {
+                let a = match answer {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upstream failed");
+                        Stats::bump(&self.stats.upstream_failures);
+                        let q = pending.query();
+                        wire::error_answer(&q, &pending.head, wire::RCODE_SERVFAIL, false, out);
+                        self.count(pending.client, false);
+                        let v = LogVerdict::Forwarded;
+                        self.log_query(pending.client, &pending.text, q.qtype, v, out, None);
+                        return Step::Answered;
+                    }
+                };
+                Stats::bump(&self.stats.forwarded);
+                let policy = self.policy_of(&pending.group).1;
+                // CNAME uncloaking: a blocked name anywhere in the chain blocks the answer,
+                // unless the owner allowed the name asked for.
+                if pending.verdict != Verdict::Allow && chain_blocked(policy, &a) {
+                    let q = pending.query();
+                    self.write_blocked(&q, &pending.head, policy.blocked_answer, out);
+                    self.count(pending.client, true);
+                    let ms = Some(millis(pending.asked, now));
+                    let v = LogVerdict::Blocked;
+                    self.log_query(pending.client, &pending.text, q.qtype, v, out, ms);
+                    return Step::Answered;
+                }
+                // RFC 6147 §5.1.1: synthesise only for a name without AAAA of its own.
+                let synthesise = self.settings.dns64.is_some()
+                    && pending.qtype == wire::TYPE_AAAA
+                    && a.rcode == ResponseCode::NoError
+                    && !a
+                        .answers
+                        .iter()
+                        .any(|r| r.record_type() == RecordType::AAAA);
+                if synthesise {
+                    pending.stage = Stage::Dns64 { own: a };
+                    return Step::Ask(pending);
+                }
+                a
+            }
+            Stage::Dns64 { own } => match (answer, self.settings.dns64) {
+                (Ok(a4), Some(prefix)) if !chain_blocked(self.policy_of(&pending.group).1, &a4) => {
+                    synthesise(prefix, &a4).unwrap_or(own)
+                }
+                _ => own,
+            },
+        };
+        self.answer_forwarded(&pending, answer, now, out);
+        Step::Answered
     }
 
     fn count(&self, client: IpAddr, blocked: bool) {
@@ -335,312 +551,42 @@ impl Resolver {
         }
     }
 
-    /// Answers a query: the fast path, then local data or the upstreams. `None` = send nothing.
-    pub async fn handle(
-        &self,
-        query: &[u8],
-        client: IpAddr,
-        transport: Transport,
-    ) -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity(512);
-        match self.handle_fast(query, client, transport, &mut out) {
-            Fast::Answered => Some(out),
-            Fast::Drop => None,
-            Fast::Slow | Fast::Miss => {
-                self.handle_slow(query, client, transport, &mut out).await;
-                Some(out)
-            }
-        }
-    }
-
-    /// The general path, for queries [`handle_fast`](Self::handle_fast) returned `Slow` for.
-    pub async fn handle_slow(
-        &self,
-        query: &[u8],
-        client: IpAddr,
-        transport: Transport,
-        out: &mut Vec<u8>,
-    ) {
-        let client = canonical(client);
-        let Ok(q) = QueryView::parse(query) else {
-            return;
-        };
-        let Ok(name) = Name::read(&mut BinDecoder::new(q.qname)) else {
-            Stats::bump(&self.stats.malformed);
-            wire::error_answer(&q, query, wire::RCODE_FORMERR, false, out);
-            return;
-        };
-        let mut name = name.to_lowercase();
-        name.set_fqdn(true);
-        let qtype = RecordType::from(q.qtype);
-        let now = Instant::now();
-
-        let local = self.local.load_full();
-        if local.is_local(&name) {
-            let a = local.answer(&name, qtype);
-            Stats::bump(&self.stats.local);
-            self.template(
-                &q,
-                &name,
-                qtype,
-                a.rcode,
-                a.answers,
-                a.authorities,
-                true,
-                0,
-                now,
-            )
-            .write_answer(&q, now, out);
-            self.finish(&q, query, transport, out);
-            self.count(client, false);
-            self.log_query(
-                client,
-                &name_text(&name),
-                q.qtype,
-                LogVerdict::Local,
-                out,
-                None,
-            );
-            return;
-        }
-
-        let text = name_text(&name);
-        let group = self.group_of(client);
-        let (pid, policy) = self.policy_of(&group);
-        let verdict = policy.check(&text);
-        if verdict == Verdict::Block {
-            self.write_blocked(&q, query, policy.blocked_answer, out);
-            self.count(client, true);
-            self.log_query(client, &text, q.qtype, LogVerdict::Blocked, out, None);
-            return;
-        }
-
-        let asked = Instant::now();
-        let answer = match self.upstreams.query(name.clone(), qtype).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::debug!(error = %e, "upstream failed");
-                Stats::bump(&self.stats.upstream_failures);
-                wire::error_answer(&q, query, wire::RCODE_SERVFAIL, false, out);
-                self.count(client, false);
-                self.log_query(client, &text, q.qtype, LogVerdict::Forwarded, out, None);
-                return;
-            }
-        };
-        let upstream_ms = Some(asked.elapsed().as_millis().min(u32::MAX as u128) as u32);
-        Stats::bump(&self.stats.forwarded);
-
-        // CNAME uncloaking: a blocked name anywhere in the chain blocks the answer, unless the
-        // owner allowed the name asked for.
-        if verdict != Verdict::Allow && chain_blocked(policy, &answer) {
-            self.write_blocked(&q, query, policy.blocked_answer, out);
-            self.count(client, true);
-            self.log_query(
-                client,
-                &text,
-                q.qtype,
-                LogVerdict::Blocked,
-                out,
-                upstream_ms,
-            );
-            return;
-        }
-
-        let answer = match self.settings.dns64 {
-            Some(prefix) if qtype == RecordType::AAAA => {
-                self.dns64(&name, prefix, policy, answer).await
-            }
-            _ => answer,
-        };
-
-        let f = Forwarded {
-            q: &q,
-            query,
-            transport,
-            client,
-            pid,
-            text: &text,
-            name: &name,
-            qtype,
-        };
-        self.answer_forwarded(&f, answer, upstream_ms, now, out);
-    }
-
-    /// The upstream a UDP listener may forward misses to itself, when the upstream asked
-    /// first is a `udp://` one.
-    pub fn forward_udp_to(&self) -> Option<std::net::SocketAddr> {
-        self.upstreams.preferred_udp()
-    }
-
-    /// Finishes a query that [`handle_fast`](Self::handle_fast) called a [`Fast::Miss`], from
-    /// the upstream's `answer` bytes (a UDP listener forwarded it): the same steps as the
-    /// general path after its upstream answered. False when this answer needs the general
-    /// path (truncated, an upstream error, an AAAA to synthesise, unreadable): nothing was
-    /// written or counted then.
-    pub fn complete_forward(
-        &self,
-        query: &[u8],
-        client: IpAddr,
-        answer: &[u8],
-        asked: Instant,
-        out: &mut Vec<u8>,
-    ) -> bool {
-        let client = canonical(client);
-        let Ok(q) = QueryView::parse(query) else {
-            return false;
-        };
-        let truncated = answer.get(2).is_some_and(|f| f & 0x02 != 0);
-        if truncated {
-            return false;
-        }
-        let Ok(msg) = Message::from_vec(answer) else {
-            return false;
-        };
-        let rcode = msg.metadata.response_code;
-        if rcode != ResponseCode::NoError && rcode != ResponseCode::NXDomain {
-            return false;
-        }
-        // DNS64 has work to do only when a name has no AAAA of its own (RFC 6147 §5.1.1):
-        // that needs a second question, which the general path asks.
-        let synthesise = self.settings.dns64.is_some()
-            && q.qtype == wire::TYPE_AAAA
-            && rcode == ResponseCode::NoError
-            && !msg
-                .answers
-                .iter()
-                .any(|r| r.record_type() == RecordType::AAAA);
-        if synthesise {
-            return false;
-        }
-        let Ok(name) = Name::read(&mut BinDecoder::new(q.qname)) else {
-            return false;
-        };
-        let mut name = name.to_lowercase();
-        name.set_fqdn(true);
-        let text = name_text(&name);
-        let group = self.group_of(client);
-        let (pid, policy) = self.policy_of(&group);
-        let verdict = policy.check(&text);
-        let upstream_ms = Some(asked.elapsed().as_millis().min(u32::MAX as u128) as u32);
-        Stats::bump(&self.stats.forwarded);
-        let answer = UpstreamAnswer {
-            rcode,
-            answers: msg.answers,
-            authorities: msg.authorities,
-        };
-        if verdict != Verdict::Allow && chain_blocked(policy, &answer) {
-            self.write_blocked(&q, query, policy.blocked_answer, out);
-            self.count(client, true);
-            let v = LogVerdict::Blocked;
-            self.log_query(client, &text, q.qtype, v, out, upstream_ms);
-            return true;
-        }
-        let f = Forwarded {
-            q: &q,
-            query,
-            transport: Transport::Udp,
-            client,
-            pid,
-            text: &text,
-            name: &name,
-            qtype: RecordType::from(q.qtype),
-        };
-        self.answer_forwarded(&f, answer, upstream_ms, Instant::now(), out);
-        true
-    }
-
-    /// Answers from an upstream's (uncloaked) answer and caches it.
+    /// Answers from an upstream's (uncloaked, synthesised) answer and caches it.
     fn answer_forwarded(
         &self,
-        f: &Forwarded<'_>,
+        p: &Pending,
         answer: UpstreamAnswer,
-        upstream_ms: Option<u32>,
         now: Instant,
         out: &mut Vec<u8>,
     ) {
-        let q = f.q;
+        let q = p.query();
         let ttl = cache_ttl(&answer);
-        // Built once: it answers this query and, when cacheable, the ones after it.
-        let entry = Arc::new(self.template(
-            q,
-            f.name,
-            f.qtype,
-            answer.rcode,
-            answer.answers,
-            answer.authorities,
-            false,
-            ttl,
-            now,
-        ));
-        entry.write_answer(q, now, out);
-        self.finish(q, f.query, f.transport, out);
-        self.count(f.client, false);
-        let v = LogVerdict::Forwarded;
-        self.log_query(f.client, f.text, q.qtype, v, out, upstream_ms);
-        if ttl > 0 && entry.rcode() != wire::RCODE_SERVFAIL {
-            let mut kb = [0u8; 263];
-            self.cache.insert(cache::key(q, f.pid, &mut kb), entry);
-        }
-    }
-
-    /// RFC 6147 §5.1: synthesise AAAA from A when the name has no AAAA of its own.
-    async fn dns64(
-        &self,
-        name: &Name,
-        prefix: Ipv6Net,
-        policy: &Policy,
-        answer: UpstreamAnswer,
-    ) -> UpstreamAnswer {
-        let has_aaaa = answer
-            .answers
-            .iter()
-            .any(|r| r.record_type() == RecordType::AAAA);
-        if answer.rcode != ResponseCode::NoError || has_aaaa {
-            return answer;
-        }
-        let Ok(a) = self.upstreams.query(name.clone(), RecordType::A).await else {
-            return answer;
+        let found = Found {
+            rcode: answer.rcode,
+            answers: answer.answers,
+            authorities: answer.authorities,
         };
-        if chain_blocked(policy, &a) {
-            return answer;
-        }
-        let mut synth = Vec::new();
-        for r in &a.answers {
-            match &r.data {
-                RData::A(v4) => {
-                    let mut b = prefix.network().octets();
-                    b[12..].copy_from_slice(&v4.0.octets());
-                    synth.push(Record::from_rdata(
-                        r.name.clone(),
-                        r.ttl,
-                        RData::AAAA(AAAA(Ipv6Addr::from(b))),
-                    ));
-                }
-                RData::CNAME(_) => synth.push(r.clone()),
-                _ => {}
-            }
-        }
-        if !synth.iter().any(|r| r.record_type() == RecordType::AAAA) {
-            return answer;
-        }
-        UpstreamAnswer {
-            rcode: ResponseCode::NoError,
-            answers: synth,
-            authorities: vec![],
+        // Built once: it answers this query and, when cacheable, the ones after it.
+        let entry = Arc::new(self.template(&q, &p.name, found, false, ttl, now));
+        entry.write_answer(&q, now, out);
+        self.finish(&q, &p.head, p.transport, out);
+        self.count(p.client, false);
+        let ms = Some(millis(p.asked, now));
+        self.log_query(p.client, &p.text, q.qtype, LogVerdict::Forwarded, out, ms);
+        if ttl > 0 && entry.rcode() != wire::RCODE_SERVFAIL {
+            let pid = p.group.as_ref().map(|g| g.0).unwrap_or(0);
+            let mut kb = [0u8; 263];
+            self.cache.insert(cache::key(&q, pid, &mut kb), entry, now);
         }
     }
 
     /// Builds the reusable answer (id 0, lower-case question, no OPT), living `ttl` seconds
     /// from `now`. A message that cannot be emitted becomes a bare SERVFAIL.
-    #[allow(clippy::too_many_arguments)]
     fn template(
         &self,
         q: &QueryView<'_>,
         name: &Name,
-        qtype: RecordType,
-        rcode: ResponseCode,
-        answers: Vec<Record>,
-        authorities: Vec<Record>,
+        found: Found,
         authoritative: bool,
         ttl: u32,
         now: Instant,
@@ -648,13 +594,13 @@ impl Resolver {
         let mut m = Message::new(0, MessageType::Response, OpCode::Query);
         m.metadata.recursion_available = true;
         m.metadata.authoritative = authoritative;
-        m.metadata.response_code = rcode;
+        m.metadata.response_code = found.rcode;
         m.metadata.recursion_desired = q.rd();
-        let mut query = Query::query(name.clone(), qtype);
+        let mut query = Query::query(name.clone(), RecordType::from(q.qtype));
         query.set_query_class(DNSClass::IN);
         m.add_query(query);
-        m.insert_answers(answers);
-        m.insert_authorities(authorities);
+        m.insert_answers(found.answers);
+        m.insert_authorities(found.authorities);
         m.to_vec()
             .ok()
             .and_then(|bytes| Entry::new(bytes, ttl, now))
@@ -667,17 +613,56 @@ impl Resolver {
     }
 }
 
-/// A forwarded query on its way to its answer.
-struct Forwarded<'a> {
-    q: &'a QueryView<'a>,
-    query: &'a [u8],
-    transport: Transport,
-    client: IpAddr,
-    /// Policy id (0 = the default policy), part of the cache key.
-    pid: u8,
-    text: &'a str,
-    name: &'a Name,
-    qtype: RecordType,
+/// The records an answer is built from (local data or an upstream).
+struct Found {
+    rcode: ResponseCode,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+}
+
+/// The question name, lower-case and fully qualified; `None` when it does not read.
+fn read_name(q: &QueryView<'_>) -> Option<Name> {
+    let mut name = Name::read(&mut BinDecoder::new(q.qname))
+        .ok()?
+        .to_lowercase();
+    name.set_fqdn(true);
+    Some(name)
+}
+
+/// Milliseconds from `from` to `to`, for the query log.
+fn millis(from: Instant, to: Instant) -> u32 {
+    to.saturating_duration_since(from)
+        .as_millis()
+        .min(u32::MAX as u128) as u32
+}
+
+/// RFC 6147 §5.1: AAAA records under `prefix` from an A answer (CNAMEs kept); `None` when
+/// the A answer has no address.
+fn synthesise(prefix: Ipv6Net, a: &UpstreamAnswer) -> Option<UpstreamAnswer> {
+    let mut synth = Vec::new();
+    for r in &a.answers {
+        match &r.data {
+            RData::A(v4) => {
+                let mut b = prefix.network().octets();
+                b[12..].copy_from_slice(&v4.0.octets());
+                synth.push(Record::from_rdata(
+                    r.name.clone(),
+                    r.ttl,
+                    RData::AAAA(AAAA(Ipv6Addr::from(b))),
+                ));
+            }
+            RData::CNAME(_) => synth.push(r.clone()),
+            _ => {}
+        }
+    }
+    synth
+        .iter()
+        .any(|r| r.record_type() == RecordType::AAAA)
+        .then_some(UpstreamAnswer {
+            rcode: ResponseCode::NoError,
+            answers: synth,
+            authorities: vec![],
+        })
 }
 
 /// CNAME uncloaking: true when a CNAME target in the answer is blocked by `policy`.
@@ -728,3 +713,7 @@ fn cache_ttl(a: &UpstreamAnswer) -> u32 {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -1,8 +1,9 @@
 //! The resolver: local names → filter → cache/upstream → DNS64, served over UDP, TCP, DoT and DoH.
 //!
-//! [`engine::Resolver`] holds the decision logic (a query in, an answer out); `server`, `tls`
-//! and `doh` only move bytes. Cache hits and blocked names are answered on a synchronous fast
-//! path that does not allocate beyond the reused output buffer.
+//! [`engine::Resolver`] holds the decisions and does no I/O (a query in, an answer or an
+//! upstream question out); [`service::DnsService`] asks the upstreams for it; `server`, `tls`,
+//! `doh` and `udp_batch` only move bytes. Cache hits and blocked names are answered without
+//! allocating beyond the reused output buffer.
 
 pub mod cache;
 pub mod doh;
@@ -11,6 +12,7 @@ pub mod local;
 pub mod name;
 pub mod ratelimit;
 pub mod server;
+pub mod service;
 pub mod stats;
 pub mod tls;
 pub mod udp_batch;

@@ -9,7 +9,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::engine::{Resolver, Transport};
+use super::engine::Transport;
+use super::service::DnsService;
 
 /// Most TCP/DoT/DoH connections served at once.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -50,7 +51,7 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 /// receives and answers in batches (recvmmsg/sendmmsg), answering cache hits and blocked names
 /// in place; queries that need an upstream go to the async runtime and are answered from there.
 pub fn serve_udp(
-    resolver: Arc<Resolver>,
+    service: Arc<DnsService>,
     addr: SocketAddr,
     rt: tokio::runtime::Handle,
 ) -> Result<(), ServeError> {
@@ -63,7 +64,7 @@ pub fn serve_udp(
         sockets.push(Arc::new(s));
     }
     for sock in sockets {
-        let (r, rt) = (resolver.clone(), rt.clone());
+        let (r, rt) = (service.clone(), rt.clone());
         std::thread::Builder::new()
             .name("dns-udp".into())
             .spawn(move || super::udp_batch::run(r, sock, rt))
@@ -129,14 +130,14 @@ pub async fn tls_handshake(
 
 /// Serves plain DNS over TCP (or DoT when `tls` is given) on `listener`.
 pub fn serve_stream(
-    resolver: Arc<Resolver>,
+    service: Arc<DnsService>,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     idle: Duration,
     slots: Arc<Semaphore>,
 ) {
     accept_loop(listener, slots, move |tcp, peer| {
-        let (r, tls) = (resolver.clone(), tls.clone());
+        let (r, tls) = (service.clone(), tls.clone());
         async move {
             match tls {
                 None => handle_stream(r, tcp, peer, idle).await,
@@ -153,7 +154,7 @@ pub fn serve_stream(
 /// One DNS-over-stream connection: length-prefixed messages, answered concurrently and
 /// written as they finish. Closed after `idle` without a new query, or when a peer sends a
 /// length prefix and stalls.
-pub async fn handle_stream<S>(resolver: Arc<Resolver>, stream: S, peer: SocketAddr, idle: Duration)
+pub async fn handle_stream<S>(service: Arc<DnsService>, stream: S, peer: SocketAddr, idle: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -187,10 +188,10 @@ where
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
-        let (r, tx) = (resolver.clone(), tx.clone());
+        let (r, tx) = (service.clone(), tx.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(ans) = r.handle(&msg, peer.ip(), Transport::Stream).await {
+            if let Some(ans) = r.answer(&msg, peer.ip(), Transport::Stream).await {
                 let _ = tx.send(ans).await;
             }
         });

@@ -2,7 +2,11 @@
 //! datagrams per `recvmmsg` and sends the answers with one `sendmmsg`, so a busy resolver pays
 //! two system calls per batch instead of two per query (FIELD-NOTES: per-packet system calls,
 //! not work, bound throughput on this machine). With a `udp://` upstream asked first, each
-//! listener also forwards its misses itself (`ForwardLane`).
+//! listener also forwards its misses itself (`ForwardLane`). Both drive the one resolver core
+//! (`dns::engine`): a query's [`Step`] is finished here when the upstream answers this thread,
+//! and by [`DnsService::finish`] on the async runtime otherwise. Both drive the one resolver core
+//! (`dns::engine`): a query's [`Step`] is finished here when the upstream answers this thread,
+//! and by [`DnsService::finish`] on the async runtime otherwise.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -10,9 +14,10 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::engine::{Fast, Resolver, Transport};
+use super::engine::{Pending, Step, Transport};
+use super::service::DnsService;
 use super::udp_client;
-use super::wire::QueryView;
+use super::upstream::UpstreamAnswer;
 
 /// Datagrams taken per system call.
 pub const BATCH: usize = 32;
@@ -61,9 +66,6 @@ pub fn send_nonblocking(sock: &std::net::UdpSocket, data: &[u8], to: SocketAddr)
     }
 }
 
-/// How long a query forwarded by the listener itself waits for its upstream before the
-/// general path takes it over (with its fail-over and its own timeout).
-const FORWARD_WAIT: Duration = Duration::from_millis(1000);
 /// Most queries a listener keeps in flight itself; beyond, misses take the general path.
 const MAX_FORWARDED: usize = 4096;
 
@@ -72,7 +74,7 @@ struct InFlight {
     client: libc::sockaddr_storage,
     client_len: libc::socklen_t,
     peer: SocketAddr,
-    query: Vec<u8>,
+    pending: Box<Pending>,
     /// The question as sent upstream (lower case), which the answer must repeat.
     question: Vec<u8>,
     asked: Instant,
@@ -81,17 +83,18 @@ struct InFlight {
 /// The listener's own upstream socket: misses (cache misses that are neither local nor
 /// blocked) are sent from here and their answers read in the same loop, so a forwarded query
 /// never waits for the async runtime to be scheduled (the tail of the latency at a fixed
-/// rate is made of these). Anything unusual (truncation, an upstream error, an AAAA for
-/// DNS64 to synthesise, a timeout) goes to the general path.
+/// rate is made of these). Truncated and failed answers go to the async path (TCP, fail-over
+/// to the other upstreams); a query unanswered within the upstream timeout too.
 struct ForwardLane {
     sock: std::net::UdpSocket,
     upstream: SocketAddr,
+    timeout: Duration,
     in_flight: HashMap<u16, InFlight>,
     last_sweep: Instant,
 }
 
 impl ForwardLane {
-    fn open(upstream: SocketAddr) -> std::io::Result<ForwardLane> {
+    fn open(upstream: SocketAddr, timeout: Duration) -> std::io::Result<ForwardLane> {
         let bind: SocketAddr = if upstream.is_ipv4() {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
@@ -103,26 +106,26 @@ impl ForwardLane {
         Ok(ForwardLane {
             sock,
             upstream,
+            timeout,
             in_flight: HashMap::new(),
             last_sweep: Instant::now(),
         })
     }
 
-    /// Sends `query` upstream for the client at `client`; false when it could not be taken.
+    /// Sends the question of `pending` upstream for the client at `client` at `now`; gives
+    /// the token back when it could not be taken.
     fn send(
         &mut self,
-        query: &[u8],
-        client: (&libc::sockaddr_storage, libc::socklen_t, SocketAddr),
+        pending: Box<Pending>,
+        client: (libc::sockaddr_storage, libc::socklen_t, SocketAddr),
+        now: Instant,
         msg: &mut Vec<u8>,
-    ) -> bool {
+    ) -> Result<(), Box<Pending>> {
         if self.in_flight.len() >= MAX_FORWARDED {
-            return false;
+            return Err(pending);
         }
-        let Ok(q) = QueryView::parse(query) else {
-            return false;
-        };
-        let mut question = Vec::with_capacity(q.qname.len() + 4);
-        udp_client::put_question(&mut question, q.qname, q.qtype);
+        let mut question = Vec::with_capacity(64);
+        pending.put_question(&mut question);
         let mut id: u16 = rand::random();
         for _ in 0..16 {
             if !self.in_flight.contains_key(&id) {
@@ -131,25 +134,25 @@ impl ForwardLane {
             id = rand::random();
         }
         if self.in_flight.contains_key(&id) {
-            return false;
+            return Err(pending);
         }
         msg.clear();
         udp_client::put_query(msg, id, &question);
         if self.sock.send(msg).is_err() {
-            return false;
+            return Err(pending);
         }
         self.in_flight.insert(
             id,
             InFlight {
-                client: *client.0,
+                client: client.0,
                 client_len: client.1,
                 peer: client.2,
-                query: query.to_vec(),
+                pending,
                 question,
-                asked: Instant::now(),
+                asked: now,
             },
         );
-        true
+        Ok(())
     }
 
     /// Takes the answer in `b`, if it is one of ours.
@@ -162,7 +165,7 @@ impl ForwardLane {
         self.in_flight.remove(&id)
     }
 
-    /// Queries that waited longer than [`FORWARD_WAIT`] (checked a few times a second).
+    /// Queries that waited longer than the upstream timeout (checked a few times a second).
     fn expired(&mut self, now: Instant, out: &mut Vec<InFlight>) {
         if now.duration_since(self.last_sweep) < Duration::from_millis(100) {
             return;
@@ -171,34 +174,35 @@ impl ForwardLane {
         let late: Vec<u16> = self
             .in_flight
             .iter()
-            .filter(|(_, f)| now.duration_since(f.asked) >= FORWARD_WAIT)
+            .filter(|(_, f)| now.duration_since(f.asked) >= self.timeout)
             .map(|(id, _)| *id)
             .collect();
         out.extend(late.iter().filter_map(|id| self.in_flight.remove(id)));
     }
 }
 
-/// Hands a query to the general path on the async runtime, which answers it by itself.
-fn spawn_slow(
+/// Hands a step to the async runtime, which finishes it and sends the answer. `skip` is an
+/// upstream that already failed this query (the others are asked instead).
+fn spawn_finish(
     rt: &tokio::runtime::Handle,
-    resolver: &Arc<Resolver>,
+    service: &Arc<DnsService>,
     sock: &Arc<std::net::UdpSocket>,
-    query: Vec<u8>,
+    pending: Box<Pending>,
     peer: SocketAddr,
+    skip: Option<SocketAddr>,
 ) {
-    let (r, s) = (resolver.clone(), sock.clone());
+    let (d, s) = (service.clone(), sock.clone());
     rt.spawn(async move {
-        let mut out = Vec::with_capacity(512);
-        r.handle_slow(&query, peer.ip(), Transport::Udp, &mut out)
-            .await;
-        if !out.is_empty() {
-            send_nonblocking(&s, &out, peer);
+        let out = Vec::with_capacity(512);
+        if let Some(ans) = d.finish_skipping(Step::Ask(pending), out, skip).await {
+            send_nonblocking(&s, &ans, peer);
         }
     });
 }
 
 /// Runs the loop on `sock` (blocking mode) until the process ends.
-pub fn run(resolver: Arc<Resolver>, sock: Arc<std::net::UdpSocket>, rt: tokio::runtime::Handle) {
+pub fn run(service: Arc<DnsService>, sock: Arc<std::net::UdpSocket>, rt: tokio::runtime::Handle) {
+    let resolver = service.resolver();
     let fd = sock.as_raw_fd();
     let mut bufs = vec![[0u8; BUF]; BATCH];
     // SAFETY: sockaddr_storage and the C structs below are plain data; all-zero is valid.
@@ -211,15 +215,17 @@ pub fn run(resolver: Arc<Resolver>, sock: Arc<std::net::UdpSocket>, rt: tokio::r
     let mut out_lens: Vec<libc::socklen_t> = vec![0; 2 * BATCH];
     let mut out_iov: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; 2 * BATCH];
     let mut out_msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; 2 * BATCH];
-    let mut lane = resolver
-        .forward_udp_to()
-        .and_then(|u| match ForwardLane::open(u) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::debug!(error = %e, "no forwarding socket in the UDP listener");
-                None
-            }
-        });
+    let upstreams = service.upstreams();
+    let mut lane =
+        upstreams
+            .preferred_udp()
+            .and_then(|u| match ForwardLane::open(u, upstreams.timeout()) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no forwarding socket in the UDP listener");
+                    None
+                }
+            });
     let mut upstream_buf = vec![0u8; 65_535];
     let mut upstream_msg = Vec::with_capacity(512);
     let mut late = Vec::new();
@@ -296,32 +302,33 @@ pub fn run(resolver: Arc<Resolver>, sock: Arc<std::net::UdpSocket>, rt: tokio::r
         };
         // A lane is used only while its upstream is the one asked first (fail-over moved
         // on otherwise, and the general path follows it).
+        let now = Instant::now();
         let mut usable = lane
             .as_mut()
-            .filter(|l| resolver.forward_udp_to() == Some(l.upstream));
+            .filter(|l| upstreams.preferred_udp() == Some(l.upstream));
         for i in 0..n {
             let len = (msgs[i].msg_len as usize).min(BUF);
             let Some(peer) = to_socket_addr(&addrs[i]) else {
                 continue;
             };
             let query = &bufs[i][..len];
-            match resolver.handle_fast(query, peer.ip(), Transport::Udp, &mut outs[m]) {
-                Fast::Answered => {
+            match resolver.handle_query(query, peer.ip(), Transport::Udp, now, &mut outs[m]) {
+                Step::Answered => {
                     out_addrs[m] = addrs[i];
                     out_lens[m] = msgs[i].msg_hdr.msg_namelen;
                     m += 1;
                 }
-                Fast::Drop => {}
-                Fast::Miss => {
-                    let client = (&addrs[i], msgs[i].msg_hdr.msg_namelen, peer);
-                    let sent = usable
-                        .as_deref_mut()
-                        .is_some_and(|l| l.send(query, client, &mut upstream_msg));
-                    if !sent {
-                        spawn_slow(&rt, &resolver, &sock, query.to_vec(), peer);
+                Step::Drop => {}
+                Step::Ask(p) => {
+                    let client = (addrs[i], msgs[i].msg_hdr.msg_namelen, peer);
+                    let sent = match usable.as_deref_mut() {
+                        Some(l) => l.send(p, client, now, &mut upstream_msg),
+                        None => Err(p),
+                    };
+                    if let Err(p) = sent {
+                        spawn_finish(&rt, &service, &sock, p, peer, None);
                     }
                 }
-                Fast::Slow => spawn_slow(&rt, &resolver, &sock, query.to_vec(), peer),
             }
         }
         if let Some(l) = lane.as_mut() {
@@ -334,17 +341,39 @@ pub fn run(resolver: Arc<Resolver>, sock: Arc<std::net::UdpSocket>, rt: tokio::r
                     continue;
                 };
                 let answer = &upstream_buf[..len];
-                if resolver.complete_forward(&f.query, f.peer.ip(), answer, f.asked, &mut outs[m]) {
-                    out_addrs[m] = f.client;
-                    out_lens[m] = f.client_len;
-                    m += 1;
-                } else {
-                    spawn_slow(&rt, &resolver, &sock, f.query, f.peer);
+                let truncated = answer.get(2).is_some_and(|b| b & 0x02 != 0);
+                let parsed = match truncated {
+                    // Asked again over TCP by the pool.
+                    true => Err(None),
+                    // A failed answer: the other upstreams are asked.
+                    false => UpstreamAnswer::from_wire(answer).map_err(|_| Some(l.upstream)),
+                };
+                let a = match parsed {
+                    Ok(a) => a,
+                    Err(skip) => {
+                        spawn_finish(&rt, &service, &sock, f.pending, f.peer, skip);
+                        continue;
+                    }
+                };
+                match resolver.handle_upstream(f.pending, Ok(a), now, &mut outs[m]) {
+                    Step::Answered => {
+                        out_addrs[m] = f.client;
+                        out_lens[m] = f.client_len;
+                        m += 1;
+                    }
+                    Step::Drop => {}
+                    // DNS64's second question goes out on this lane too.
+                    Step::Ask(p) => {
+                        let client = (f.client, f.client_len, f.peer);
+                        if let Err(p) = l.send(p, client, now, &mut upstream_msg) {
+                            spawn_finish(&rt, &service, &sock, p, f.peer, None);
+                        }
+                    }
                 }
             }
-            l.expired(Instant::now(), &mut late);
+            l.expired(now, &mut late);
             for f in late.drain(..) {
-                spawn_slow(&rt, &resolver, &sock, f.query, f.peer);
+                spawn_finish(&rt, &service, &sock, f.pending, f.peer, Some(l.upstream));
             }
         }
         if m == 0 {

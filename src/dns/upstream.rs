@@ -192,6 +192,24 @@ mod pool {
         pub authorities: Vec<Record>,
     }
 
+    impl UpstreamAnswer {
+        /// Reads an upstream's answer from its bytes. One that does not parse, or answers
+        /// other than NOERROR or NXDOMAIN, is an error: the caller fails over.
+        pub fn from_wire(bytes: &[u8]) -> Result<UpstreamAnswer, UpstreamError> {
+            let msg = hickory_proto::op::Message::from_vec(bytes)
+                .map_err(|e| UpstreamError::Failed(e.to_string()))?;
+            let rcode = msg.metadata.response_code;
+            if rcode != ResponseCode::NoError && rcode != ResponseCode::NXDomain {
+                return Err(UpstreamError::Failed(format!("upstream answered {rcode}")));
+            }
+            Ok(UpstreamAnswer {
+                rcode,
+                answers: msg.answers,
+                authorities: msg.authorities,
+            })
+        }
+    }
+
     /// One configured upstream: hickory-resolver's pool for its transport, plus the
     /// long-lived-socket client for `udp://` (the pool then only serves TCP after truncation).
     struct Server {
@@ -355,6 +373,11 @@ mod pool {
             self.servers.get(i)?.fast.as_ref().map(|f| f.upstream())
         }
 
+        /// How long one upstream is waited for.
+        pub fn timeout(&self) -> Duration {
+            self.timeout
+        }
+
         /// Asks the upstreams for `name`/`qtype`: the last one that answered first, then the
         /// others in order (fail-over).
         pub async fn query(
@@ -362,11 +385,29 @@ mod pool {
             name: Name,
             qtype: RecordType,
         ) -> Result<UpstreamAnswer, UpstreamError> {
+            self.query_skipping(name, qtype, None).await
+        }
+
+        /// Like [`query`](Self::query), but not asking the `udp://` upstream at `skip` (it
+        /// already failed this question).
+        pub async fn query_skipping(
+            &self,
+            name: Name,
+            qtype: RecordType,
+            skip: Option<SocketAddr>,
+        ) -> Result<UpstreamAnswer, UpstreamError> {
             let n = self.servers.len();
             let start = self.preferred.load(Ordering::Relaxed) % n.max(1);
-            let mut last = UpstreamError::Failed("no upstream configured".into());
+            let mut last = match skip {
+                Some(_) => UpstreamError::Failed("the upstream did not answer".into()),
+                None => UpstreamError::Failed("no upstream configured".into()),
+            };
             for k in 0..n {
                 let i = (start + k) % n;
+                let upstream = self.servers[i].fast.as_ref().map(|f| f.upstream());
+                if skip.is_some() && upstream == skip {
+                    continue;
+                }
                 match self.query_one(&self.servers[i], &name, qtype).await {
                     Ok(a) if !matches!(a.rcode, ResponseCode::NoError | ResponseCode::NXDomain) => {
                         last = UpstreamError::Failed(format!("upstream answered {}", a.rcode));
@@ -395,21 +436,7 @@ mod pool {
                     .to_bytes()
                     .map_err(|e| UpstreamError::Failed(e.to_string()))?;
                 match fast.query(&wire, u16::from(qtype), self.timeout).await {
-                    Ok(bytes) => {
-                        let msg = hickory_proto::op::Message::from_vec(&bytes)
-                            .map_err(|e| UpstreamError::Failed(e.to_string()))?;
-                        let rcode = msg.metadata.response_code;
-                        if rcode != ResponseCode::NoError && rcode != ResponseCode::NXDomain {
-                            return Err(UpstreamError::Failed(format!(
-                                "upstream answered {rcode}"
-                            )));
-                        }
-                        return Ok(UpstreamAnswer {
-                            rcode,
-                            answers: msg.answers,
-                            authorities: msg.authorities,
-                        });
-                    }
+                    Ok(bytes) => return UpstreamAnswer::from_wire(&bytes),
                     Err(crate::dns::udp_client::UdpClientError::Truncated) => {}
                     Err(e) => return Err(UpstreamError::Failed(e.to_string())),
                 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::entry::{self, LogEntry};
 use super::settings::{self, LogSettings};
-use super::{QueryEvent, QueryLogError};
+use super::{QueryEvent, QueryLogError, Verdict};
 use crate::config::QueryLogConfig;
 use crate::store::{Device, QueryLogAppend, QueryLogMeta, Store};
 
@@ -152,6 +152,32 @@ impl QueryLog {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Records one answered query, stamped with the wall-clock time now (the resolver's
+    /// decisions take no clock; the log is the one output that needs a calendar time).
+    #[inline]
+    pub fn record_query(
+        &self,
+        client: IpAddr,
+        name: &str,
+        qtype: u16,
+        verdict: Verdict,
+        rcode: u16,
+        upstream_ms: Option<u32>,
+    ) {
+        if !self.is_enabled() {
+            return;
+        }
+        self.record(QueryEvent {
+            time: SystemTime::now(),
+            client,
+            name: name.to_string(),
+            qtype,
+            verdict,
+            rcode,
+            upstream_ms,
+        });
     }
 
     /// Makes the writer re-read the on/off switch and the recipients from the store, and
