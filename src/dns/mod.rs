@@ -11,6 +11,7 @@ pub mod local;
 pub mod name;
 pub mod ratelimit;
 pub mod server;
+pub mod slots;
 pub mod stats;
 pub mod tls;
 pub mod udp_batch;
