@@ -21,7 +21,8 @@ use crate::daemon::Control;
 /// HTTP port of the API on the hub's overlay addresses.
 pub const OVERLAY_PORT: u16 = 80;
 
-/// Most API connections open at once on the TCP listeners.
+/// Most API connections open at once on the TCP listeners (of them at most
+/// [`PER_ADDRESS`](crate::dns::slots::PER_ADDRESS) from one address).
 const MAX_CONNECTIONS: usize = 256;
 
 /// A connection that sends nothing for this long is closed.
@@ -94,7 +95,7 @@ pub async fn serve(control: Arc<Control>, l: ApiListeners) -> Result<PathBuf, Se
             }
         });
     }
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = crate::dns::slots::ConnSlots::new(MAX_CONNECTIONS, crate::dns::slots::PER_ADDRESS);
     for a in &l.overlay {
         // Port 80 may be taken by a web server of the owner's on the wildcard address: the
         // API then stays on the socket (and `api.listen`) rather than the hub not starting.

@@ -345,9 +345,10 @@ async fn serve_dns(
 ) -> Result<Vec<String>, DaemonError> {
     let listen = listen_addrs(cfg, with_hub, overlay);
     let idle = Duration::from_secs(cfg.dns.tcp_idle_timeout.max(1));
-    let slots = Arc::new(tokio::sync::Semaphore::new(
+    let slots = crate::dns::slots::ConnSlots::new(
         crate::dns::server::MAX_CONNECTIONS,
-    ));
+        crate::dns::slots::PER_ADDRESS,
+    );
     for a in &listen {
         crate::dns::server::serve_udp(service.clone(), *a, tokio::runtime::Handle::current())?;
         let l = crate::dns::server::bind_tcp(*a).await?;

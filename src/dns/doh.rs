@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use super::engine::Transport;
 use super::service::DnsService;
@@ -94,7 +93,7 @@ pub fn serve(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     idle: Duration,
-    slots: Arc<Semaphore>,
+    slots: Arc<super::slots::ConnSlots>,
 ) {
     super::server::accept_loop(listener, slots, move |tcp, peer| {
         let (r, acc) = (service.clone(), acceptor.clone());

@@ -13,6 +13,7 @@ pub mod name;
 pub mod ratelimit;
 pub mod server;
 pub mod service;
+pub mod slots;
 pub mod stats;
 pub mod tls;
 pub mod udp_batch;

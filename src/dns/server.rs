@@ -11,8 +11,10 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::engine::Transport;
 use super::service::DnsService;
+use super::slots::ConnSlots;
 
-/// Most TCP/DoT/DoH connections served at once.
+/// Most TCP/DoT/DoH connections served at once (of them at most
+/// [`slots::PER_ADDRESS`](super::slots::PER_ADDRESS) from one address).
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Most queries in flight on one connection (RFC 7766 §6.2.1.1 pipelining).
 const MAX_IN_FLIGHT: usize = 32;
@@ -90,9 +92,10 @@ pub async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     make().map_err(|cause| ServeError::Bind { addr, cause })
 }
 
-/// Accepts connections on `listener` while a connection slot is free and runs `serve_conn`
-/// for each on its own task (the slot is held until it ends).
-pub fn accept_loop<F, Fut>(listener: TcpListener, slots: Arc<Semaphore>, serve_conn: F)
+/// Accepts connections on `listener` and runs `serve_conn` for each on its own task, holding
+/// a slot of `slots` until it ends. A connection for which no slot is free (all taken, or its
+/// address holds its share) is closed at once. Every TCP listener of the program uses this.
+pub fn accept_loop<F, Fut>(listener: TcpListener, slots: Arc<ConnSlots>, serve_conn: F)
 where
     F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -103,14 +106,18 @@ where
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                drop(tcp);
-                continue;
+            let slot = match slots.try_acquire(peer.ip()) {
+                Ok(s) => s,
+                Err(why) => {
+                    tracing::trace!(?why, "connection refused: no slot");
+                    drop(tcp);
+                    continue;
+                }
             };
             let _ = tcp.set_nodelay(true);
             let conn = serve_conn(tcp, peer);
             tokio::spawn(async move {
-                let _permit = permit;
+                let _slot = slot;
                 conn.await
             });
         }
@@ -134,7 +141,7 @@ pub fn serve_stream(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     idle: Duration,
-    slots: Arc<Semaphore>,
+    slots: Arc<ConnSlots>,
 ) {
     accept_loop(listener, slots, move |tcp, peer| {
         let (r, tls) = (service.clone(), tls.clone());

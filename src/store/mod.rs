@@ -42,6 +42,14 @@ pub enum StoreError {
         path: PathBuf,
         cause: rusqlite::Error,
     },
+    /// The database file exists but is empty: truncated (a failed copy, `> state.db`), or its
+    /// creation was cut short. Opening it would silently start a new, empty store.
+    #[error(
+        "state database {path} is empty (0 bytes): it was truncated or never finished. Restore it \
+         from a backup, or move it away (`mv {path} {path}.empty`) to start a new store; devices \
+         registered in it must then be added again"
+    )]
+    Empty { path: PathBuf },
     /// A device with that name already exists.
     #[error("a device named {0:?} already exists; pick another name or remove it first")]
     DuplicateName(String),
@@ -69,7 +77,7 @@ fn db_hint(cause: &rusqlite::Error) -> &'static str {
                 " (another cloudpc command is writing it; try again)"
             }
             C::DatabaseCorrupt | C::NotADatabase => {
-                " (the file is damaged: move it away and run `cloudpc init` again; devices must then be added again)"
+                " (the file is damaged: restore it from a backup, or move it away to start a new store; devices must then be added again)"
             }
             _ => "",
         },
@@ -216,16 +224,32 @@ impl Store {
             path: path.clone(),
             cause,
         };
+        // SQLite takes an empty file for a new database and would write a fresh schema over
+        // it: a truncated store would lose every device without a word.
+        let existed = match std::fs::metadata(&path) {
+            Ok(m) if m.len() == 0 => return Err(StoreError::Empty { path }),
+            Ok(_) => true,
+            Err(_) => false,
+        };
         let conn = Connection::open(&path).map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db)?;
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
-            .map_err(db)?;
-        conn.execute_batch(SCHEMA).map_err(db)?;
-        conn.execute_batch(tokens::SCHEMA).map_err(db)?;
-        conn.execute_batch(querylog::SCHEMA).map_err(db)?;
-        conn.execute_batch(lists::SCHEMA).map_err(db)?;
-        migrate(&conn).map_err(db)?;
+        let init = || -> rusqlite::Result<()> {
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")?;
+            conn.execute_batch(SCHEMA)?;
+            conn.execute_batch(tokens::SCHEMA)?;
+            conn.execute_batch(querylog::SCHEMA)?;
+            conn.execute_batch(lists::SCHEMA)?;
+            migrate(&conn)
+        };
+        if let Err(e) = init() {
+            if !existed {
+                // A first open that failed (full disk): leave no empty file to be refused
+                // next time.
+                drop(conn);
+                remove_new_db(&path);
+            }
+            return Err(db(e));
+        }
         Ok(Store { conn, path })
     }
 
@@ -631,6 +655,19 @@ fn some_nullable<'de, D: serde::Deserializer<'de>>(
     Option::<String>::deserialize(d).map(Some)
 }
 
+/// Removes a database file this process just created and could not initialise, when it holds
+/// nothing (with its WAL and shared-memory files).
+fn remove_new_db(path: &Path) {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        let _ = std::fs::remove_file(path);
+        for ext in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(ext);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+    }
+}
+
 /// Columns added after the first release; a database made by an older cloudpc gets them.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let has_admin: bool = conn
@@ -685,6 +722,36 @@ mod tests {
             v4: "100.96.0.0/16".parse().unwrap(),
             v6: "fd00:1:2::/48".parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn an_empty_database_file_is_refused_and_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(DB_FILE);
+        std::fs::write(&db, b"").unwrap();
+
+        let err = Store::open(dir.path())
+            .err()
+            .expect("an empty file must be refused");
+
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Empty { .. }), "{err:?}");
+        assert!(
+            msg.contains(&db.display().to_string()) && msg.contains("backup"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::metadata(&db).unwrap().len(), 0);
+        assert!(!dir.path().join("state.db-wal").exists());
+    }
+
+    #[test]
+    fn a_new_database_is_created_where_none_was() {
+        let dir = tempfile::tempdir().unwrap();
+
+        let s = Store::open(dir.path()).unwrap();
+
+        assert!(s.devices().unwrap().is_empty());
+        assert!(std::fs::metadata(dir.path().join(DB_FILE)).unwrap().len() > 0);
     }
 
     #[test]
