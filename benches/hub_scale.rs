@@ -100,7 +100,7 @@ fn initiations(devs: &mut [DeviceSide]) -> Vec<(Endpoint, Vec<u8>)> {
 fn next_window(engine: &Engine, since: &mut Instant, bufs: &mut Bufs, sink: &Tally) {
     let wait = Duration::from_millis(1010).saturating_sub(since.elapsed());
     std::thread::sleep(wait);
-    engine.poll_timers(bufs, sink);
+    engine.poll_timers(Instant::now(), bufs, sink);
     *since = Instant::now();
 }
 
@@ -178,7 +178,7 @@ fn main() {
         batch.truncate(burst.min(total - done));
         let t = Instant::now();
         for (from, d) in &batch {
-            engine.handle_datagram(*from, d, &mut bufs, &sink);
+            engine.handle_datagram(*from, d, Instant::now(), &mut bufs, &sink);
         }
         hub_time += t.elapsed();
         done += batch.len();
@@ -238,7 +238,7 @@ fn main() {
     let (r0, c0) = (sink.responses.get(), sink.cookies.get());
     let t = Instant::now();
     for (from, d) in &flood {
-        engine.handle_datagram(*from, d, &mut bufs, &sink);
+        engine.handle_datagram(*from, d, Instant::now(), &mut bufs, &sink);
     }
     let flood_time = t.elapsed();
     let (fr, fc) = (sink.responses.get() - r0, sink.cookies.get() - c0);

@@ -3,7 +3,9 @@
 //! [`Engine`] does no I/O of its own; the tasks in `hub::io` read sockets and the TUN and hand
 //! each packet to `handle_datagram` / `handle_tun_packet`, which write their output through a
 //! [`Sink`]. Buffers ([`Bufs`]) belong to the calling task and are reused for every packet, so
-//! the steady state allocates nothing.
+//! the steady state allocates nothing. Time comes from the caller: every entry point takes
+//! `now` (sessions, NAT64 mappings and timers are decided against it; boringtun's own session
+//! timers still read its clock).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -287,12 +289,19 @@ impl Engine {
     }
 
     /// Handles one datagram received from `from` on the WireGuard port.
-    pub fn handle_datagram(&self, from: Endpoint, d: &[u8], bufs: &mut Bufs, sink: &impl Sink) {
+    pub fn handle_datagram(
+        &self,
+        from: Endpoint,
+        d: &[u8],
+        now: Instant,
+        bufs: &mut Bufs,
+        sink: &impl Sink,
+    ) {
         let table = self.table.load();
         let Some((peer, found)) = self.identify(&table, from, d, bufs, sink) else {
             return;
         };
-        let (peer, inner) = match self.decrypt(&peer, found, from, d, bufs, sink) {
+        let (peer, inner) = match self.decrypt(&peer, found, from, d, now, bufs, sink) {
             Inner::WrongKey => {
                 // Another device is behind the address now: find it by its key.
                 let Ok(Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(d) else {
@@ -301,7 +310,7 @@ impl Engine {
                 let Some(p) = self.by_static_key(&table, &init) else {
                     return;
                 };
-                let inner = self.decrypt(&p, Found::Sure, from, d, bufs, sink);
+                let inner = self.decrypt(&p, Found::Sure, from, d, now, bufs, sink);
                 (p, inner)
             }
             inner => (peer, inner),
@@ -310,17 +319,21 @@ impl Engine {
         // two devices talking to each other must not wait on each other's locks.
         if let Inner::Packet(off, len) = inner {
             let Bufs { plain, crypt, nat } = bufs;
-            self.route_device_packet(&table, &peer, &plain[off..off + len], crypt, nat, sink);
+            let pkt = &plain[off..off + len];
+            self.route_device_packet(&table, &peer, pkt, now, crypt, nat, sink);
         }
     }
 
     /// Runs datagram `d` through `peer`'s session.
+    // The caller's buffers, sink and clock are passed apart (no bundle of them lives long).
+    #[allow(clippy::too_many_arguments)]
     fn decrypt(
         &self,
         peer: &Arc<Peer>,
         found: Found,
         from: Endpoint,
         d: &[u8],
+        now: Instant,
         bufs: &mut Bufs,
         sink: &impl Sink,
     ) -> Inner {
@@ -334,7 +347,7 @@ impl Engine {
                     bump(&self.counters.decrypt_errors);
                     return Inner::None;
                 }
-                peer.session_in(&mut slot, &self.session_params(), Instant::now());
+                peer.session_in(&mut slot, &self.session_params(), now);
             }
             let Some(session) = slot.as_mut() else {
                 return Inner::None;
@@ -379,11 +392,14 @@ impl Engine {
         }
     }
 
+    // `pkt` borrows the plaintext buffer, so the other two buffers come apart from it.
+    #[allow(clippy::too_many_arguments)]
     fn route_device_packet(
         &self,
         table: &PeerTable,
         from: &Peer,
         pkt: &[u8],
+        now: Instant,
         crypt: &mut [u8],
         nat: &mut Vec<u8>,
         sink: &impl Sink,
@@ -394,11 +410,11 @@ impl Engine {
             tracing::trace!(header = ?h, verdict = ?verdict.kind(), "from device");
         }
         match verdict {
-            Verdict::Peer(to) => self.send_to_peer(&to, pkt, crypt, sink),
+            Verdict::Peer(to) => self.send_to_peer(&to, pkt, now, crypt, sink),
             Verdict::Tun => sink.write_tun(pkt),
             Verdict::Nat64 => match &self.nat64 {
                 Some(t) => {
-                    if t.translate_6to4(pkt, Instant::now(), nat) {
+                    if t.translate_6to4(pkt, now, nat) {
                         sink.write_tun(nat);
                     } else {
                         bump(&self.counters.nat64_dropped);
@@ -411,33 +427,40 @@ impl Engine {
     }
 
     /// Handles one packet read from the TUN.
-    pub fn handle_tun_packet(&self, pkt: &[u8], bufs: &mut Bufs, sink: &impl Sink) {
+    pub fn handle_tun_packet(&self, pkt: &[u8], now: Instant, bufs: &mut Bufs, sink: &impl Sink) {
         let table = self.table.load();
         let mut pkt = pkt;
         if let Some(t) = &self.nat64 {
             if pkt.len() >= 20 && pkt[0] >> 4 == 4 && pkt[16..20] == t.pool_v4().octets() {
-                if !t.translate_4to6(pkt, Instant::now(), &mut bufs.nat) {
+                if !t.translate_4to6(pkt, now, &mut bufs.nat) {
                     return bump(&self.counters.nat64_dropped);
                 }
                 pkt = &bufs.nat;
             }
         }
         match route_from_tun(&**table, pkt) {
-            Verdict::Peer(to) => self.send_to_peer(&to, pkt, &mut bufs.crypt, sink),
+            Verdict::Peer(to) => self.send_to_peer(&to, pkt, now, &mut bufs.crypt, sink),
             Verdict::Drop(r) => self.count_drop(r),
             Verdict::Tun | Verdict::Nat64 => self.count_drop(DropReason::NoRoute),
         }
     }
 
     /// Encrypts `pkt` to `to` and sends it to the device's endpoint.
-    fn send_to_peer(&self, to: &Peer, pkt: &[u8], crypt: &mut [u8], sink: &impl Sink) {
+    fn send_to_peer(
+        &self,
+        to: &Peer,
+        pkt: &[u8],
+        now: Instant,
+        crypt: &mut [u8],
+        sink: &impl Sink,
+    ) {
         // A device never heard from (since the hub started) cannot be reached: WireGuard
         // needs an endpoint, and only the device can tell it.
         let Some(endpoint) = to.endpoint() else {
             return bump(&self.counters.no_endpoint);
         };
         let mut slot = to.session.lock();
-        let tunn = to.session_in(&mut slot, &self.session_params(), Instant::now());
+        let tunn = to.session_in(&mut slot, &self.session_params(), now);
         match tunn.encapsulate(pkt, crypt) {
             TunnResult::WriteToNetwork(out) => sink.send_udp(endpoint, out),
             TunnResult::Err(e) => self.count_wg_error(&e),
@@ -455,6 +478,7 @@ impl Engine {
         &self,
         key: &[u8; 32],
         to: Endpoint,
+        now: Instant,
         bufs: &mut Bufs,
         sink: &impl Sink,
     ) -> bool {
@@ -465,7 +489,7 @@ impl Engine {
         // The stored endpoint was the source of the device's latest authenticated packet.
         self.handle_authenticated(peer, to);
         let mut slot = peer.session.lock();
-        let tunn = peer.session_in(&mut slot, &self.session_params(), Instant::now());
+        let tunn = peer.session_in(&mut slot, &self.session_params(), now);
         match tunn.format_handshake_initiation(&mut bufs.crypt, false) {
             TunnResult::WriteToNetwork(out) => {
                 sink.send_udp(to, out);
@@ -477,10 +501,9 @@ impl Engine {
 
     /// Runs every session's timers (call about every 250 ms): handshake retries, keepalives,
     /// session expiry; also resets the handshake rate limiter once a second.
-    pub fn poll_timers(&self, bufs: &mut Bufs, sink: &impl Sink) {
+    pub fn poll_timers(&self, now: Instant, bufs: &mut Bufs, sink: &impl Sink) {
         self.rate_limiter.reset_count();
         let table = self.table.load();
-        let now = Instant::now();
         if let Some(t) = &self.nat64 {
             t.expire(now);
         }

@@ -6,6 +6,7 @@ use crate::hub::packet::tests::ipv4;
 use crate::store::{Device, Overlay};
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 #[derive(Default)]
 struct Recorder {
@@ -95,7 +96,7 @@ impl World {
     /// Delivers a client's datagram to the hub; returns what the hub sent.
     fn deliver(&mut self, from: SocketAddr, d: &[u8]) -> Vec<(SocketAddr, Vec<u8>)> {
         self.engine
-            .handle_datagram(from.into(), d, &mut self.bufs, &self.sink);
+            .handle_datagram(from.into(), d, Instant::now(), &mut self.bufs, &self.sink);
         self.sink.udp.borrow_mut().drain(..).collect()
     }
 
@@ -158,7 +159,8 @@ fn hub_and_internet_traffic_goes_to_the_tun_and_back() {
     w.deliver(a.addr, &d);
     assert_eq!(w.sink.tun.borrow().as_slice(), &[pkt]);
     let reply = ipv4(Ipv4Addr::new(192, 0, 2, 80), a.v4, 10);
-    w.engine.handle_tun_packet(&reply, &mut w.bufs, &w.sink);
+    w.engine
+        .handle_tun_packet(&reply, Instant::now(), &mut w.bufs, &w.sink);
     let out: Vec<_> = w.sink.udp.borrow_mut().drain(..).collect();
     assert_eq!(out.len(), 1);
     assert_eq!(open(&mut a, &out[0].1), reply);
@@ -185,6 +187,7 @@ fn roaming_follows_the_latest_authenticated_packet_only() {
     assert_eq!(peer.endpoint().map(|e| e.addr), Some(moved));
     w.engine.handle_tun_packet(
         &ipv4(Ipv4Addr::new(1, 1, 1, 1), a.v4, 0),
+        Instant::now(),
         &mut w.bufs,
         &w.sink,
     );
@@ -270,7 +273,7 @@ proptest::proptest! {
         let mut a = w.add(2);
         w.handshake(&mut a);
         w.deliver(a.addr, &bytes);
-        w.engine.handle_tun_packet(&bytes, &mut w.bufs, &w.sink);
+        w.engine.handle_tun_packet(&bytes, Instant::now(), &mut w.bufs, &w.sink);
     }
 }
 
@@ -353,7 +356,8 @@ fn dns64_traffic_goes_through_the_nat64_seam_both_ways() {
     );
     // The reply to the pool address comes back as IPv6 to the device.
     let back = ipv4(Ipv4Addr::new(192, 0, 2, 80), POOL, 8);
-    w.engine.handle_tun_packet(&back, &mut w.bufs, &w.sink);
+    w.engine
+        .handle_tun_packet(&back, Instant::now(), &mut w.bufs, &w.sink);
     let out: Vec<_> = w.sink.udp.borrow_mut().drain(..).collect();
     assert_eq!(out.len(), 1);
     let mut dst = vec![0u8; 2048];
@@ -361,7 +365,7 @@ fn dns64_traffic_goes_through_the_nat64_seam_both_ways() {
         TunnResult::WriteToTunnelV6(p, _) => assert_eq!(p[0] >> 4, 6),
         other => panic!("not an IPv6 packet: {other:?}"),
     }
-    w.engine.poll_timers(&mut w.bufs, &w.sink);
+    w.engine.poll_timers(Instant::now(), &mut w.bufs, &w.sink);
     assert_eq!(fake.expired.load(Ordering::Relaxed), 1);
 }
 
@@ -388,7 +392,9 @@ fn a_restarted_hub_reaches_a_device_at_its_stored_endpoint_without_waiting_for_i
     let key = crate::enroll::keys::decode_key(&w.devices[0].public_key, "key").unwrap();
 
     // The hub starts the handshake towards the endpoint it kept.
-    assert!(w.engine.initiate(&key, c.addr.into(), &mut w.bufs, &w.sink));
+    assert!(w
+        .engine
+        .initiate(&key, c.addr.into(), Instant::now(), &mut w.bufs, &w.sink));
     let sent: Vec<_> = w.sink.udp.borrow_mut().drain(..).collect();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].0, c.addr);
@@ -410,15 +416,20 @@ fn a_restarted_hub_reaches_a_device_at_its_stored_endpoint_without_waiting_for_i
 
     // Traffic from the hub's side reaches the device at once.
     let pkt = ipv4(Ipv4Addr::new(100, 96, 0, 1), c.v4, 20);
-    w.engine.handle_tun_packet(&pkt, &mut w.bufs, &w.sink);
+    w.engine
+        .handle_tun_packet(&pkt, Instant::now(), &mut w.bufs, &w.sink);
     let sent: Vec<_> = w.sink.udp.borrow_mut().drain(..).collect();
     assert_eq!(sent.len(), 1);
     assert_eq!(open(&mut c, &sent[0].1), pkt);
 
     // A key that is not registered (a device removed meanwhile) gets nothing.
     let other = KeyPair::generate();
-    assert!(!w
-        .engine
-        .initiate(other.public.as_bytes(), c.addr.into(), &mut w.bufs, &w.sink));
+    assert!(!w.engine.initiate(
+        other.public.as_bytes(),
+        c.addr.into(),
+        Instant::now(),
+        &mut w.bufs,
+        &w.sink
+    ));
     assert!(w.sink.udp.borrow().is_empty());
 }

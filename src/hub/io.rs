@@ -12,7 +12,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -256,6 +256,7 @@ pub async fn udp_task(v6: bool, net: Arc<NetSink>, engine: Arc<Engine>) {
                 continue;
             }
         };
+        let now = Instant::now();
         for (m, buf) in meta.iter().zip(&storage).take(n) {
             let from = Endpoint {
                 addr: unmap(m.addr),
@@ -264,11 +265,11 @@ pub async fn udp_task(v6: bool, net: Arc<NetSink>, engine: Arc<Engine>) {
             let data = &buf[..m.len.min(buf.len())];
             let stride = if m.stride == 0 { data.len() } else { m.stride };
             for d in data.chunks(stride.max(1)) {
-                engine.handle_datagram(from, d, &mut bufs, &sink);
+                engine.handle_datagram(from, d, now, &mut bufs, &sink);
             }
         }
         sink.flush().await;
-        if let Some(pause) = pacer.handle_read(n, std::time::Instant::now()) {
+        if let Some(pause) = pacer.handle_read(n, Instant::now()) {
             // A plain sleep: it holds this worker for a fraction of a millisecond (tokio's
             // timers are millisecond-grained) while the runtime's other workers go on.
             std::thread::sleep(pause);
@@ -342,8 +343,9 @@ pub async fn tun_task(net: Arc<NetSink>, engine: Arc<Engine>, mtu: u16) {
                 continue;
             }
         };
+        let now = Instant::now();
         for (s, &len) in segs.iter().zip(&sizes).take(n) {
-            engine.handle_tun_packet(&s[..len.min(s.len())], &mut bufs, &sink);
+            engine.handle_tun_packet(&s[..len.min(s.len())], now, &mut bufs, &sink);
         }
         sink.flush().await;
     }
@@ -356,14 +358,13 @@ pub async fn timer_task(engine: Arc<Engine>, net: Arc<NetSink>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        engine.poll_timers(&mut bufs, &*net);
+        engine.poll_timers(Instant::now(), &mut bufs, &*net);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     #[test]
     fn a_steady_flow_gets_the_coalescing_wait_and_lone_packets_never_do() {

@@ -316,7 +316,7 @@ fn reconnect(
             addr: ep.addr,
             local: ep.local,
         };
-        if engine.initiate(&key, to, &mut bufs, sink) {
+        if engine.initiate(&key, to, std::time::Instant::now(), &mut bufs, sink) {
             sent += 1;
         }
     }
