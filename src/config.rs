@@ -472,3 +472,22 @@ mod tests {
         assert!(e.to_string().contains("dns.blocked_answer"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    #[test]
+    fn fuzz_config() {
+        let example = include_str!("../config/cloudpc.example.toml").to_string();
+        let seeds = vec![
+            example,
+            "[dns]\nlisten = [\"127.0.0.1:53\"]\nrate_limit = 5\n".into(),
+        ];
+        crate::fuzz::run("config", crate::fuzz::text(seeds), |text| {
+            if let Err(e) = Config::parse(text, Path::new("cloudpc.toml")) {
+                assert!(!e.to_string().is_empty(), "errors say what is wrong");
+            }
+        });
+    }
+}

@@ -9,6 +9,8 @@ pub mod dns;
 pub mod egress;
 pub mod enroll;
 pub mod filter;
+#[cfg(test)]
+pub(crate) mod fuzz;
 pub mod hub;
 pub mod paths;
 pub mod querylog;

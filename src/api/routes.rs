@@ -57,11 +57,12 @@ async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Resu
             "the body must be JSON (Content-Type: application/json), not {ct:?}"
         )));
     }
-    let text = if bytes.is_empty() {
-        &b"{}"[..]
-    } else {
-        &bytes[..]
-    };
+    parse_json(&bytes)
+}
+
+/// Reads a call's JSON object (an empty body is `{}`).
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let text = if bytes.is_empty() { &b"{}"[..] } else { bytes };
     let bad = |e: serde_json::Error| {
         ApiError::BadRequest(format!("the body is not the JSON this call takes: {e}"))
     };
@@ -302,4 +303,31 @@ async fn revoke_token(State(c): State<Arc<Control>>, Path(id): Path<String>) -> 
         .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a token id (a number)")))?;
     call(&c, move |c| c.revoke_token(id)).await?;
     ok(StatusCode::OK, serde_json::json!({ "revoked": id }))
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::api::types::{NewDevice, NewToken, QueryLogChange};
+    use crate::store::DevicePatch;
+
+    #[test]
+    fn fuzz_api_json_bodies() {
+        let seeds = vec![
+            br#"{"name":"phone","split":true,"group":"kids","admin":false}"#.to_vec(),
+            br#"{"name":null,"group":null,"owner":true}"#.to_vec(),
+            br#"{"enabled":true,"recipients":["age1x"]}"#.to_vec(),
+        ];
+        crate::fuzz::run("api_json", crate::fuzz::bytes(seeds, 400), |b| {
+            let results = [
+                parse_json::<NewDevice>(b).err(),
+                parse_json::<DevicePatch>(b).err(),
+                parse_json::<QueryLogChange>(b).err(),
+                parse_json::<NewToken>(b).err(),
+            ];
+            for e in results.into_iter().flatten() {
+                assert!(matches!(e, ApiError::BadRequest(_)), "bad bodies are 400s");
+            }
+        });
+    }
 }

@@ -608,3 +608,102 @@ fn unusual_name_bytes_take_the_general_parser_and_still_cache() {
     let m = answered(&r, &q, CLIENT, Transport::Udp, now);
     assert_eq!(addr_of(&m), Some("192.0.2.3".parse().unwrap()));
 }
+
+mod fuzz {
+    use super::*;
+    use crate::fuzz;
+
+    fn seeds() -> Vec<Vec<u8>> {
+        vec![
+            query("www.example.com.", RecordType::A),
+            query_bytes("www.example.com.", RecordType::AAAA, true),
+            query("laptop.mesh.", RecordType::A),
+            query("2.0.100.100.in-addr.arpa.", RecordType::PTR),
+            query("x.ads.example.", RecordType::A),
+        ]
+    }
+
+    #[test]
+    fn fuzz_resolver_queries() {
+        let r = resolver_with(
+            Settings {
+                dns64: Some("64:ff9b::/96".parse().unwrap()),
+                ..settings()
+            },
+            policy(&["ads.example"], &[], BlockedAnswer::Null),
+        );
+        let now = Instant::now();
+        let mut out = Vec::new();
+        fuzz::run("resolver_queries", fuzz::bytes(seeds(), 600), |q| {
+            for t in [Transport::Udp, Transport::Stream] {
+                match r.handle_query(q, CLIENT, t, now, &mut out) {
+                    Step::Answered => {
+                        assert!(out.len() >= wire::HEADER_LEN);
+                        assert_eq!(out[0..2], q[0..2], "the answer carries the query's id");
+                        assert_ne!(out[2] & 0x80, 0, "QR is set");
+                        if t == Transport::Udp {
+                            assert!(out.len() <= wire::EDNS_PAYLOAD as usize);
+                        }
+                    }
+                    Step::Drop => {}
+                    Step::Ask(p) => {
+                        let mut w = Vec::new();
+                        p.put_question(&mut w);
+                        assert!(w.len() >= 5);
+                    }
+                }
+            }
+        });
+    }
+
+    fn answer_seeds() -> Vec<Vec<u8>> {
+        let mut m = Message::new(0, MessageType::Response, OpCode::Query);
+        m.add_query(Query::query(name("www.example.com."), RecordType::A));
+        m.add_answer(Record::from_rdata(
+            name("www.example.com."),
+            60,
+            RData::CNAME(CNAME(name("cdn.example.net."))),
+        ));
+        m.add_answer(a_record("cdn.example.net.", [192, 0, 2, 1], 30));
+        let mut nx = Message::new(0, MessageType::Response, OpCode::Query);
+        nx.metadata.response_code = ResponseCode::NXDomain;
+        nx.add_query(Query::query(name("www.example.com."), RecordType::A));
+        let soa = SOA::new(name("ns.example."), name("h.example."), 1, 1, 1, 1, 60);
+        nx.add_authority(Record::from_rdata(
+            name("example.com."),
+            300,
+            RData::SOA(soa),
+        ));
+        vec![m.to_vec().unwrap(), nx.to_vec().unwrap()]
+    }
+
+    #[test]
+    fn fuzz_upstream_answers() {
+        let r = dns64_resolver(&["tracker.example"]);
+        let now = Instant::now();
+        let q = query_bytes("www.example.com.", RecordType::AAAA, true);
+        let qv = QueryView::parse(&q).unwrap();
+        let mut out = Vec::new();
+        fuzz::run("upstream_answers", fuzz::bytes(answer_seeds(), 1500), |b| {
+            let _ = super::super::super::udp_client::answer_id(b);
+            let _ = super::super::super::udp_client::answers_question(
+                b,
+                b"\x03www\x00\x00\x01\x00\x01",
+            );
+            if let Some(e) = Entry::new(b.clone(), 60, now) {
+                e.write_answer(&qv, now + Duration::from_secs(5), &mut out);
+            }
+            let Ok(a) = UpstreamAnswer::from_wire(b) else {
+                return;
+            };
+            let p = asks(&r, &q, CLIENT, now);
+            let mut step = r.handle_upstream(p, Ok(a.clone()), now, &mut out);
+            if let Step::Ask(p) = step {
+                step = r.handle_upstream(p, Ok(a), now, &mut out);
+            }
+            assert!(matches!(step, Step::Answered));
+            assert_eq!(out[0..2], [0x12, 0x34]);
+            r.clear_cache();
+        });
+    }
+}

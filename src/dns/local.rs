@@ -338,3 +338,22 @@ mod tests {
         assert_eq!(a.answers.len(), 1);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    #[test]
+    fn fuzz_zone_files() {
+        let example = include_str!("../../zones/example.zone.sample").to_string();
+        let seeds = vec![
+            example,
+            "$TTL 60\n$ORIGIN home.\nnas IN A 10.0.0.2\n".into(),
+        ];
+        crate::fuzz::run("zone_files", crate::fuzz::text(seeds), |text| {
+            let files = [("f.zone".to_string(), text.clone())];
+            let (d, _errors) = LocalData::build("mesh", &[], None, &files);
+            let _ = d.answer(&Name::from_ascii("nas.mesh.").unwrap(), RecordType::A);
+        });
+    }
+}

@@ -424,3 +424,27 @@ mod tests {
         assert_eq!(errors.last().map(|e| e.line), Some(0));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::filter::FilterSet;
+
+    #[test]
+    fn fuzz_list_files() {
+        let seeds = vec![
+            "# hosts\n0.0.0.0 ads.example\n127.0.0.1 t.example # c\n".to_string(),
+            "||tracker.example^\n@@||ok.example^\n! comment\n/ads[0-9]+/\n".to_string(),
+            "plain.example\n*.wild.example\n".to_string(),
+        ];
+        crate::fuzz::run("list_files", crate::fuzz::text(seeds), |text| {
+            let src = ListSource {
+                origin: "fuzz.txt".into(),
+                text: text.clone(),
+            };
+            let _ = check_list(&src);
+            let (set, _errors) = FilterSet::build(&[src], &[], &[]);
+            let _ = set.check("ads.example");
+        });
+    }
+}

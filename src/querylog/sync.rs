@@ -457,3 +457,22 @@ mod tests {
         assert_eq!(parse_query(""), Ok((0, PAGE_MAX)));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    #[test]
+    fn fuzz_sync_query_string() {
+        let seeds = vec![
+            b"since=12&limit=100".to_vec(),
+            b"limit=1&since=0&x".to_vec(),
+        ];
+        crate::fuzz::run("querylog_sync_query", crate::fuzz::bytes(seeds, 200), |b| {
+            if let Ok((since, limit)) = parse_query(&String::from_utf8_lossy(b)) {
+                assert!(since >= 0);
+                assert!((1..=PAGE_MAX).contains(&limit));
+            }
+        });
+    }
+}
