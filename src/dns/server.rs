@@ -1,5 +1,5 @@
 //! Moving bytes: UDP (RFC 1035), TCP and DoT (RFC 7766 / RFC 7858: pipelining, out-of-order
-//! answers, idle timeouts). The answers come from [`Resolver`].
+//! answers, idle timeouts). The answers come from [`DnsService`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
