@@ -8,7 +8,6 @@
 //! (`dns::engine`): a query's [`Step`] is finished here when the upstream answers this thread,
 //! and by [`DnsService::finish`] on the async runtime otherwise.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -66,18 +65,12 @@ pub fn send_nonblocking(sock: &std::net::UdpSocket, data: &[u8], to: SocketAddr)
     }
 }
 
-/// Most queries a listener keeps in flight itself; beyond, misses take the general path.
-const MAX_FORWARDED: usize = 4096;
-
-/// A miss this listener sent upstream itself.
-struct InFlight {
+/// A miss this listener sent upstream itself: whom to answer, and the resolver's token.
+struct Forwarded {
     client: libc::sockaddr_storage,
     client_len: libc::socklen_t,
     peer: SocketAddr,
     pending: Box<Pending>,
-    /// The question as sent upstream (lower case), which the answer must repeat.
-    question: Vec<u8>,
-    asked: Instant,
 }
 
 /// The listener's own upstream socket: misses (cache misses that are neither local nor
@@ -89,7 +82,7 @@ struct ForwardLane {
     sock: std::net::UdpSocket,
     upstream: SocketAddr,
     timeout: Duration,
-    in_flight: HashMap<u16, InFlight>,
+    in_flight: udp_client::InFlight<Forwarded>,
     last_sweep: Instant,
 }
 
@@ -107,7 +100,7 @@ impl ForwardLane {
             sock,
             upstream,
             timeout,
-            in_flight: HashMap::new(),
+            in_flight: udp_client::InFlight::default(),
             last_sweep: Instant::now(),
         })
     }
@@ -120,64 +113,36 @@ impl ForwardLane {
         client: (libc::sockaddr_storage, libc::socklen_t, SocketAddr),
         now: Instant,
         msg: &mut Vec<u8>,
+        question: &mut Vec<u8>,
     ) -> Result<(), Box<Pending>> {
-        if self.in_flight.len() >= MAX_FORWARDED {
-            return Err(pending);
-        }
-        let mut question = Vec::with_capacity(64);
-        pending.put_question(&mut question);
-        let mut id: u16 = rand::random();
-        for _ in 0..16 {
-            if !self.in_flight.contains_key(&id) {
-                break;
-            }
-            id = rand::random();
-        }
-        if self.in_flight.contains_key(&id) {
-            return Err(pending);
-        }
+        question.clear();
+        pending.put_question(question);
+        let f = Forwarded {
+            client: client.0,
+            client_len: client.1,
+            peer: client.2,
+            pending,
+        };
+        let id = self
+            .in_flight
+            .insert(question, f, now)
+            .map_err(|f| f.pending)?;
         msg.clear();
-        udp_client::put_query(msg, id, &question);
+        udp_client::put_query(msg, id, question);
         if self.sock.send(msg).is_err() {
-            return Err(pending);
+            let f = self.in_flight.remove(id).expect("just inserted");
+            return Err(f.pending);
         }
-        self.in_flight.insert(
-            id,
-            InFlight {
-                client: client.0,
-                client_len: client.1,
-                peer: client.2,
-                pending,
-                question,
-                asked: now,
-            },
-        );
         Ok(())
     }
 
-    /// Takes the answer in `b`, if it is one of ours.
-    fn take(&mut self, b: &[u8]) -> Option<InFlight> {
-        let id = udp_client::answer_id(b)?;
-        let f = self.in_flight.get(&id)?;
-        if !udp_client::answers_question(b, &f.question) {
-            return None;
-        }
-        self.in_flight.remove(&id)
-    }
-
     /// Queries that waited longer than the upstream timeout (checked a few times a second).
-    fn expired(&mut self, now: Instant, out: &mut Vec<InFlight>) {
+    fn expired(&mut self, now: Instant, out: &mut Vec<Forwarded>) {
         if now.duration_since(self.last_sweep) < Duration::from_millis(100) {
             return;
         }
         self.last_sweep = now;
-        let late: Vec<u16> = self
-            .in_flight
-            .iter()
-            .filter(|(_, f)| now.duration_since(f.asked) >= self.timeout)
-            .map(|(id, _)| *id)
-            .collect();
-        out.extend(late.iter().filter_map(|id| self.in_flight.remove(id)));
+        self.in_flight.expire(now, self.timeout, out);
     }
 }
 
@@ -228,6 +193,7 @@ pub fn run(service: Arc<DnsService>, sock: Arc<std::net::UdpSocket>, rt: tokio::
             });
     let mut upstream_buf = vec![0u8; 65_535];
     let mut upstream_msg = Vec::with_capacity(512);
+    let mut question = Vec::with_capacity(260);
     let mut late = Vec::new();
     loop {
         // With queries in flight, wait for either socket; otherwise block on the listener.
@@ -322,7 +288,7 @@ pub fn run(service: Arc<DnsService>, sock: Arc<std::net::UdpSocket>, rt: tokio::
                 Step::Ask(p) => {
                     let client = (addrs[i], msgs[i].msg_hdr.msg_namelen, peer);
                     let sent = match usable.as_deref_mut() {
-                        Some(l) => l.send(p, client, now, &mut upstream_msg),
+                        Some(l) => l.send(p, client, now, &mut upstream_msg, &mut question),
                         None => Err(p),
                     };
                     if let Err(p) = sent {
@@ -337,7 +303,7 @@ pub fn run(service: Arc<DnsService>, sock: Arc<std::net::UdpSocket>, rt: tokio::
                 let Ok(len) = l.sock.recv(&mut upstream_buf) else {
                     break;
                 };
-                let Some(f) = l.take(&upstream_buf[..len]) else {
+                let Some((f, _)) = l.in_flight.take(&upstream_buf[..len]) else {
                     continue;
                 };
                 let answer = &upstream_buf[..len];
@@ -365,7 +331,7 @@ pub fn run(service: Arc<DnsService>, sock: Arc<std::net::UdpSocket>, rt: tokio::
                     // DNS64's second question goes out on this lane too.
                     Step::Ask(p) => {
                         let client = (f.client, f.client_len, f.peer);
-                        if let Err(p) = l.send(p, client, now, &mut upstream_msg) {
+                        if let Err(p) = l.send(p, client, now, &mut upstream_msg, &mut question) {
                             spawn_finish(&rt, &service, &sock, p, f.peer, None);
                         }
                     }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::net::UdpSocket;
@@ -33,7 +33,91 @@ pub enum UdpClientError {
     Io(String),
 }
 
-type Pending = Mutex<HashMap<u16, (Box<[u8]>, oneshot::Sender<Vec<u8>>)>>;
+/// Most queries in flight on one socket.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// The queries sent on one upstream socket and not answered yet, with whatever waits for each
+/// (`W`): ids are random and unique among them, and an answer is taken only when it repeats
+/// its query's question (RFC 5452 §9.1). Both the async client here and the UDP listeners'
+/// own forwarding (`dns::udp_batch`) keep theirs in one of these; time comes from the caller.
+pub struct InFlight<W> {
+    map: HashMap<u16, Slot<W>>,
+}
+
+struct Slot<W> {
+    question: Box<[u8]>,
+    sent: Instant,
+    waiter: W,
+}
+
+impl<W> Default for InFlight<W> {
+    fn default() -> Self {
+        InFlight {
+            map: HashMap::new(),
+        }
+    }
+}
+
+impl<W> InFlight<W> {
+    /// Number of queries waiting.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Registers `question` (from [`put_question`]) sent at `now`; returns the id to send it
+    /// with, or gives `waiter` back when [`MAX_IN_FLIGHT`] queries wait or no free id was found.
+    pub fn insert(&mut self, question: &[u8], waiter: W, now: Instant) -> Result<u16, W> {
+        if self.map.len() >= MAX_IN_FLIGHT {
+            return Err(waiter);
+        }
+        for _ in 0..16 {
+            let id: u16 = rand::random();
+            if let std::collections::hash_map::Entry::Vacant(v) = self.map.entry(id) {
+                v.insert(Slot {
+                    question: question.into(),
+                    sent: now,
+                    waiter,
+                });
+                return Ok(id);
+            }
+        }
+        Err(waiter)
+    }
+
+    /// Takes the waiter of the query that `answer` answers (its id and its question), with
+    /// when the query was sent; `None` when the datagram answers nothing of ours.
+    pub fn take(&mut self, answer: &[u8]) -> Option<(W, Instant)> {
+        let id = answer_id(answer)?;
+        let slot = self.map.get(&id)?;
+        if !answers_question(answer, &slot.question) {
+            return None;
+        }
+        self.map.remove(&id).map(|s| (s.waiter, s.sent))
+    }
+
+    /// Forgets query `id` (its waiter gave up).
+    pub fn remove(&mut self, id: u16) -> Option<W> {
+        self.map.remove(&id).map(|s| s.waiter)
+    }
+
+    /// Moves the waiters of queries sent `timeout` or longer before `now` into `out`.
+    pub fn expire(&mut self, now: Instant, timeout: Duration, out: &mut Vec<W>) {
+        let late: Vec<u16> = self
+            .map
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.sent) >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        out.extend(late.iter().filter_map(|id| self.remove(*id)));
+    }
+}
+
+type Pending = Mutex<InFlight<oneshot::Sender<Vec<u8>>>>;
 
 struct Lane {
     sock: Arc<UdpSocket>,
@@ -64,7 +148,7 @@ impl UdpClient {
                 .await
                 .map_err(|e| UdpClientError::Io(e.to_string()))?;
             let sock = Arc::new(sock);
-            let pending: Arc<Pending> = Arc::new(Mutex::new(HashMap::new()));
+            let pending: Arc<Pending> = Arc::new(Mutex::new(InFlight::default()));
             tokio::spawn(read_loop(sock.clone(), Arc::downgrade(&pending)));
             lanes.push(Lane { sock, pending });
         }
@@ -92,24 +176,14 @@ impl UdpClient {
         let mut question = Vec::with_capacity(qname.len() + 4);
         put_question(&mut question, qname, qtype);
         let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut p = lane.pending.lock();
-            let mut id: u16 = rand::random();
-            let mut tries = 0;
-            while p.contains_key(&id) {
-                id = rand::random();
-                tries += 1;
-                if tries > 16 {
-                    return Err(UdpClientError::Io("too many queries in flight".into()));
-                }
-            }
-            p.insert(id, (question.clone().into_boxed_slice(), tx));
-            id
+        let inserted = lane.pending.lock().insert(&question, tx, Instant::now());
+        let Ok(id) = inserted else {
+            return Err(UdpClientError::Io("too many queries in flight".into()));
         };
         let mut msg = Vec::with_capacity(12 + question.len() + 11);
         put_query(&mut msg, id, &question);
         if let Err(e) = lane.sock.send(&msg).await {
-            lane.pending.lock().remove(&id);
+            lane.pending.lock().remove(id);
             return Err(UdpClientError::Io(e.to_string()));
         }
         match tokio::time::timeout(timeout, rx).await {
@@ -122,7 +196,7 @@ impl UdpClient {
             }
             Ok(Err(_)) => Err(UdpClientError::Io("reader stopped".into())),
             Err(_) => {
-                lane.pending.lock().remove(&id);
+                lane.pending.lock().remove(id);
                 Err(UdpClientError::Timeout)
             }
         }
@@ -147,18 +221,8 @@ async fn read_loop(sock: Arc<UdpSocket>, pending: std::sync::Weak<Pending>) {
             return;
         };
         let b = &buf[..n];
-        let Some(id) = answer_id(b) else {
-            continue;
-        };
-        let mut p = pending.lock();
-        let Some((question, _)) = p.get(&id) else {
-            continue;
-        };
-        if !answers_question(b, question) {
-            continue;
-        }
-        if let Some((_, tx)) = p.remove(&id) {
-            drop(p);
+        let taken = pending.lock().take(b);
+        if let Some((tx, _)) = taken {
             let _ = tx.send(b.to_vec());
         }
     }
@@ -193,4 +257,79 @@ pub fn answers_question(b: &[u8], question: &[u8]) -> bool {
                 .map(u8::to_ascii_lowercase)
                 .eq(question.iter().copied())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(id: u16, question: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        super::super::wire::put_header(&mut a, id, 0x8180, [1, 0, 0, 0]);
+        a.extend_from_slice(question);
+        a
+    }
+
+    fn question(name: &[u8]) -> Vec<u8> {
+        let mut q = Vec::new();
+        put_question(&mut q, name, 1);
+        q
+    }
+
+    #[test]
+    fn answer_is_taken_by_id_and_question_only() {
+        let now = Instant::now();
+        let mut t = InFlight::default();
+        let q = question(b"\x03www\x07example\x00");
+        let id = t.insert(&q, "waiter", now).unwrap();
+        // Right id, another question: a spoofing attempt, not ours.
+        assert!(t.take(&answer(id, &question(b"\x03evil\x00"))).is_none());
+        assert!(t.take(&answer(id.wrapping_add(1), &q)).is_none());
+        // The question may come back in another case (0x20).
+        let upper = answer(id, b"\x03WWW\x07EXAMPLE\x00\x00\x01\x00\x01");
+        assert_eq!(t.take(&upper), Some(("waiter", now)));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn ids_are_unique_and_the_table_is_bounded() {
+        let now = Instant::now();
+        let mut t = InFlight::default();
+        let q = question(b"\x01a\x00");
+        let mut ids = std::collections::HashSet::new();
+        for i in 0..MAX_IN_FLIGHT {
+            match t.insert(&q, i, now) {
+                Ok(id) => assert!(ids.insert(id), "ids in flight are unique"),
+                Err(_) => break,
+            }
+        }
+        assert!(t.len() > MAX_IN_FLIGHT / 2);
+        while t.len() < MAX_IN_FLIGHT {
+            let _ = t.insert(&q, 0, now);
+        }
+        assert_eq!(t.insert(&q, 7, now), Err(7), "full: the waiter comes back");
+    }
+
+    #[test]
+    fn queries_expire_after_the_timeout() {
+        let now = Instant::now();
+        let mut t = InFlight::default();
+        let q = question(b"\x01a\x00");
+        t.insert(&q, 1, now).unwrap();
+        t.insert(&q, 2, now + Duration::from_secs(1)).unwrap();
+        let mut late = Vec::new();
+        t.expire(
+            now + Duration::from_millis(1999),
+            Duration::from_secs(2),
+            &mut late,
+        );
+        assert!(late.is_empty());
+        t.expire(
+            now + Duration::from_secs(2),
+            Duration::from_secs(2),
+            &mut late,
+        );
+        assert_eq!(late, vec![1]);
+        assert_eq!(t.len(), 1);
+    }
 }
