@@ -95,7 +95,11 @@ pub async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 /// Accepts connections on `listener` and runs `serve_conn` for each on its own task, holding
 /// a slot of `slots` until it ends. A connection for which no slot is free (all taken, or its
 /// address holds its share) is closed at once. Every TCP listener of the program uses this.
-pub fn accept_loop<F, Fut>(listener: TcpListener, slots: Arc<ConnSlots>, serve_conn: F)
+pub fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    slots: Arc<ConnSlots>,
+    serve_conn: F,
+) -> tokio::task::JoinHandle<()>
 where
     F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -121,7 +125,7 @@ where
                 conn.await
             });
         }
-    });
+    })
 }
 
 /// Completes a TLS handshake within `HANDSHAKE_TIMEOUT`.

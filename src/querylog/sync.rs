@@ -23,10 +23,10 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use super::settings;
+use crate::dns::slots::ConnSlots;
 use crate::store::{Device, Overlay, Store};
 
 /// TCP port of the sync API on the hub's overlay addresses.
@@ -35,7 +35,8 @@ pub const SYNC_PORT: u16 = 8053;
 /// Most entries in one response (~1 KiB of JSON each with two recipients).
 pub const PAGE_MAX: usize = 500;
 
-/// Connections served at once; more wait in the kernel's accept queue.
+/// Connections served at once (of them at most `dns::slots::PER_ADDRESS` from one address);
+/// more are closed at once.
 const MAX_CONNECTIONS: usize = 32;
 
 /// A connection (all its requests) must finish within this.
@@ -86,7 +87,6 @@ impl Drop for SyncServer {
 struct Ctx {
     state_dir: PathBuf,
     overlay: Overlay,
-    permits: Semaphore,
 }
 
 /// Binds `listen` (the hub's overlay addresses, port [`SYNC_PORT`]) and serves the sync API
@@ -103,8 +103,9 @@ pub async fn serve_sync(
     let ctx = Arc::new(Ctx {
         state_dir: state_dir.to_path_buf(),
         overlay,
-        permits: Semaphore::new(MAX_CONNECTIONS),
     });
+    // The one accept loop of the program, with its per-address cap.
+    let slots = ConnSlots::new(MAX_CONNECTIONS, crate::dns::slots::PER_ADDRESS);
     let mut addrs = Vec::new();
     let mut listeners = Vec::new();
     for addr in listen {
@@ -116,39 +117,29 @@ pub async fn serve_sync(
     }
     let tasks = listeners
         .into_iter()
-        .map(|l| tokio::spawn(accept_loop(l, ctx.clone())))
+        .map(|l| {
+            let ctx = ctx.clone();
+            crate::dns::server::accept_loop(l, slots.clone(), move |stream, peer| {
+                serve_connection(ctx.clone(), stream, peer)
+            })
+        })
         .collect();
     tracing::info!(listeners = addrs.len(), port = ?addrs.first().map(|a| a.port()), "query log sync API listening");
     Ok(SyncServer { addrs, tasks })
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "sync accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+/// Serves one connection (HTTP/1.1, closed after `CONNECTION_TIMEOUT`).
+async fn serve_connection(ctx: Arc<Ctx>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    let service = hyper::service::service_fn({
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let Ok(_permit) = ctx.permits.acquire().await else {
-                return;
-            };
-            let service = hyper::service::service_fn({
-                let ctx = ctx.clone();
-                move |req| handle_request(ctx.clone(), peer.ip(), req)
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::trace!(error = %e, "sync connection error"),
-                Err(_) => tracing::trace!("sync connection timed out"),
-            }
-        });
+        move |req| handle_request(ctx.clone(), peer.ip(), req)
+    });
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::trace!(error = %e, "sync connection error"),
+        Err(_) => tracing::trace!("sync connection timed out"),
     }
 }
 
