@@ -92,9 +92,15 @@ impl<W> InFlight<W> {
     /// Takes the waiter of the query that `answer` answers (its id and its question), with
     /// when the query was sent; `None` when the datagram answers nothing of ours.
     pub fn take(&mut self, answer: &[u8]) -> Option<(W, Instant)> {
+        self.take_if(answer, |_| true)
+    }
+
+    /// Like [`take`](Self::take), but only when `mine` says the waiter is this reader's (a
+    /// table shared by several sockets takes an answer only on the socket its query left by).
+    pub fn take_if(&mut self, answer: &[u8], mine: impl Fn(&W) -> bool) -> Option<(W, Instant)> {
         let id = answer_id(answer)?;
         let slot = self.map.get(&id)?;
-        if !answers_question(answer, &slot.question) {
+        if !answers_question(answer, &slot.question) || !mine(&slot.waiter) {
             return None;
         }
         self.map.remove(&id).map(|s| (s.waiter, s.sent))
@@ -117,7 +123,8 @@ impl<W> InFlight<W> {
     }
 }
 
-type Pending = Mutex<InFlight<oneshot::Sender<Vec<u8>>>>;
+/// The one table of an upstream's queries: the socket each left by, and its waiting task.
+type Pending = Mutex<InFlight<(usize, oneshot::Sender<Vec<u8>>)>>;
 
 struct Lane {
     sock: Arc<UdpSocket>,
@@ -135,7 +142,9 @@ impl UdpClient {
     /// Opens the sockets (connected to `upstream`) and starts their readers.
     pub async fn new(upstream: SocketAddr) -> Result<UdpClient, UdpClientError> {
         let mut lanes = Vec::new();
-        for _ in 0..SOCKETS {
+        // One table for all of this upstream's sockets: ids are unique per upstream.
+        let pending: Arc<Pending> = Arc::new(Mutex::new(InFlight::default()));
+        for index in 0..SOCKETS {
             let bind: SocketAddr = if upstream.is_ipv4() {
                 "0.0.0.0:0".parse().expect("constant")
             } else {
@@ -148,9 +157,11 @@ impl UdpClient {
                 .await
                 .map_err(|e| UdpClientError::Io(e.to_string()))?;
             let sock = Arc::new(sock);
-            let pending: Arc<Pending> = Arc::new(Mutex::new(InFlight::default()));
-            tokio::spawn(read_loop(sock.clone(), Arc::downgrade(&pending)));
-            lanes.push(Lane { sock, pending });
+            tokio::spawn(read_loop(sock.clone(), index, Arc::downgrade(&pending)));
+            lanes.push(Lane {
+                sock,
+                pending: pending.clone(),
+            });
         }
         Ok(UdpClient {
             lanes,
@@ -172,11 +183,15 @@ impl UdpClient {
         qtype: u16,
         timeout: Duration,
     ) -> Result<Vec<u8>, UdpClientError> {
-        let lane = &self.lanes[self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len()];
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        let lane = &self.lanes[index];
         let mut question = Vec::with_capacity(qname.len() + 4);
         put_question(&mut question, qname, qtype);
         let (tx, rx) = oneshot::channel();
-        let inserted = lane.pending.lock().insert(&question, tx, Instant::now());
+        let inserted = lane
+            .pending
+            .lock()
+            .insert(&question, (index, tx), Instant::now());
         let Ok(id) = inserted else {
             return Err(UdpClientError::Io("too many queries in flight".into()));
         };
@@ -203,7 +218,7 @@ impl UdpClient {
     }
 }
 
-async fn read_loop(sock: Arc<UdpSocket>, pending: std::sync::Weak<Pending>) {
+async fn read_loop(sock: Arc<UdpSocket>, index: usize, pending: std::sync::Weak<Pending>) {
     let mut buf = vec![0u8; 65535];
     loop {
         let n = match sock.recv(&mut buf).await {
@@ -221,8 +236,8 @@ async fn read_loop(sock: Arc<UdpSocket>, pending: std::sync::Weak<Pending>) {
             return;
         };
         let b = &buf[..n];
-        let taken = pending.lock().take(b);
-        if let Some((tx, _)) = taken {
+        let taken = pending.lock().take_if(b, |w| w.0 == index);
+        if let Some(((_, tx), _)) = taken {
             let _ = tx.send(b.to_vec());
         }
     }
@@ -289,6 +304,22 @@ mod tests {
         let upper = answer(id, b"\x03WWW\x07EXAMPLE\x00\x00\x01\x00\x01");
         assert_eq!(t.take(&upper), Some(("waiter", now)));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_shared_table_takes_an_answer_only_on_its_socket() {
+        let now = Instant::now();
+        let mut t = InFlight::default();
+        let q = question(b"\x01a\x00");
+        let id = t.insert(&q, (1usize, "w"), now).unwrap();
+        assert!(
+            t.take_if(&answer(id, &q), |w| w.0 == 0).is_none(),
+            "another socket"
+        );
+        assert_eq!(
+            t.take_if(&answer(id, &q), |w| w.0 == 1),
+            Some(((1, "w"), now))
+        );
     }
 
     #[test]
