@@ -15,3 +15,4 @@ pub mod hub;
 pub mod paths;
 pub mod querylog;
 pub mod store;
+pub mod udp;

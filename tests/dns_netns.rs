@@ -169,3 +169,51 @@ blocked_answer = "nxdomain"
     assert!(kid["queries"].as_u64().unwrap() >= 1, "{v}");
     assert!(kid["blocked"].as_u64().unwrap() >= 1, "{v}");
 }
+
+/// A resolver listening on the wildcard addresses of a host with several addresses answers
+/// each query from the address it was sent to: a client (dig here) drops an answer from any
+/// other address.
+#[test]
+fn a_wildcard_listener_answers_from_the_address_each_query_came_to() {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let id = std::process::id();
+    let (srv, cli) = (format!("cpwild{id}s"), format!("cpwild{id}c"));
+    let _net = Net {
+        names: vec![srv.clone(), cli.clone()],
+    };
+    sh(&format!("ip netns add {srv} && ip netns add {cli}"));
+    sh(&format!(
+        "ip -n {srv} link set lo up && ip -n {cli} link set lo up && \
+         ip link add w{id}s netns {srv} type veth peer name w{id}c netns {cli} && \
+         ip -n {srv} addr add 192.0.2.1/24 dev w{id}s && ip -n {srv} addr add 192.0.2.7/24 dev w{id}s && \
+         ip -n {srv} addr add 2001:db8::1/64 dev w{id}s nodad && ip -n {srv} addr add 2001:db8::7/64 dev w{id}s nodad && \
+         ip -n {cli} addr add 192.0.2.2/24 dev w{id}c && ip -n {cli} addr add 2001:db8::2/64 dev w{id}c nodad && \
+         ip -n {srv} link set w{id}s up && ip -n {cli} link set w{id}c up"
+    ));
+    let in_srv = ["ip", "netns", "exec", srv.as_str()];
+    // The upstream sits on the client's host: the wildcard port 53 is the resolver's alone.
+    let in_cli = ["ip", "netns", "exec", cli.as_str()];
+    let _knot = Knot::start_with("192.0.2.2", &in_cli);
+    let cfg = "[dns]\nlisten = [\"0.0.0.0:53\", \"[::]:53\"]\nupstreams = [\"udp://192.0.2.2:53\"]\nallow_from = [\"192.0.2.0/24\", \"2001:db8::/64\"]\n[filter]\nlists = []\n[wireguard]\nenabled = false\n";
+    let _hub = Cloudpc::start_with("127.0.0.1", cfg, &in_srv);
+    let dig_at = |server: &str, name: &str| -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &cli, "dig", &format!("@{server}")])
+            .args([name, "A", "+time=2", "+tries=1"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for server in ["192.0.2.1", "192.0.2.7", "2001:db8::1", "2001:db8::7"] {
+        // A forwarded answer (the listener's own upstream socket), then the cached one.
+        for name in ["www.example.test", "www.example.test", "fine.example.test"] {
+            let out = dig_at(server, name);
+            assert_eq!(rcode_of(&out), "NOERROR", "{server} {name}: {out}");
+            assert!(out.contains("192.0.2.10"), "{server} {name}: {out}");
+            assert!(out.contains(&format!("SERVER: {server}#53")), "{out}");
+        }
+    }
+}

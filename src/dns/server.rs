@@ -36,17 +36,15 @@ pub enum ServeError {
     },
 }
 
-fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_reuse_port(true)?;
-    let _ = s.set_recv_buffer_size(UDP_BUFFER);
-    let _ = s.set_send_buffer_size(UDP_BUFFER);
-    s.bind(&addr.into())?;
-    Ok(s.into())
+/// Binds one of the UDP listener sockets of `addr` (SO_REUSEPORT: one per thread).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<crate::udp::Port> {
+    let opts = crate::udp::Options {
+        buffer: UDP_BUFFER,
+        force_buffers: false,
+        reuse_port: true,
+        gro: false,
+    };
+    crate::udp::bind(addr, opts)
 }
 
 /// Serves UDP on `addr`: one socket and one thread per core (SO_REUSEPORT). Each thread

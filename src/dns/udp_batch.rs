@@ -1,149 +1,59 @@
-//! The UDP receive/answer loop: a blocking thread per socket that takes up to [`BATCH`]
-//! datagrams per `recvmmsg` and sends the answers with one `sendmmsg`, so a busy resolver pays
-//! two system calls per batch instead of two per query (FIELD-NOTES: per-packet system calls,
-//! not work, bound throughput on this machine). With a `udp://` upstream asked first, each
-//! listener also forwards its misses itself (`ForwardLane`). Both drive the one resolver core
-//! (`dns::engine`): a query's [`Step`] is finished here when the upstream answers this thread,
-//! and by [`DnsService::finish`] on the async runtime otherwise. Both drive the one resolver core
-//! (`dns::engine`): a query's [`Step`] is finished here when the upstream answers this thread,
-//! and by [`DnsService::finish`] on the async runtime otherwise.
+//! The UDP receive/answer loop: a thread per socket that takes up to [`BATCH`] datagrams per
+//! `recvmmsg` and sends the answers with one `sendmmsg`, so a busy resolver pays two system
+//! calls per batch instead of two per query (FIELD-NOTES: per-packet system calls, not work,
+//! bound throughput on this machine). Both go through the program's one batched-UDP stack
+//! (`crate::udp`), and every answer leaves from the address its query came to. With a
+//! `udp://` upstream asked first, each listener also forwards its misses itself, on a socket
+//! that shares that upstream's one in-flight table (`udp_client::ListenerSocket`). Both drive
+//! the one resolver core (`dns::engine`): a query's [`Step`] is finished here when the
+//! upstream answers this thread, and by [`DnsService::finish`] on the async runtime otherwise
+//! (truncated and failed answers: TCP, fail-over to the other upstreams; a query unanswered
+//! within the upstream timeout too).
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::engine::{Pending, Step, Transport};
 use super::service::DnsService;
-use super::udp_client;
+use super::udp_client::{Forwarded, ListenerSocket};
 use super::upstream::UpstreamAnswer;
+use crate::udp::{Port, RecvBatch, SendBatch};
 
 /// Datagrams taken per system call.
-pub const BATCH: usize = 32;
+pub const BATCH: usize = crate::udp::BATCH_SIZE;
 /// Largest query read (bigger datagrams are truncated and answered FORMERR or dropped).
 const BUF: usize = 4096;
+/// Largest upstream answer read.
+const UPSTREAM_BUF: usize = 65_535;
+/// How often forwarded queries are checked for the upstream timeout.
+const SWEEP: Duration = Duration::from_millis(100);
 
-fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match ss.ss_family as i32 {
-        libc::AF_INET => {
-            // SAFETY: the family says this storage holds a sockaddr_in.
-            let a = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says this storage holds a sockaddr_in6.
-            let a = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(a.sin6_addr.s6_addr),
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
+/// Sends one datagram from `local` without blocking (used from async tasks; a full buffer
+/// drops it, as the network would).
+pub fn send_nonblocking(port: &Port, data: &[u8], to: SocketAddr, local: Option<IpAddr>) {
+    let _ = crate::udp::try_send(&port.state, port.sock_ref(), to, local, data, None);
 }
 
-/// Sends one datagram without blocking (used from async tasks; a full buffer drops it, as
-/// the network would).
-pub fn send_nonblocking(sock: &std::net::UdpSocket, data: &[u8], to: SocketAddr) {
-    let ss = socket2::SockAddr::from(to);
-    // SAFETY: fd is a valid socket for the life of `sock`; pointers are to live buffers with
-    // the lengths given.
-    unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            data.as_ptr() as *const libc::c_void,
-            data.len(),
-            libc::MSG_DONTWAIT,
-            ss.as_ptr() as *const libc::sockaddr,
-            ss.len(),
-        );
-    }
-}
-
-/// A miss this listener sent upstream itself: whom to answer, and the resolver's token.
-struct Forwarded {
-    client: libc::sockaddr_storage,
-    client_len: libc::socklen_t,
-    peer: SocketAddr,
+/// Sends the question of `pending` on `lane` for `client` (answered from `local`) at `now`;
+/// gives the token back when it could not be taken.
+fn forward(
+    lane: &mut ListenerSocket,
     pending: Box<Pending>,
-}
-
-/// The listener's own upstream socket: misses (cache misses that are neither local nor
-/// blocked) are sent from here and their answers read in the same loop, so a forwarded query
-/// never waits for the async runtime to be scheduled (the tail of the latency at a fixed
-/// rate is made of these). Truncated and failed answers go to the async path (TCP, fail-over
-/// to the other upstreams); a query unanswered within the upstream timeout too.
-struct ForwardLane {
-    sock: std::net::UdpSocket,
-    upstream: SocketAddr,
-    timeout: Duration,
-    in_flight: udp_client::InFlight<Forwarded>,
-    last_sweep: Instant,
-}
-
-impl ForwardLane {
-    fn open(upstream: SocketAddr, timeout: Duration) -> std::io::Result<ForwardLane> {
-        let bind: SocketAddr = if upstream.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let sock = std::net::UdpSocket::bind(bind)?;
-        sock.connect(upstream)?;
-        sock.set_nonblocking(true)?;
-        Ok(ForwardLane {
-            sock,
-            upstream,
-            timeout,
-            in_flight: udp_client::InFlight::default(),
-            last_sweep: Instant::now(),
-        })
-    }
-
-    /// Sends the question of `pending` upstream for the client at `client` at `now`; gives
-    /// the token back when it could not be taken.
-    fn send(
-        &mut self,
-        pending: Box<Pending>,
-        client: (libc::sockaddr_storage, libc::socklen_t, SocketAddr),
-        now: Instant,
-        msg: &mut Vec<u8>,
-        question: &mut Vec<u8>,
-    ) -> Result<(), Box<Pending>> {
-        question.clear();
-        pending.put_question(question);
-        let f = Forwarded {
-            client: client.0,
-            client_len: client.1,
-            peer: client.2,
-            pending,
-        };
-        let id = self
-            .in_flight
-            .insert(question, f, now)
-            .map_err(|f| f.pending)?;
-        msg.clear();
-        udp_client::put_query(msg, id, question);
-        if self.sock.send(msg).is_err() {
-            let f = self.in_flight.remove(id).expect("just inserted");
-            return Err(f.pending);
-        }
-        Ok(())
-    }
-
-    /// Queries that waited longer than the upstream timeout (checked a few times a second).
-    fn expired(&mut self, now: Instant, out: &mut Vec<Forwarded>) {
-        if now.duration_since(self.last_sweep) < Duration::from_millis(100) {
-            return;
-        }
-        self.last_sweep = now;
-        self.in_flight.expire(now, self.timeout, out);
-    }
+    client: SocketAddr,
+    local: Option<IpAddr>,
+    now: Instant,
+    scratch: &mut (Vec<u8>, Vec<u8>),
+) -> Result<(), Box<Pending>> {
+    let (question, msg) = scratch;
+    question.clear();
+    pending.put_question(question);
+    let f = Forwarded {
+        client,
+        local,
+        pending,
+    };
+    lane.send(question, f, now, msg).map_err(|f| f.pending)
 }
 
 /// Hands a step to the async runtime, which finishes it and sends the answer. `skip` is an
@@ -151,228 +61,134 @@ impl ForwardLane {
 fn spawn_finish(
     rt: &tokio::runtime::Handle,
     service: &Arc<DnsService>,
-    sock: &Arc<std::net::UdpSocket>,
+    port: &Arc<Port>,
     pending: Box<Pending>,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, Option<IpAddr>),
     skip: Option<SocketAddr>,
 ) {
-    let (d, s) = (service.clone(), sock.clone());
+    let (d, p) = (service.clone(), port.clone());
     rt.spawn(async move {
         let out = Vec::with_capacity(512);
         if let Some(ans) = d.finish_skipping(Step::Ask(pending), out, skip).await {
-            send_nonblocking(&s, &ans, peer);
+            send_nonblocking(&p, &ans, peer, local);
         }
     });
 }
 
-/// Runs the loop on `sock` (blocking mode) until the process ends.
-pub fn run(service: Arc<DnsService>, sock: Arc<std::net::UdpSocket>, rt: tokio::runtime::Handle) {
+/// Runs the loop on `port` until the process ends.
+pub fn run(service: Arc<DnsService>, port: Arc<Port>, rt: tokio::runtime::Handle) {
     let resolver = service.resolver();
-    let fd = sock.as_raw_fd();
-    let mut bufs = vec![[0u8; BUF]; BATCH];
-    // SAFETY: sockaddr_storage and the C structs below are plain data; all-zero is valid.
-    let mut addrs: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; BATCH];
-    let mut iov: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; BATCH];
-    let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
-    // Room for a batch of answers from the cache plus a batch of forwarded answers.
-    let mut outs: Vec<Vec<u8>> = (0..2 * BATCH).map(|_| Vec::with_capacity(BUF)).collect();
-    let mut out_addrs: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; 2 * BATCH];
-    let mut out_lens: Vec<libc::socklen_t> = vec![0; 2 * BATCH];
-    let mut out_iov: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; 2 * BATCH];
-    let mut out_msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; 2 * BATCH];
     let upstreams = service.upstreams();
-    let mut lane =
-        upstreams
-            .preferred_udp()
-            .and_then(|u| match ForwardLane::open(u, upstreams.timeout()) {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    tracing::debug!(error = %e, "no forwarding socket in the UDP listener");
-                    None
-                }
-            });
-    let mut upstream_buf = vec![0u8; 65_535];
-    let mut upstream_msg = Vec::with_capacity(512);
-    let mut question = Vec::with_capacity(260);
-    let mut late = Vec::new();
-    loop {
-        // With queries in flight, wait for either socket; otherwise block on the listener.
-        let waiting = lane.as_ref().filter(|l| !l.in_flight.is_empty());
-        let mut listener_ready = true;
-        if let Some(l) = waiting {
-            let mut fds = [
-                libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: l.sock.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: fds is a live array of two pollfd.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
-            listener_ready = r > 0 && fds[0].revents != 0;
-        }
-        let blocking = waiting.is_none();
-        let mut m = 0;
-        let n = if listener_ready {
-            for i in 0..BATCH {
-                iov[i] = libc::iovec {
-                    iov_base: bufs[i].as_mut_ptr() as *mut libc::c_void,
-                    iov_len: BUF,
-                };
-                let h = &mut msgs[i].msg_hdr;
-                h.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
-                h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-                h.msg_iov = &mut iov[i];
-                h.msg_iovlen = 1;
-                h.msg_control = std::ptr::null_mut();
-                h.msg_controllen = 0;
-                h.msg_flags = 0;
-                msgs[i].msg_len = 0;
+    let mut queries = RecvBatch::new(BUF);
+    // Room for a batch of answers from the cache plus a batch of forwarded answers.
+    let mut out = SendBatch::new(2 * BATCH, BUF);
+    let mut lane = upstreams
+        .preferred_udp_client()
+        .and_then(|c| match c.listener_socket() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::debug!(error = %e, "no forwarding socket in the UDP listener");
+                None
             }
-            // Blocking only when nothing is in flight (poll said the listener is readable
-            // otherwise).
-            let flags = if blocking {
-                libc::MSG_WAITFORONE
-            } else {
-                libc::MSG_DONTWAIT
-            };
-            // SAFETY: msgs/iov/addrs/bufs are live, sized BATCH, and point at each other as
-            // set up above.
-            let n = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    msgs.as_mut_ptr(),
-                    BATCH as u32,
-                    flags,
-                    std::ptr::null_mut(),
-                )
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
+        });
+    let mut answers = RecvBatch::new(UPSTREAM_BUF);
+    let mut scratch = (Vec::with_capacity(260), Vec::with_capacity(512));
+    let mut late = Vec::new();
+    let mut last_sweep = Instant::now();
+    let mut idle = false;
+    loop {
+        if idle {
+            // Nothing came last turn: wait for the listener, or for an answer while
+            // queries are in flight (and then no longer than until the next sweep).
+            match lane.as_ref().filter(|l| l.is_waiting()) {
+                Some(l) => crate::udp::wait_readable(&[&port, &l.port], SWEEP.as_millis() as i32),
+                None => crate::udp::wait_readable(&[&port], -1),
+            }
+        }
+        let n = match queries.recv(&port) {
+            Ok(n) => n,
+            Err(e) => {
                 if !matches!(
                     e.kind(),
                     std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
                 ) {
                     tracing::trace!(error = %e, "udp receive error");
-                    std::thread::sleep(Duration::from_millis(1));
                 }
+                0
             }
-            n.max(0) as usize
-        } else {
-            0
         };
         // A lane is used only while its upstream is the one asked first (fail-over moved
         // on otherwise, and the general path follows it).
         let now = Instant::now();
-        let mut usable = lane
-            .as_mut()
-            .filter(|l| upstreams.preferred_udp() == Some(l.upstream));
-        for i in 0..n {
-            let len = (msgs[i].msg_len as usize).min(BUF);
-            let Some(peer) = to_socket_addr(&addrs[i]) else {
-                continue;
-            };
-            let query = &bufs[i][..len];
-            match resolver.handle_query(query, peer.ip(), Transport::Udp, now, &mut outs[m]) {
-                Step::Answered => {
-                    out_addrs[m] = addrs[i];
-                    out_lens[m] = msgs[i].msg_hdr.msg_namelen;
-                    m += 1;
-                }
+        let preferred = upstreams.preferred_udp();
+        let mut usable = lane.as_mut().filter(|l| preferred == Some(l.upstream()));
+        for q in queries.datagrams() {
+            if out.is_full() {
+                out.flush(&port);
+            }
+            let peer = q.from;
+            match resolver.handle_query(q.data, peer.ip(), Transport::Udp, now, out.next_buf()) {
+                Step::Answered => out.push(peer, q.local),
                 Step::Drop => {}
                 Step::Ask(p) => {
-                    let client = (addrs[i], msgs[i].msg_hdr.msg_namelen, peer);
                     let sent = match usable.as_deref_mut() {
-                        Some(l) => l.send(p, client, now, &mut upstream_msg, &mut question),
+                        Some(l) => forward(l, p, peer, q.local, now, &mut scratch),
                         None => Err(p),
                     };
                     if let Err(p) = sent {
-                        spawn_finish(&rt, &service, &sock, p, peer, None);
+                        spawn_finish(&rt, &service, &port, p, (peer, q.local), None);
                     }
                 }
             }
         }
+        let mut got = 0;
         if let Some(l) = lane.as_mut() {
-            // Answers from upstream, up to a batch of them per turn.
-            while m < outs.len() {
-                let Ok(len) = l.sock.recv(&mut upstream_buf) else {
-                    break;
-                };
-                let Some((f, _)) = l.in_flight.take(&upstream_buf[..len]) else {
+            // Answers from upstream, a batch of them per turn.
+            got = answers.recv(&l.port).unwrap_or(0);
+            for a in answers.datagrams() {
+                let Some(f) = l.take(a.data) else {
                     continue;
                 };
-                let answer = &upstream_buf[..len];
-                let truncated = answer.get(2).is_some_and(|b| b & 0x02 != 0);
+                let truncated = a.data.get(2).is_some_and(|b| b & 0x02 != 0);
                 let parsed = match truncated {
                     // Asked again over TCP by the pool.
                     true => Err(None),
                     // A failed answer: the other upstreams are asked.
-                    false => UpstreamAnswer::from_wire(answer).map_err(|_| Some(l.upstream)),
+                    false => UpstreamAnswer::from_wire(a.data).map_err(|_| Some(l.upstream())),
                 };
-                let a = match parsed {
-                    Ok(a) => a,
+                let client = (f.client, f.local);
+                let answer = match parsed {
+                    Ok(answer) => answer,
                     Err(skip) => {
-                        spawn_finish(&rt, &service, &sock, f.pending, f.peer, skip);
+                        spawn_finish(&rt, &service, &port, f.pending, client, skip);
                         continue;
                     }
                 };
-                match resolver.handle_upstream(f.pending, Ok(a), now, &mut outs[m]) {
-                    Step::Answered => {
-                        out_addrs[m] = f.client;
-                        out_lens[m] = f.client_len;
-                        m += 1;
-                    }
+                if out.is_full() {
+                    out.flush(&port);
+                }
+                match resolver.handle_upstream(f.pending, Ok(answer), now, out.next_buf()) {
+                    Step::Answered => out.push(f.client, f.local),
                     Step::Drop => {}
                     // DNS64's second question goes out on this lane too.
                     Step::Ask(p) => {
-                        let client = (f.client, f.client_len, f.peer);
-                        if let Err(p) = l.send(p, client, now, &mut upstream_msg, &mut question) {
-                            spawn_finish(&rt, &service, &sock, p, f.peer, None);
+                        if let Err(p) = forward(l, p, f.client, f.local, now, &mut scratch) {
+                            spawn_finish(&rt, &service, &port, p, client, None);
                         }
                     }
                 }
             }
-            l.expired(now, &mut late);
-            for f in late.drain(..) {
-                spawn_finish(&rt, &service, &sock, f.pending, f.peer, Some(l.upstream));
-            }
-        }
-        if m == 0 {
-            continue;
-        }
-        for j in 0..m {
-            out_iov[j] = libc::iovec {
-                iov_base: outs[j].as_mut_ptr() as *mut libc::c_void,
-                iov_len: outs[j].len(),
-            };
-            let h = &mut out_msgs[j].msg_hdr;
-            h.msg_name = &mut out_addrs[j] as *mut _ as *mut libc::c_void;
-            h.msg_namelen = out_lens[j];
-            h.msg_iov = &mut out_iov[j];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
-        }
-        let mut sent = 0;
-        while sent < m {
-            // SAFETY: out_msgs[sent..m] point at live buffers and addresses set up above.
-            let r =
-                unsafe { libc::sendmmsg(fd, out_msgs[sent..].as_mut_ptr(), (m - sent) as u32, 0) };
-            if r <= 0 {
-                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                    continue;
+            if now.duration_since(last_sweep) >= SWEEP {
+                last_sweep = now;
+                l.expire(now, upstreams.timeout(), &mut late);
+                for f in late.drain(..) {
+                    let client = (f.client, f.local);
+                    let skip = Some(l.upstream());
+                    spawn_finish(&rt, &service, &port, f.pending, client, skip);
                 }
-                // One bad destination (e.g. unreachable): skip it and go on.
-                sent += 1;
-                continue;
             }
-            sent += r as usize;
         }
+        idle = n == 0 && got == 0;
+        out.flush(&port);
     }
 }

@@ -7,7 +7,7 @@
 //! ids are random. Truncated answers are reported so the caller can retry over TCP.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
+
+use super::engine::Pending as EnginePending;
 
 /// Sockets per upstream (each has its own kernel-chosen source port).
 const SOCKETS: usize = 4;
@@ -33,7 +35,7 @@ pub enum UdpClientError {
     Io(String),
 }
 
-/// Most queries in flight on one socket.
+/// Most queries in flight to one upstream (over all of its sockets).
 pub const MAX_IN_FLIGHT: usize = 4096;
 
 /// The queries sent on one upstream socket and not answered yet, with whatever waits for each
@@ -113,60 +115,175 @@ impl<W> InFlight<W> {
 
     /// Moves the waiters of queries sent `timeout` or longer before `now` into `out`.
     pub fn expire(&mut self, now: Instant, timeout: Duration, out: &mut Vec<W>) {
+        self.expire_if(now, timeout, |_| true, out)
+    }
+
+    /// Like [`expire`](Self::expire), for the waiters `mine` says are this reader's only.
+    pub fn expire_if(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+        mine: impl Fn(&W) -> bool,
+        out: &mut Vec<W>,
+    ) {
         let late: Vec<u16> = self
             .map
             .iter()
-            .filter(|(_, s)| now.saturating_duration_since(s.sent) >= timeout)
+            .filter(|(_, s)| now.saturating_duration_since(s.sent) >= timeout && mine(&s.waiter))
             .map(|(id, _)| *id)
             .collect();
         out.extend(late.iter().filter_map(|id| self.remove(*id)));
     }
 }
 
-/// The one table of an upstream's queries: the socket each left by, and its waiting task.
-type Pending = Mutex<InFlight<(usize, oneshot::Sender<Vec<u8>>)>>;
+/// A miss a UDP listener thread forwarded itself (`dns::udp_batch`): whom to answer, from
+/// which address, and the resolver's token.
+pub struct Forwarded {
+    pub client: SocketAddr,
+    pub local: Option<IpAddr>,
+    pub pending: Box<EnginePending>,
+}
 
-struct Lane {
-    sock: Arc<UdpSocket>,
-    pending: Arc<Pending>,
+/// What waits for an answer: a task of the async client, or a listener thread.
+enum Waiter {
+    Task(oneshot::Sender<Vec<u8>>),
+    Listener(Forwarded),
+}
+
+/// The one table of an upstream's queries: the socket each left by, and what waits for it.
+type Table = Mutex<InFlight<(usize, Waiter)>>;
+
+/// A socket of a UDP listener thread connected to one upstream, sharing that upstream's one
+/// in-flight table with the async client's sockets ([`UdpClient::listener_socket`]). Only its
+/// thread reads it: answers are taken only for the queries that left by it.
+pub struct ListenerSocket {
+    pub port: crate::udp::Port,
+    index: usize,
+    table: Arc<Table>,
+    upstream: SocketAddr,
+    waiting: usize,
+}
+
+impl ListenerSocket {
+    /// The upstream this socket is connected to.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
+    }
+
+    /// True while queries sent on this socket wait for an answer.
+    pub fn is_waiting(&self) -> bool {
+        self.waiting > 0
+    }
+
+    /// Sends `question` (from [`put_question`]) for `f` at `now` (`msg` is scratch room);
+    /// gives `f` back when the table is full or the send failed.
+    pub fn send(
+        &mut self,
+        question: &[u8],
+        f: Forwarded,
+        now: Instant,
+        msg: &mut Vec<u8>,
+    ) -> Result<(), Forwarded> {
+        let back = |w: (usize, Waiter)| match w.1 {
+            Waiter::Listener(f) => f,
+            Waiter::Task(_) => unreachable!("a listener inserts only its own"),
+        };
+        let id = self
+            .table
+            .lock()
+            .insert(question, (self.index, Waiter::Listener(f)), now)
+            .map_err(back)?;
+        msg.clear();
+        put_query(msg, id, question);
+        if self.port.sock.send(msg).is_err() {
+            let w = self.table.lock().remove(id).expect("just inserted");
+            return Err(back(w));
+        }
+        self.waiting += 1;
+        Ok(())
+    }
+
+    /// The forwarded query that `answer` (read from this socket) answers.
+    pub fn take(&mut self, answer: &[u8]) -> Option<Forwarded> {
+        let index = self.index;
+        let taken = self.table.lock().take_if(answer, |w| w.0 == index);
+        match taken {
+            Some(((_, Waiter::Listener(f)), _)) => {
+                self.waiting -= 1;
+                Some(f)
+            }
+            _ => None,
+        }
+    }
+
+    /// Moves this socket's queries sent `timeout` or longer before `now` into `out`.
+    pub fn expire(&mut self, now: Instant, timeout: Duration, out: &mut Vec<Forwarded>) {
+        let index = self.index;
+        let mut late = Vec::new();
+        self.table
+            .lock()
+            .expire_if(now, timeout, |w| w.0 == index, &mut late);
+        self.waiting -= late.len();
+        out.extend(late.into_iter().filter_map(|w| match w.1 {
+            Waiter::Listener(f) => Some(f),
+            Waiter::Task(_) => None,
+        }));
+    }
 }
 
 /// A client for one upstream address.
 pub struct UdpClient {
-    lanes: Vec<Lane>,
+    sockets: Vec<Arc<UdpSocket>>,
+    table: Arc<Table>,
     next: AtomicUsize,
+    /// Index of the next listener socket (after the client's own).
+    next_listener: AtomicUsize,
     upstream: SocketAddr,
 }
 
 impl UdpClient {
     /// Opens the sockets (connected to `upstream`) and starts their readers.
     pub async fn new(upstream: SocketAddr) -> Result<UdpClient, UdpClientError> {
-        let mut lanes = Vec::new();
+        let mut sockets = Vec::new();
         // One table for all of this upstream's sockets: ids are unique per upstream.
-        let pending: Arc<Pending> = Arc::new(Mutex::new(InFlight::default()));
+        let table: Arc<Table> = Arc::new(Mutex::new(InFlight::default()));
         for index in 0..SOCKETS {
-            let bind: SocketAddr = if upstream.is_ipv4() {
-                "0.0.0.0:0".parse().expect("constant")
-            } else {
-                "[::]:0".parse().expect("constant")
-            };
-            let sock = UdpSocket::bind(bind)
+            let sock = UdpSocket::bind(any_for(upstream))
                 .await
                 .map_err(|e| UdpClientError::Io(e.to_string()))?;
             sock.connect(upstream)
                 .await
                 .map_err(|e| UdpClientError::Io(e.to_string()))?;
             let sock = Arc::new(sock);
-            tokio::spawn(read_loop(sock.clone(), index, Arc::downgrade(&pending)));
-            lanes.push(Lane {
-                sock,
-                pending: pending.clone(),
-            });
+            tokio::spawn(read_loop(sock.clone(), index, Arc::downgrade(&table)));
+            sockets.push(sock);
         }
         Ok(UdpClient {
-            lanes,
+            sockets,
+            table,
             next: AtomicUsize::new(0),
+            next_listener: AtomicUsize::new(SOCKETS),
             upstream,
+        })
+    }
+
+    /// Opens a socket to the upstream for a UDP listener thread, on the batched-UDP stack,
+    /// sharing this upstream's in-flight table.
+    pub fn listener_socket(&self) -> std::io::Result<ListenerSocket> {
+        let opts = crate::udp::Options {
+            buffer: 1 << 20,
+            force_buffers: false,
+            reuse_port: false,
+            gro: false,
+        };
+        let port = crate::udp::bind(any_for(self.upstream), opts)?;
+        port.sock.connect(self.upstream)?;
+        Ok(ListenerSocket {
+            port,
+            index: self.next_listener.fetch_add(1, Ordering::Relaxed),
+            table: self.table.clone(),
+            upstream: self.upstream,
+            waiting: 0,
         })
     }
 
@@ -183,22 +300,22 @@ impl UdpClient {
         qtype: u16,
         timeout: Duration,
     ) -> Result<Vec<u8>, UdpClientError> {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        let lane = &self.lanes[index];
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.sockets.len();
+        let sock = &self.sockets[index];
         let mut question = Vec::with_capacity(qname.len() + 4);
         put_question(&mut question, qname, qtype);
         let (tx, rx) = oneshot::channel();
-        let inserted = lane
-            .pending
-            .lock()
-            .insert(&question, (index, tx), Instant::now());
+        let inserted =
+            self.table
+                .lock()
+                .insert(&question, (index, Waiter::Task(tx)), Instant::now());
         let Ok(id) = inserted else {
             return Err(UdpClientError::Io("too many queries in flight".into()));
         };
         let mut msg = Vec::with_capacity(12 + question.len() + 11);
         put_query(&mut msg, id, &question);
-        if let Err(e) = lane.sock.send(&msg).await {
-            lane.pending.lock().remove(id);
+        if let Err(e) = sock.send(&msg).await {
+            self.table.lock().remove(id);
             return Err(UdpClientError::Io(e.to_string()));
         }
         match tokio::time::timeout(timeout, rx).await {
@@ -211,14 +328,23 @@ impl UdpClient {
             }
             Ok(Err(_)) => Err(UdpClientError::Io("reader stopped".into())),
             Err(_) => {
-                lane.pending.lock().remove(id);
+                self.table.lock().remove(id);
                 Err(UdpClientError::Timeout)
             }
         }
     }
 }
 
-async fn read_loop(sock: Arc<UdpSocket>, index: usize, pending: std::sync::Weak<Pending>) {
+/// The wildcard address of `upstream`'s family.
+fn any_for(upstream: SocketAddr) -> SocketAddr {
+    if upstream.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    }
+}
+
+async fn read_loop(sock: Arc<UdpSocket>, index: usize, pending: std::sync::Weak<Table>) {
     let mut buf = vec![0u8; 65535];
     loop {
         let n = match sock.recv(&mut buf).await {
@@ -237,7 +363,7 @@ async fn read_loop(sock: Arc<UdpSocket>, index: usize, pending: std::sync::Weak<
         };
         let b = &buf[..n];
         let taken = pending.lock().take_if(b, |w| w.0 == index);
-        if let Some(((_, tx), _)) = taken {
+        if let Some(((_, Waiter::Task(tx)), _)) = taken {
             let _ = tx.send(b.to_vec());
         }
     }

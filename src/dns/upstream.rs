@@ -373,6 +373,13 @@ mod pool {
             self.servers.get(i)?.fast.as_ref().map(|f| f.upstream())
         }
 
+        /// The client of the upstream asked first, when it is a `udp://` one.
+        pub fn preferred_udp_client(&self) -> Option<&crate::dns::udp_client::UdpClient> {
+            let n = self.servers.len();
+            let i = self.preferred.load(Ordering::Relaxed) % n.max(1);
+            self.servers.get(i)?.fast.as_ref()
+        }
+
         /// How long one upstream is waited for.
         pub fn timeout(&self) -> Duration {
             self.timeout

@@ -2,20 +2,20 @@
 //! the [`Engine`]. No decisions are made here.
 //!
 //! Batching, because per-packet system calls cost this kind of machine more than the crypto:
-//! UDP is read with `recvmmsg` + GRO and written with GSO (quinn-udp); the TUN runs with
+//! UDP is read with `recvmmsg` + GRO and written with GSO (the program's one batched-UDP
+//! stack, `crate::udp`); the TUN runs with
 //! IFF_VNET_HDR offloads (tun-rs), so one read can carry a 64 KiB TCP super-packet that is
 //! split into MTU-sized packets, and writes are GRO-coalesced. Each task owns its buffers and
 //! a [`BatchSink`], handles a whole batch, then flushes it. Without offload support (or with
 //! `CLOUDPC_HUB_OFFLOAD=0`) the same code runs one packet per read.
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
-use socket2::{Domain, Protocol, Socket, Type};
+use quinn_udp::UdpSocketState;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tun_rs::{AsyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
@@ -24,6 +24,7 @@ use super::batch::BatchSink;
 use super::engine::{Bufs, Engine, Sink, MAX_PACKET};
 use super::peers::Endpoint;
 use crate::store::Overlay;
+use crate::udp::BATCH_SIZE;
 
 /// Socket buffer size asked for: a burst of a fast flow must not overflow the receive queue.
 const SOCKET_BUFFER: usize = 8 << 20;
@@ -71,20 +72,10 @@ impl NetSink {
         };
         let many = data.len() > segment;
         if !many || port.state.max_gso_segments() > 1 {
-            let t = Transmit {
-                destination: to.addr,
-                ecn: None,
-                contents: data,
-                segment_size: many.then_some(segment),
-                src_ip: to.local,
-            };
-            let r = port
-                .sock
-                .async_io(Interest::WRITABLE, || {
-                    port.state.try_send((&port.sock).into(), &t)
-                })
-                .await;
-            if r.is_ok() {
+            if send_on(port, to, data, many.then_some(segment))
+                .await
+                .is_ok()
+            {
                 return true;
             }
             if !many {
@@ -94,37 +85,46 @@ impl NetSink {
         }
         let mut ok = true;
         for chunk in data.chunks(segment.max(1)) {
-            let t = Transmit {
-                destination: to.addr,
-                ecn: None,
-                contents: chunk,
-                segment_size: None,
-                src_ip: to.local,
-            };
-            ok &= port
-                .sock
-                .async_io(Interest::WRITABLE, || {
-                    port.state.try_send((&port.sock).into(), &t)
-                })
-                .await
-                .is_ok();
+            ok &= send_on(port, to, chunk, None).await.is_ok();
         }
         ok
     }
+}
+
+/// One send on `port`, waiting while its buffer is full.
+async fn send_on(
+    port: &UdpPort,
+    to: Endpoint,
+    data: &[u8],
+    segment: Option<usize>,
+) -> io::Result<()> {
+    port.sock
+        .async_io(Interest::WRITABLE, || {
+            crate::udp::try_send(
+                &port.state,
+                (&port.sock).into(),
+                to.addr,
+                to.local,
+                data,
+                segment,
+            )
+        })
+        .await
 }
 
 /// Unbatched sends, for the timer task (handshake retries and keepalives).
 impl Sink for NetSink {
     fn send_udp(&self, to: Endpoint, datagram: &[u8]) {
         let ok = self.port(to.addr).is_some_and(|p| {
-            let t = Transmit {
-                destination: to.addr,
-                ecn: None,
-                contents: datagram,
-                segment_size: None,
-                src_ip: to.local,
-            };
-            p.state.try_send((&p.sock).into(), &t).is_ok()
+            crate::udp::try_send(
+                &p.state,
+                (&p.sock).into(),
+                to.addr,
+                to.local,
+                datagram,
+                None,
+            )
+            .is_ok()
         });
         if !ok {
             self.send_drops.fetch_add(1, Ordering::Relaxed);
@@ -149,42 +149,17 @@ impl Sink for NetSink {
 /// Binds the WireGuard port on one family, with large buffers and GSO/GRO where the kernel
 /// has them.
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpPort> {
-    let domain = if addr.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
+    let opts = crate::udp::Options {
+        buffer: SOCKET_BUFFER,
+        force_buffers: true,
+        reuse_port: false,
+        gro: true,
     };
-    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    // Best effort: the kernel caps these at net.core.[rw]mem_max unless we may force them.
-    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
-    force_buffers(&s);
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    let state = UdpSocketState::new((&s).into())?;
-    let sock = UdpSocket::from_std(s.into())?;
-    Ok(UdpPort { sock, state })
-}
-
-/// SO_RCVBUFFORCE / SO_SNDBUFFORCE (CAP_NET_ADMIN) get past the sysctl caps.
-fn force_buffers(s: &Socket) {
-    use std::os::fd::AsRawFd;
-    let v = SOCKET_BUFFER as libc::c_int;
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-        // SAFETY: a valid fd and a pointer to a c_int of the stated size.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    let p = crate::udp::bind(addr, opts)?;
+    Ok(UdpPort {
+        sock: UdpSocket::from_std(p.sock)?,
+        state: p.state,
+    })
 }
 
 /// Creates the TUN carrying the hub's overlay addresses; the kernel adds the overlay routes
@@ -213,16 +188,6 @@ pub fn create_tun(name: &str, overlay: &Overlay, mtu: u16) -> io::Result<(AsyncD
     build(false).map(|d| (d, false))
 }
 
-fn unmap(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => a,
-        },
-        _ => a,
-    }
-}
-
 /// Reads datagram batches from the v4 (`v6 == false`) or v6 socket into the engine.
 pub async fn udp_task(v6: bool, net: Arc<NetSink>, engine: Arc<Engine>) {
     let port = match (v6, &net.v6) {
@@ -230,10 +195,7 @@ pub async fn udp_task(v6: bool, net: Arc<NetSink>, engine: Arc<Engine>) {
         (true, Some(p)) => p,
         (true, None) => return,
     };
-    let mut storage: Vec<Box<[u8]>> = (0..BATCH_SIZE)
-        .map(|_| vec![0u8; MAX_PACKET].into_boxed_slice())
-        .collect();
-    let mut meta = [RecvMeta::default(); BATCH_SIZE];
+    let mut batch = crate::udp::RecvBatch::new(MAX_PACKET);
     let mut bufs = Bufs::default();
     let mut sink = BatchSink::new(&net);
     let mut pacer = Pacer::default();
@@ -241,11 +203,7 @@ pub async fn udp_task(v6: bool, net: Arc<NetSink>, engine: Arc<Engine>) {
         let r = port
             .sock
             .async_io(Interest::READABLE, || {
-                let mut it = storage.iter_mut();
-                let mut slices: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
-                    IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..]))
-                });
-                port.state.recv((&port.sock).into(), &mut slices, &mut meta)
+                batch.recv_from(&port.state, (&port.sock).into())
             })
             .await;
         let n = match r {
@@ -257,16 +215,12 @@ pub async fn udp_task(v6: bool, net: Arc<NetSink>, engine: Arc<Engine>) {
             }
         };
         let now = Instant::now();
-        for (m, buf) in meta.iter().zip(&storage).take(n) {
+        for d in batch.datagrams() {
             let from = Endpoint {
-                addr: unmap(m.addr),
-                local: m.dst_ip,
+                addr: d.from,
+                local: d.local,
             };
-            let data = &buf[..m.len.min(buf.len())];
-            let stride = if m.stride == 0 { data.len() } else { m.stride };
-            for d in data.chunks(stride.max(1)) {
-                engine.handle_datagram(from, d, now, &mut bufs, &sink);
-            }
+            engine.handle_datagram(from, d.data, now, &mut bufs, &sink);
         }
         sink.flush().await;
         if let Some(pause) = pacer.handle_read(n, Instant::now()) {
