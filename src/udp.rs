@@ -73,6 +73,22 @@ pub fn bind(addr: SocketAddr, opts: Options) -> io::Result<Port> {
         // quinn-udp turns GRO on where the kernel has it.
         setsockopt_int(&s, libc::SOL_UDP, UDP_GRO, 0);
     }
+    // quinn-udp asks for more per-datagram control messages than we read: no receive
+    // timestamps and no ECN marks; and a socket bound to one address needs no destination
+    // address either (its answers leave from that address). Each one costs the kernel and
+    // `recvmmsg`'s decoding for every datagram.
+    setsockopt_int(&s, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 0);
+    if addr.is_ipv4() {
+        setsockopt_int(&s, libc::IPPROTO_IP, libc::IP_RECVTOS, 0);
+        if !addr.ip().is_unspecified() {
+            setsockopt_int(&s, libc::IPPROTO_IP, libc::IP_PKTINFO, 0);
+        }
+    } else {
+        setsockopt_int(&s, libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 0);
+        if !addr.ip().is_unspecified() {
+            setsockopt_int(&s, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 0);
+        }
+    }
     Ok(Port {
         sock: s.into(),
         state,
@@ -111,7 +127,8 @@ fn unmap(a: SocketAddr) -> SocketAddr {
 pub struct Datagram<'a> {
     /// Who sent it.
     pub from: SocketAddr,
-    /// The address it was sent to (where the answer must come from).
+    /// The address it was sent to (where the answer must come from), on a socket bound to a
+    /// wildcard address; `None` on a socket bound to one address.
     pub local: Option<IpAddr>,
     pub data: &'a [u8],
 }
@@ -196,6 +213,7 @@ pub struct SendBatch {
     bufs: Vec<Vec<u8>>,
     to: Vec<socket2::SockAddr>,
     src: Vec<Option<IpAddr>>,
+    ctrl: Vec<[u64; CMSG_ROOM / 8]>,
     n: usize,
 }
 
@@ -207,6 +225,7 @@ impl SendBatch {
             bufs: (0..cap).map(|_| Vec::with_capacity(size)).collect(),
             to: vec![any; cap],
             src: vec![None; cap],
+            ctrl: vec![[0; CMSG_ROOM / 8]; cap],
             n: 0,
         }
     }
@@ -251,7 +270,6 @@ impl SendBatch {
         }
         // SAFETY: the C structs are plain data; all-zero is valid for each.
         let mut iov: Vec<libc::iovec> = vec![unsafe { std::mem::zeroed() }; m];
-        let mut ctrl: Vec<[u64; CMSG_ROOM / 8]> = vec![[0; CMSG_ROOM / 8]; m];
         let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; m];
         for j in 0..m {
             iov[j] = libc::iovec {
@@ -264,7 +282,7 @@ impl SendBatch {
             h.msg_iov = &mut iov[j];
             h.msg_iovlen = 1;
             if let Some(src) = self.src[j] {
-                h.msg_control = ctrl[j].as_mut_ptr().cast();
+                h.msg_control = self.ctrl[j].as_mut_ptr().cast();
                 h.msg_controllen = CMSG_ROOM as _;
                 // SAFETY: the control buffer is CMSG_ROOM bytes, aligned, and big enough
                 // for one pktinfo message of either family.
@@ -363,17 +381,21 @@ mod tests {
     /// sender asked for, and are read back in one batch with their addresses.
     #[test]
     fn a_batch_goes_out_to_many_destinations_and_comes_back_with_addresses() {
-        for (a, b, c) in [
-            ("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"),
-            ("[::1]:0", "[::1]:0", "[::1]:0"),
+        // The receivers are bound to the wildcard address, so they learn where each datagram
+        // was sent to.
+        for (a, any, lo) in [
+            ("127.0.0.1:0", "0.0.0.0:0", "127.0.0.1"),
+            ("[::1]:0", "[::]:0", "::1"),
         ] {
-            let (server, x, y) = (port(a), port(b), port(c));
+            let (server, x, y) = (port(a), port(any), port(any));
             let server_addr = server.sock.local_addr().unwrap();
+            let lo: IpAddr = lo.parse().unwrap();
+            let to = |p: &Port| SocketAddr::new(lo, p.sock.local_addr().unwrap().port());
             let mut out = SendBatch::new(4, 64);
             for (i, dest) in [&x, &y, &x].iter().enumerate() {
                 out.next_buf()
                     .extend_from_slice(format!("answer {i}").as_bytes());
-                out.push(dest.sock.local_addr().unwrap(), Some(server_addr.ip()));
+                out.push(to(dest), Some(server_addr.ip()));
             }
             // A buffer written but not pushed is not sent.
             out.next_buf().extend_from_slice(b"dropped");
@@ -388,7 +410,7 @@ mod tests {
                 assert!(n >= 1);
                 for d in r.datagrams() {
                     assert_eq!(d.from, server_addr);
-                    assert_eq!(d.local, Some(p.sock.local_addr().unwrap().ip()));
+                    assert_eq!(d.local, Some(lo));
                     got.push(String::from_utf8(d.data.to_vec()).unwrap());
                 }
                 // x got two: read the rest if the first read took one.
@@ -403,6 +425,16 @@ mod tests {
             }
             got.sort();
             assert_eq!(got, ["answer 0", "answer 1", "answer 2"]);
+            // A socket bound to one address is not told it (its answers leave from there).
+            let mut one = SendBatch::new(1, 64);
+            one.next_buf().push(1);
+            one.push(server_addr, None);
+            one.flush(&x);
+            let mut r = RecvBatch::new(2048);
+            wait_readable(&[&server], 1000);
+            assert_eq!(r.recv(&server).unwrap(), 1);
+            let d = r.datagrams().next().unwrap();
+            assert_eq!((d.from, d.local, d.data), (to(&x), None, &[1u8][..]));
             // Nothing else is queued.
             let mut r = RecvBatch::new(2048);
             assert_eq!(r.recv(&x).unwrap_err().kind(), io::ErrorKind::WouldBlock);
