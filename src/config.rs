@@ -262,6 +262,9 @@ pub struct ApiConfig {
     pub overlay: bool,
     /// TCP addresses for automation (TLS with the hub's certificate, bearer token required).
     pub listen: Vec<SocketAddr>,
+    /// Plain-HTTP addresses of `/metrics` (Prometheus text format) for a Prometheus on the
+    /// same machine; `[]` turns it off. Admin devices also find `/metrics` on the API.
+    pub metrics_listen: Vec<SocketAddr>,
 }
 
 impl Default for ApiConfig {
@@ -269,6 +272,7 @@ impl Default for ApiConfig {
         ApiConfig {
             overlay: true,
             listen: vec![],
+            metrics_listen: vec![SocketAddr::from(([127, 0, 0, 1], 9153))],
         }
     }
 }

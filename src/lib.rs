@@ -12,6 +12,7 @@ pub mod filter;
 #[cfg(test)]
 pub(crate) mod fuzz;
 pub mod hub;
+pub mod metrics;
 pub mod paths;
 pub mod querylog;
 pub mod store;

@@ -146,6 +146,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/lists/update", post(update_lists))
         .route("/v1/querylog", get(querylog).put(set_querylog))
         .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/v1/tokens", get(tokens).post(create_token))
         .route("/v1/tokens/{id}", delete(revoke_token))
         .fallback(|| async {
@@ -283,6 +284,11 @@ async fn set_querylog(State(c): State<Arc<Control>>, headers: HeaderMap, body: B
 
 async fn status(State(c): State<Arc<Control>>) -> Answer {
     ok(StatusCode::OK, call(&c, |c| c.status()).await?)
+}
+
+async fn metrics(State(c): State<Arc<Control>>) -> Answer {
+    let text = call(&c, |c| c.metrics()).await?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 async fn tokens(State(c): State<Arc<Control>>) -> Answer {

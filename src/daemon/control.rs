@@ -33,6 +33,7 @@ use crate::store::{ApiToken, Device, DevicePatch, Overlay, RuleAction, Store};
 /// What the daemon applies changes to.
 pub struct Engines {
     pub resolver: Arc<Resolver>,
+    pub upstreams: Arc<Upstreams>,
     pub hub: Option<Arc<HubHandle>>,
     pub querylog: QueryLog,
     /// Group lists as last built (rebuilt with the default lists).
@@ -585,6 +586,30 @@ impl Control {
     /// True when `token` is a current API token.
     pub fn token_valid(&self, token: &str) -> bool {
         matches!(self.store.lock().token_by_hash(&sha256(token)), Ok(Some(_)))
+    }
+
+    /// The text of `/metrics` (the running hub's counters; see `crate::metrics`).
+    pub fn metrics(&self) -> Result<String, ApiError> {
+        let Some(e) = &self.engines else {
+            return Err(ApiError::NotRunning("cloudpc is not running".into()));
+        };
+        let devices = self.store.lock().devices()?;
+        let lists = self.lists.status().map_err(internal)?;
+        let hub_status = e.hub.as_ref().map(|h| h.status());
+        let hub = match (&e.hub, &hub_status) {
+            (Some(h), Some(st)) => Some((st.as_slice(), h.counters())),
+            _ => None,
+        };
+        Ok(crate::metrics::render(&crate::metrics::Sources {
+            dns: &e.resolver.stats,
+            cache_entries: e.resolver.cache_len(),
+            upstreams: e.upstreams.health(),
+            lists: &lists,
+            devices: &devices,
+            hub,
+            querylog: e.querylog.stats(),
+            now_unix: jiff::Timestamp::now().as_second(),
+        }))
     }
 
     /// The device behind an overlay source address, if any.

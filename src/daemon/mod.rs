@@ -200,6 +200,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
 
     let engines = Engines {
         resolver: resolver.clone(),
+        upstreams: upstreams.clone(),
         hub: hub.clone(),
         querylog,
         group_lists: parking_lot::Mutex::new(group_lists),
@@ -244,6 +245,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
         ));
     }
     let api_sock = crate::api::serve(control.clone(), api).await?;
+    crate::metrics::serve(control.clone(), &cfg.api.metrics_listen).await;
 
     // URL lists download in the background; queries never wait for them.
     lists.spawn_updater(upstreams.clone());

@@ -78,6 +78,10 @@ pub async fn handle_request(
         }
         _ => return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST\n"),
     };
+    service
+        .resolver()
+        .stats
+        .count_protocol(super::stats::Protocol::Https);
     match service.answer(&query, peer.ip(), Transport::Stream).await {
         Some(ans) => {
             let ttl = super::wire::ttl_fields(&ans)

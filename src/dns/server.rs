@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::engine::Transport;
 use super::service::DnsService;
+use super::stats::Protocol;
 use super::slots::ConnSlots;
 
 /// Most TCP/DoT/DoH connections served at once (of them at most
@@ -149,10 +150,10 @@ pub fn serve_stream(
         let (r, tls) = (service.clone(), tls.clone());
         async move {
             match tls {
-                None => handle_stream(r, tcp, peer, idle).await,
+                None => handle_stream(r, tcp, peer, idle, Protocol::Tcp).await,
                 Some(acc) => {
                     if let Some(s) = tls_handshake(&acc, tcp).await {
-                        handle_stream(r, s, peer, idle).await
+                        handle_stream(r, s, peer, idle, Protocol::Tls).await
                     }
                 }
             }
@@ -163,8 +164,13 @@ pub fn serve_stream(
 /// One DNS-over-stream connection: length-prefixed messages, answered concurrently and
 /// written as they finish. Closed after `idle` without a new query, or when a peer sends a
 /// length prefix and stalls.
-pub async fn handle_stream<S>(service: Arc<DnsService>, stream: S, peer: SocketAddr, idle: Duration)
-where
+pub async fn handle_stream<S>(
+    service: Arc<DnsService>,
+    stream: S,
+    peer: SocketAddr,
+    idle: Duration,
+    proto: Protocol,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
@@ -197,6 +203,7 @@ where
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
+        service.resolver().stats.count_protocol(proto);
         let (r, tx) = (service.clone(), tx.clone());
         tokio::spawn(async move {
             let _permit = permit;

@@ -20,7 +20,35 @@ pub struct Stats {
     pub refused: AtomicU64,
     pub malformed: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// Queries received, by [`Protocol`].
+    by_protocol: [AtomicU64; 4],
     per_client: Mutex<HashMap<IpAddr, ClientCounts>>,
+}
+
+/// The protocol a query came by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Udp = 0,
+    Tcp = 1,
+    /// DNS-over-TLS.
+    Tls = 2,
+    /// DNS-over-HTTPS.
+    Https = 3,
+}
+
+impl Protocol {
+    /// Every protocol, in counter order.
+    pub const ALL: [Protocol; 4] = [Protocol::Udp, Protocol::Tcp, Protocol::Tls, Protocol::Https];
+
+    /// The name metrics use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Udp => "udp",
+            Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
+            Protocol::Https => "https",
+        }
+    }
 }
 
 /// Per-client (per-device) counts, kept in memory only.
@@ -64,6 +92,17 @@ impl Stats {
         let c = m.entry(ip).or_default();
         c.queries += 1;
         c.blocked += blocked as u64;
+    }
+
+    /// Counts one query received by `p`.
+    #[inline]
+    pub fn count_protocol(&self, p: Protocol) {
+        self.by_protocol[p as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Queries received by `p` so far.
+    pub fn protocol(&self, p: Protocol) -> u64 {
+        self.by_protocol[p as usize].load(Relaxed)
     }
 
     /// Counts for one client address.

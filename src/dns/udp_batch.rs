@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::engine::{Pending, Step, Transport};
 use super::service::DnsService;
+use super::stats::Protocol;
 use super::udp_client::{Forwarded, ListenerSocket};
 use super::upstream::UpstreamAnswer;
 use crate::udp::{Port, RecvBatch, SendBatch};
@@ -127,6 +128,7 @@ pub fn run(service: Arc<DnsService>, port: Arc<Port>, rt: tokio::runtime::Handle
                 out.flush(&port);
             }
             let peer = q.from;
+            resolver.stats.count_protocol(Protocol::Udp);
             match resolver.handle_query(q.data, peer.ip(), Transport::Udp, now, out.next_buf()) {
                 Step::Answered => out.push(peer, q.local),
                 Step::Drop => {}
@@ -146,7 +148,7 @@ pub fn run(service: Arc<DnsService>, port: Arc<Port>, rt: tokio::runtime::Handle
             // Answers from upstream, a batch of them per turn.
             got = answers.recv(&l.port).unwrap_or(0);
             for a in answers.datagrams() {
-                let Some(f) = l.take(a.data) else {
+                let Some((f, sent)) = l.take(a.data) else {
                     continue;
                 };
                 let truncated = a.data.get(2).is_some_and(|b| b & 0x02 != 0);
@@ -157,6 +159,12 @@ pub fn run(service: Arc<DnsService>, port: Arc<Port>, rt: tokio::runtime::Handle
                     false => UpstreamAnswer::from_wire(a.data).map_err(|_| Some(l.upstream())),
                 };
                 let client = (f.client, f.local);
+                // A truncated answer is a timely one (it is asked again over TCP).
+                let outcome = match &parsed {
+                    Ok(_) | Err(None) => Ok(now.saturating_duration_since(sent)),
+                    Err(Some(_)) => Err(()),
+                };
+                upstreams.record_udp(l.upstream(), outcome);
                 let answer = match parsed {
                     Ok(answer) => answer,
                     Err(skip) => {
@@ -182,6 +190,7 @@ pub fn run(service: Arc<DnsService>, port: Arc<Port>, rt: tokio::runtime::Handle
                 last_sweep = now;
                 l.expire(now, upstreams.timeout(), &mut late);
                 for f in late.drain(..) {
+                    upstreams.record_udp(l.upstream(), Err(()));
                     let client = (f.client, f.local);
                     let skip = Some(l.upstream());
                     spawn_finish(&rt, &service, &port, f.pending, client, skip);

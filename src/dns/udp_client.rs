@@ -203,14 +203,15 @@ impl ListenerSocket {
         Ok(())
     }
 
-    /// The forwarded query that `answer` (read from this socket) answers.
-    pub fn take(&mut self, answer: &[u8]) -> Option<Forwarded> {
+    /// The forwarded query that `answer` (read from this socket) answers, and when it was
+    /// sent.
+    pub fn take(&mut self, answer: &[u8]) -> Option<(Forwarded, Instant)> {
         let index = self.index;
         let taken = self.table.lock().take_if(answer, |w| w.0 == index);
         match taken {
-            Some(((_, Waiter::Listener(f)), _)) => {
+            Some(((_, Waiter::Listener(f)), sent)) => {
                 self.waiting -= 1;
-                Some(f)
+                Some((f, sent))
             }
             _ => None,
         }

@@ -222,6 +222,39 @@ mod pool {
         servers: Vec<Server>,
         preferred: AtomicUsize,
         timeout: Duration,
+        health: Vec<Health>,
+    }
+
+    /// How one upstream has been doing (for metrics; no names, no addresses).
+    pub struct Health {
+        /// `udp`, `tcp`, `tls` or `https`.
+        pub transport: &'static str,
+        /// Seconds from asking to a usable answer.
+        pub latency: prometheus_client::metrics::histogram::Histogram,
+        /// Timeouts, errors, garbage and SERVFAIL/REFUSED answers.
+        pub failures: std::sync::atomic::AtomicU64,
+    }
+
+    impl Health {
+        fn record(&self, outcome: Result<Duration, ()>) {
+            match outcome {
+                Ok(d) => self.latency.observe(d.as_secs_f64()),
+                Err(()) => {
+                    self.failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+
+        fn new(transport: &'static str) -> Health {
+            Health {
+                transport,
+                latency: prometheus_client::metrics::histogram::Histogram::new(
+                    prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
+                ),
+                failures: Default::default(),
+            }
+        }
     }
 
     fn tls_config(upstream_ca: &str) -> Result<rustls::ClientConfig, UpstreamError> {
@@ -284,8 +317,15 @@ mod pool {
         ) -> Result<Upstreams, UpstreamError> {
             let mut servers = Vec::new();
             let mut fast = Vec::new();
+            let mut health = Vec::new();
             for s in specs {
                 fast.push(None);
+                health.push(Health::new(match s {
+                    UpstreamSpec::Udp(_) => "udp",
+                    UpstreamSpec::Tcp(_) => "tcp",
+                    UpstreamSpec::Tls { .. } => "tls",
+                    UpstreamSpec::Https { .. } => "https",
+                }));
                 match s {
                     UpstreamSpec::Udp(a) => {
                         // Queries go over the long-lived UDP sockets; the pool is the TCP
@@ -362,6 +402,7 @@ mod pool {
                 servers,
                 preferred: AtomicUsize::new(0),
                 timeout,
+                health,
             })
         }
 
@@ -378,6 +419,23 @@ mod pool {
             let n = self.servers.len();
             let i = self.preferred.load(Ordering::Relaxed) % n.max(1);
             self.servers.get(i)?.fast.as_ref()
+        }
+
+        /// How each upstream has been doing, in config order.
+        pub fn health(&self) -> &[Health] {
+            &self.health
+        }
+
+        /// Records how a question to the `udp://` upstream at `upstream` went, when a caller
+        /// asked it directly (the UDP listeners' own forwarding): `Ok(latency)` or a failure.
+        pub fn record_udp(&self, upstream: SocketAddr, outcome: Result<Duration, ()>) {
+            let i = self
+                .servers
+                .iter()
+                .position(|s| s.fast.as_ref().map(|f| f.upstream()) == Some(upstream));
+            if let Some(h) = i.and_then(|i| self.health.get(i)) {
+                h.record(outcome);
+            }
         }
 
         /// How long one upstream is waited for.
@@ -415,17 +473,24 @@ mod pool {
                 if skip.is_some() && upstream == skip {
                     continue;
                 }
+                let asked = std::time::Instant::now();
+                let health = &self.health[i];
                 match self.query_one(&self.servers[i], &name, qtype).await {
                     Ok(a) if !matches!(a.rcode, ResponseCode::NoError | ResponseCode::NXDomain) => {
+                        health.record(Err(()));
                         last = UpstreamError::Failed(format!("upstream answered {}", a.rcode));
                     }
                     Ok(a) => {
+                        health.record(Ok(asked.elapsed()));
                         if i != start {
                             self.preferred.store(i, Ordering::Relaxed);
                         }
                         return Ok(a);
                     }
-                    Err(e) => last = e,
+                    Err(e) => {
+                        health.record(Err(()));
+                        last = e
+                    }
                 }
             }
             Err(last)

@@ -126,6 +126,12 @@ pub struct Counters {
     /// Packets for a device whose endpoint is not known yet.
     #[serde(serialize_with = "ser")]
     pub no_endpoint: AtomicU64,
+    /// Handshakes with devices that completed (the hub answered a valid initiation).
+    #[serde(serialize_with = "ser")]
+    pub handshakes: AtomicU64,
+    /// A device's endpoint moved to another address (roaming).
+    #[serde(serialize_with = "ser")]
+    pub endpoint_changes: AtomicU64,
 }
 
 fn ser<S: serde::Serializer>(v: &AtomicU64, s: S) -> Result<S::Ok, S::Error> {
@@ -278,6 +284,9 @@ impl Engine {
     /// Records that `peer` sent an authenticated packet from `from` (roaming follows it).
     fn handle_authenticated(&self, peer: &Peer, from: Endpoint) {
         if let Some(before) = peer.handle_authenticated_from(from) {
+            if before.is_some() {
+                bump(&self.counters.endpoint_changes);
+            }
             let mut m = self.endpoints.write();
             if let Some(b) = before {
                 if m.get(&b.addr) == Some(&peer.public_key) {
@@ -372,6 +381,10 @@ impl Engine {
                 TunnResult::WriteToNetwork(out) => {
                     // A handshake response proves the initiation was authentic; a cookie reply
                     // (boringtun's own load check) proves nothing about the sender.
+                    // The hub answered a device's initiation, or a device answered the hub's.
+                    if out.first() == Some(&HANDSHAKE_RESPONSE) || d.first() == Some(&HANDSHAKE_RESPONSE) {
+                        bump(&self.counters.handshakes);
+                    }
                     if out.first() == Some(&HANDSHAKE_RESPONSE) || is_data {
                         self.handle_authenticated(peer, from);
                     }
