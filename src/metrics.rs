@@ -22,8 +22,49 @@ use crate::hub::DeviceStatus;
 use crate::querylog::QueryLogStats;
 use crate::store::Device;
 
-/// The content type of [`render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`render`]'s output (OpenMetrics, for a client that asks for it).
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`classic`]'s output (the Prometheus text format, version 0.0.4).
+pub const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The scrape text and its content type for a client whose `Accept` header is `accept`:
+/// OpenMetrics when it asks for it (Prometheus does), the classic text format otherwise
+/// (`promtool check metrics`, curl, older scrapers).
+pub fn negotiate(openmetrics: String, accept: &str) -> (String, &'static str) {
+    if accept.contains("application/openmetrics-text") {
+        (openmetrics, OPENMETRICS)
+    } else {
+        (classic(&openmetrics), CLASSIC)
+    }
+}
+
+/// OpenMetrics text as the classic Prometheus text format: a counter family is named with
+/// its samples' `_total` suffix, and there is no `# EOF`.
+pub fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
 
 /// A device counts as online when its last handshake is this recent (WireGuard re-keys every
 /// 2 minutes while traffic flows; a session lasts at most 3 minutes without one).
@@ -174,7 +215,12 @@ pub fn render(s: &Sources<'_>) -> String {
             updated.push((lab, ms as f64 / 1000.0));
         }
     }
-    gauges(&mut reg, "list_rules", "Rules in the copy of each list in use", rules);
+    gauges(
+        &mut reg,
+        "list_rules",
+        "Rules in the copy of each list in use",
+        rules,
+    );
     gauges(
         &mut reg,
         "list_last_success_timestamp_seconds",
@@ -308,14 +354,22 @@ const MAX_CONNECTIONS: usize = 32;
 /// Serves `GET /metrics` over plain HTTP on `addrs` (for a Prometheus on the same machine).
 /// An address that cannot be bound (e.g. another hub holds the port) is skipped with a
 /// warning: metrics are not worth the hub not starting.
-pub async fn serve(control: std::sync::Arc<crate::daemon::Control>, addrs: &[std::net::SocketAddr]) {
+pub async fn serve(
+    control: std::sync::Arc<crate::daemon::Control>,
+    addrs: &[std::net::SocketAddr],
+) {
     use crate::dns::slots::ConnSlots;
     let slots = ConnSlots::new(MAX_CONNECTIONS, MAX_CONNECTIONS / 2);
     for a in addrs {
         let listener = match crate::dns::server::bind_tcp(*a).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "metrics not served on one address");
+                // The listener's own address is no secret, but logs above debug carry none.
+                tracing::warn!(
+                    port = a.port(),
+                    "metrics not served on one address (port in use?)"
+                );
+                tracing::debug!(error = %e, "metrics bind failed");
                 continue;
             }
         };
@@ -350,15 +404,59 @@ async fn answer(
         r
     };
     if req.uri().path() != "/metrics" {
-        return reply(StatusCode::NOT_FOUND, "text/plain", "metrics are at /metrics\n".into());
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "metrics are at /metrics\n".into(),
+        );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".into());
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use GET\n".into(),
+        );
     }
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let c = control.clone();
     match tokio::task::spawn_blocking(move || c.metrics()).await {
-        Ok(Ok(text)) => reply(StatusCode::OK, CONTENT_TYPE, text),
-        Ok(Err(e)) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{e}\n")),
-        Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "stopping\n".into()),
+        Ok(Ok(text)) => {
+            let (text, ct) = negotiate(text, &accept);
+            reply(StatusCode::OK, ct, text)
+        }
+        Ok(Err(e)) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("{e}\n"),
+        ),
+        Err(_) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "stopping\n".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_format_names_counter_families_with_their_total_suffix() {
+        let om = "# HELP cloudpc_x Things.\n# TYPE cloudpc_x counter\ncloudpc_x_total 3\n\
+                  # HELP cloudpc_g A gauge.\n# TYPE cloudpc_g gauge\ncloudpc_g 1.0\n# EOF\n";
+        assert_eq!(
+            classic(om),
+            "# HELP cloudpc_x_total Things.\n# TYPE cloudpc_x_total counter\ncloudpc_x_total 3\n\
+             # HELP cloudpc_g A gauge.\n# TYPE cloudpc_g gauge\ncloudpc_g 1.0\n"
+        );
+        let (text, ct) = negotiate(om.into(), "application/openmetrics-text;version=1.0.0");
+        assert_eq!((text.as_str(), ct), (om, OPENMETRICS));
+        assert_eq!(negotiate(om.into(), "*/*").1, CLASSIC);
     }
 }

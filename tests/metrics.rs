@@ -40,29 +40,49 @@ fn metrics_pass_promtool_move_with_queries_and_traffic_and_carry_no_names_or_add
     let (laptop4, laptop6) = conf_addrs(&conf, "Address");
     w.lab.wg_up("d1", &conf);
 
-    let scrape = |w: &HubWorld| -> String {
-        let o = w
-            .lab
-            .sh_ok("hub", "curl -sf -m 5 -D - http://127.0.0.1:9153/metrics");
+    // As Prometheus asks (OpenMetrics) and as promtool and curl do (the classic format).
+    let get = |w: &HubWorld, accept: &str| -> (String, String) {
+        let o = w.lab.sh_ok(
+            "hub",
+            &format!("curl -sf -m 5 -D - -H 'Accept: {accept}' http://127.0.0.1:9153/metrics"),
+        );
         let (head, body) = o.split_once("\r\n\r\n").unwrap_or(("", &o));
+        (head.to_ascii_lowercase(), body.to_string())
+    };
+    let scrape = |w: &HubWorld| -> String {
+        let (head, body) = get(w, "*/*");
         assert!(
-            head.to_ascii_lowercase()
-                .contains("content-type: application/openmetrics-text"),
+            head.contains("content-type: text/plain; version=0.0.4"),
             "{head}"
         );
-        body.to_string()
+        body
     };
+    let (head, om) = get(
+        &w,
+        "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+    );
+    assert!(
+        head.contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    assert!(om.ends_with("# EOF\n"), "{om}");
     let before = scrape(&w);
 
     // Queries (forwarded, cached, blocked) and traffic through the tunnel.
-    for name in ["www.example.test", "www.example.test", "blocked.example.test"] {
+    for name in [
+        "www.example.test",
+        "www.example.test",
+        "blocked.example.test",
+    ] {
         w.lab.sh_ok(
             "d1",
             &format!("dig @{hub4} +time=2 +tries=1 +short {name} A"),
         );
     }
-    w.lab
-        .sh_ok("d1", &format!("curl -sf -m 5 -o /dev/null http://{WEB}/hello"));
+    w.lab.sh_ok(
+        "d1",
+        &format!("curl -sf -m 5 -o /dev/null http://{WEB}/hello"),
+    );
     let after = scrape(&w);
 
     let moved = |key: &str, by: f64| {
@@ -78,14 +98,22 @@ fn metrics_pass_promtool_move_with_queries_and_traffic_and_carry_no_names_or_add
         "cloudpc_dns_upstream_latency_seconds_count{upstream=\"1\",transport=\"udp\"}",
         1.0,
     );
-    moved("cloudpc_device_received_bytes_total{device=\"laptop\"}", 200.0);
+    moved(
+        "cloudpc_device_received_bytes_total{device=\"laptop\"}",
+        200.0,
+    );
     moved("cloudpc_device_sent_bytes_total{device=\"laptop\"}", 200.0);
     assert_eq!(sample(&after, "cloudpc_devices"), 1.0, "{after}");
     assert_eq!(sample(&after, "cloudpc_devices_online"), 1.0, "{after}");
-    assert!(sample(&after, "cloudpc_hub_handshakes_total") >= 1.0, "{after}");
     assert!(
-        sample(&after, "cloudpc_device_last_handshake_timestamp_seconds{device=\"laptop\"}")
-            > 1.7e9,
+        sample(&after, "cloudpc_hub_handshakes_total") >= 1.0,
+        "{after}"
+    );
+    assert!(
+        sample(
+            &after,
+            "cloudpc_device_last_handshake_timestamp_seconds{device=\"laptop\"}"
+        ) > 1.7e9,
         "{after}"
     );
     assert!(after.contains("cloudpc_querylog_drops_total"), "{after}");
@@ -102,17 +130,17 @@ fn metrics_pass_promtool_move_with_queries_and_traffic_and_carry_no_names_or_add
         laptop6.as_str(),
         "203.0.113",
     ] {
-        assert!(
-            !after.contains(secret),
-            "{secret} in the metrics:\n{after}"
-        );
+        assert!(!after.contains(secret), "{secret} in the metrics:\n{after}");
     }
 
     // promtool (Debian's prometheus package) accepts the output.
     let file = w.lab.dir.path().join("metrics.txt");
     std::fs::write(&file, &after).unwrap();
     let out = std::process::Command::new("sh")
-        .args(["-c", &format!("promtool check metrics < {}", file.display())])
+        .args([
+            "-c",
+            &format!("promtool check metrics < {}", file.display()),
+        ])
         .output()
         .expect("promtool (apt package prometheus) must be installed");
     assert!(

@@ -286,9 +286,14 @@ async fn status(State(c): State<Arc<Control>>) -> Answer {
     ok(StatusCode::OK, call(&c, |c| c.status()).await?)
 }
 
-async fn metrics(State(c): State<Arc<Control>>) -> Answer {
+async fn metrics(State(c): State<Arc<Control>>, headers: HeaderMap) -> Answer {
     let text = call(&c, |c| c.metrics()).await?;
-    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (text, ct) = crate::metrics::negotiate(text, accept);
+    Ok(([(header::CONTENT_TYPE, ct)], text).into_response())
 }
 
 async fn tokens(State(c): State<Arc<Control>>) -> Answer {

@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::engine::Transport;
 use super::service::DnsService;
-use super::stats::Protocol;
 use super::slots::ConnSlots;
+use super::stats::Protocol;
 
 /// Most TCP/DoT/DoH connections served at once (of them at most
 /// [`slots::PER_ADDRESS`](super::slots::PER_ADDRESS) from one address).

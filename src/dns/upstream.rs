@@ -563,4 +563,4 @@ mod pool {
     }
 }
 
-pub use pool::{UpstreamAnswer, UpstreamError, Upstreams};
+pub use pool::{Health, UpstreamAnswer, UpstreamError, Upstreams};

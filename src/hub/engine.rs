@@ -382,7 +382,9 @@ impl Engine {
                     // A handshake response proves the initiation was authentic; a cookie reply
                     // (boringtun's own load check) proves nothing about the sender.
                     // The hub answered a device's initiation, or a device answered the hub's.
-                    if out.first() == Some(&HANDSHAKE_RESPONSE) || d.first() == Some(&HANDSHAKE_RESPONSE) {
+                    if out.first() == Some(&HANDSHAKE_RESPONSE)
+                        || d.first() == Some(&HANDSHAKE_RESPONSE)
+                    {
                         bump(&self.counters.handshakes);
                     }
                     if out.first() == Some(&HANDSHAKE_RESPONSE) || is_data {
