@@ -53,6 +53,7 @@ pub struct Config {
     pub egress: EgressConfig,
     pub querylog: QueryLogConfig,
     pub api: ApiConfig,
+    pub admin: AdminConfig,
     /// Per-device policy groups: `[groups.NAME]`.
     pub groups: std::collections::BTreeMap<String, GroupConfig>,
 }
@@ -251,6 +252,28 @@ pub struct QueryLogConfig {
 impl Default for QueryLogConfig {
     fn default() -> Self {
         QueryLogConfig { retention_days: 7 }
+    }
+}
+
+/// `[admin]`: the admin page, on the TLS listener DoH uses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin page at all (also on `dns.https_listen`).
+    pub enabled: bool,
+    /// Serve it (and DoH) on the hub's overlay addresses, port 443, for admin devices.
+    pub overlay: bool,
+    /// More HTTPS addresses (password login), e.g. for an SSH tunnel.
+    pub listen: Vec<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            overlay: true,
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 443))],
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! cloudpc: a self-hosted privacy network — a DNS-centric privacy resolver with an embedded
 //! WireGuard hub beside it. See `DESIGN.md` in the shared folder for the shape.
 
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod config;

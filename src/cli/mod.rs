@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod admin;
 mod api;
 mod device;
 mod lists;
@@ -152,6 +153,9 @@ pub enum Command {
     /// The management API: tokens for its TCP listener.
     #[command(subcommand)]
     Api(api::ApiCmd),
+    /// The admin page's login: password and sessions.
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
 }
 
 /// Entry point of the binary.
@@ -170,6 +174,7 @@ pub fn main() -> ExitCode {
         Command::Lists(a) => lists::lists(&g, a),
         Command::Querylog(c) => querylog::querylog(&g, c),
         Command::Api(c) => api::api(&g, c),
+        Command::Admin(c) => admin::admin(&g, c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

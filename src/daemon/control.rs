@@ -34,6 +34,8 @@ use crate::store::{ApiToken, Device, DevicePatch, Overlay, RuleAction, Store};
 pub struct Engines {
     pub resolver: Arc<Resolver>,
     pub upstreams: Arc<Upstreams>,
+    /// Settings shown read-only on the admin page.
+    pub summary: SettingsSummary,
     pub hub: Option<Arc<HubHandle>>,
     pub querylog: QueryLog,
     /// Group lists as last built (rebuilt with the default lists).
@@ -43,6 +45,34 @@ pub struct Engines {
     pub started: Instant,
     pub listen: Vec<String>,
     pub list_errors: std::sync::atomic::AtomicUsize,
+}
+
+/// Config settings the admin page shows (they change only with the config file).
+#[derive(Debug, Clone, Default)]
+pub struct SettingsSummary {
+    /// `dns.upstreams` as configured.
+    pub upstreams: Vec<String>,
+    /// The DNS64 prefix when DNS64 is on.
+    pub dns64: Option<String>,
+}
+
+/// One upstream's health for the admin page.
+#[derive(Debug, Clone)]
+pub struct UpstreamHealth {
+    pub transport: &'static str,
+    pub answers: u64,
+    pub latency_sum_secs: f64,
+    pub failures: u64,
+}
+
+/// One group's verdict for a tested domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainTest {
+    /// `default`, or the group's name.
+    pub group: String,
+    /// `blocked`, `allowed` or `passes`.
+    pub verdict: &'static str,
+    pub why: String,
 }
 
 /// The owner of the state: the store, and the engines while the hub runs.
@@ -610,6 +640,86 @@ impl Control {
             querylog: e.querylog.stats(),
             now_unix: jiff::Timestamp::now().as_second(),
         }))
+    }
+
+    /// The private network's address ranges.
+    pub fn overlay(&self) -> &Overlay {
+        &self.overlay
+    }
+
+    /// How each upstream has been doing, in config order.
+    pub fn upstream_health(&self) -> Vec<UpstreamHealth> {
+        let Some(e) = &self.engines else {
+            return vec![];
+        };
+        e.upstreams
+            .health()
+            .iter()
+            .map(|h| UpstreamHealth {
+                transport: h.transport,
+                answers: h.answers.load(std::sync::atomic::Ordering::Relaxed),
+                latency_sum_secs: h.latency_micros.load(std::sync::atomic::Ordering::Relaxed)
+                    as f64
+                    / 1e6,
+                failures: h.failures.load(std::sync::atomic::Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// The config settings the admin page shows.
+    pub fn settings_summary(&self) -> SettingsSummary {
+        self.engines
+            .as_ref()
+            .map(|e| e.summary.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether `domain` is blocked for the default policy and for each group that has
+    /// devices, and why.
+    pub fn test_domain(&self, domain: &str) -> Result<Vec<DomainTest>, ApiError> {
+        let Some(e) = &self.engines else {
+            return Err(ApiError::NotRunning("cloudpc is not running".into()));
+        };
+        let name = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+        if !crate::dns::name::is_valid_zone(&name) {
+            return Err(bad(format!(
+                "{domain:?} is not a domain name, e.g. ads.example.com"
+            )));
+        }
+        let mut groups: Vec<(String, Option<std::net::IpAddr>)> = vec![("default".into(), None)];
+        for d in self.store.lock().devices()? {
+            if let Some(g) = d.group {
+                if !groups.iter().any(|(n, _)| *n == g) {
+                    groups.push((g, Some(d.ipv4.into())));
+                }
+            }
+        }
+        use crate::dns::engine::Source;
+        use crate::filter::Verdict;
+        Ok(groups
+            .into_iter()
+            .map(|(group, ip)| {
+                let (v, src) = e.resolver.explain(ip, &name);
+                let (verdict, why) = match (v, src) {
+                    (Verdict::Block, Source::Rules) => (
+                        "blocked",
+                        "a block rule of yours or of the config (filter.block / the group's block)",
+                    ),
+                    (Verdict::Block, _) => ("blocked", "a block list"),
+                    (Verdict::Allow, Source::Rules) => (
+                        "allowed",
+                        "an allow rule of yours or of the config (beats every block)",
+                    ),
+                    (Verdict::Allow, _) => ("allowed", "an exception (@@) in a list"),
+                    (Verdict::Pass, _) => ("passes", "no rule matches it"),
+                };
+                DomainTest {
+                    group,
+                    verdict,
+                    why: why.to_string(),
+                }
+            })
+            .collect())
     }
 
     /// The device behind an overlay source address, if any.

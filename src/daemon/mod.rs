@@ -185,7 +185,16 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
     querylog.set_devices(&devices);
 
     let service = DnsService::new(resolver.clone(), upstreams.clone());
-    let listen = serve_dns(&cfg, &state_dir, &service, hub.is_some(), &overlay).await?;
+    let admin_slot = crate::dns::doh::AdminSlot::default();
+    let listen = serve_dns(
+        &cfg,
+        &state_dir,
+        &service,
+        hub.is_some(),
+        &overlay,
+        &admin_slot,
+    )
+    .await?;
 
     // Owner devices fetch the encrypted query log over the tunnel, on the overlay only.
     let _sync = if hub.is_some() {
@@ -201,6 +210,10 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
     let engines = Engines {
         resolver: resolver.clone(),
         upstreams: upstreams.clone(),
+        summary: control::SettingsSummary {
+            upstreams: cfg.dns.upstreams.clone(),
+            dns64: cfg.dns.dns64.then(|| cfg.dns.dns64_prefix.to_string()),
+        },
         hub: hub.clone(),
         querylog,
         group_lists: parking_lot::Mutex::new(group_lists),
@@ -245,6 +258,23 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
         ));
     }
     let api_sock = crate::api::serve(control.clone(), api).await?;
+    if cfg.admin.enabled {
+        serve_admin(
+            &cfg,
+            &state_dir,
+            &service,
+            hub.is_some(),
+            &overlay,
+            &admin_slot,
+        )
+        .await?;
+        match crate::admin::Admin::new(control.clone()) {
+            Ok(a) => {
+                let _ = admin_slot.set(Arc::new(a));
+            }
+            Err(e) => tracing::warn!(error = %e, "admin page not served"),
+        }
+    }
     crate::metrics::serve(control.clone(), &cfg.api.metrics_listen).await;
 
     // URL lists download in the background; queries never wait for them.
@@ -319,7 +349,11 @@ fn listen_addrs(cfg: &Config, with_hub: bool, overlay: &Overlay) -> Vec<SocketAd
 
 /// Names the self-signed certificate covers.
 fn tls_names(cfg: &Config, listen: &[SocketAddr]) -> Vec<String> {
-    let mut names = vec!["cloudpc".to_string(), "localhost".to_string()];
+    let mut names = vec![
+        "cloudpc".to_string(),
+        "localhost".to_string(),
+        format!("hub.{}", cfg.dns.zone.trim_end_matches('.')),
+    ];
     if let Some((host, _)) = cfg.wireguard.endpoint.rsplit_once(':') {
         names.push(host.trim_matches(['[', ']']).to_string());
     }
@@ -337,6 +371,63 @@ fn tls_names(cfg: &Config, listen: &[SocketAddr]) -> Vec<String> {
     names
 }
 
+/// Starts the admin page's own HTTPS listeners (DoH too): `admin.listen` and, with the hub
+/// and `admin.overlay`, port 443 of the hub's overlay addresses. `dns.https_listen` already
+/// serves it. An address that cannot be bound (port 443 taken by a web server of the
+/// owner's) is skipped with a warning.
+async fn serve_admin(
+    cfg: &Config,
+    state_dir: &Path,
+    service: &Arc<DnsService>,
+    with_hub: bool,
+    overlay: &Overlay,
+    admin: &crate::dns::doh::AdminSlot,
+) -> Result<(), DaemonError> {
+    let mut addrs = cfg.admin.listen.clone();
+    if with_hub && cfg.admin.overlay {
+        addrs.push(SocketAddr::from((overlay.hub_v4(), 443)));
+        addrs.push(SocketAddr::from((overlay.hub_v6(), 443)));
+    }
+    addrs.retain(|a| !cfg.dns.https_listen.contains(a));
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Ok(());
+    }
+    let m = crate::dns::tls::load_or_create(
+        &cfg.dns.tls_cert,
+        &cfg.dns.tls_key,
+        state_dir,
+        &tls_names(cfg, &listen_addrs(cfg, with_hub, overlay)),
+    )?;
+    let acc =
+        tokio_rustls::TlsAcceptor::from(crate::dns::tls::server_config(&m, &[b"h2", b"http/1.1"])?);
+    let idle = Duration::from_secs(cfg.dns.tcp_idle_timeout.max(1));
+    let slots = crate::dns::slots::ConnSlots::new(
+        crate::dns::server::MAX_CONNECTIONS,
+        crate::dns::slots::PER_ADDRESS,
+    );
+    for a in addrs {
+        match crate::dns::server::bind_tcp(a).await {
+            Ok(l) => crate::dns::doh::serve(
+                service.clone(),
+                l,
+                acc.clone(),
+                idle,
+                slots.clone(),
+                admin.clone(),
+            ),
+            Err(e) => {
+                tracing::warn!(
+                    port = a.port(),
+                    "admin page not served on one address (port in use?)"
+                );
+                tracing::debug!(error = %e, "admin bind failed");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Starts the DNS listeners; returns what they serve, as URLs.
 async fn serve_dns(
     cfg: &Config,
@@ -344,6 +435,7 @@ async fn serve_dns(
     service: &Arc<DnsService>,
     with_hub: bool,
     overlay: &Overlay,
+    admin: &crate::dns::doh::AdminSlot,
 ) -> Result<Vec<String>, DaemonError> {
     let listen = listen_addrs(cfg, with_hub, overlay);
     let idle = Duration::from_secs(cfg.dns.tcp_idle_timeout.max(1));
@@ -375,7 +467,7 @@ async fn serve_dns(
                 &[b"h2", b"http/1.1"],
             )?);
             let l = crate::dns::server::bind_tcp(*a).await?;
-            crate::dns::doh::serve(service.clone(), l, acc, idle, slots.clone());
+            crate::dns::doh::serve(service.clone(), l, acc, idle, slots.clone(), admin.clone());
         }
     }
     Ok(listen

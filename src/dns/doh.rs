@@ -42,17 +42,25 @@ fn get_query(q: &str) -> Result<Vec<u8>, &'static str> {
     }
 }
 
-/// Answers one HTTP request.
+/// The admin page, served beside DoH once the daemon has made it.
+pub type AdminSlot = Arc<std::sync::OnceLock<Arc<crate::admin::Admin>>>;
+
+/// Answers one HTTP request: `/dns-query` is DoH, anything else the admin page (when served
+/// on this listener).
 pub async fn handle_request(
     service: Arc<DnsService>,
     peer: SocketAddr,
     req: Request<hyper::body::Incoming>,
+    admin: &AdminSlot,
 ) -> Resp {
     if req.uri().path() != PATH {
-        return plain(
-            StatusCode::NOT_FOUND,
-            "not found; DNS-over-HTTPS is at /dns-query\n",
-        );
+        return match admin.get() {
+            Some(a) => a.handle(peer, req).await,
+            None => plain(
+                StatusCode::NOT_FOUND,
+                "not found; DNS-over-HTTPS is at /dns-query\n",
+            ),
+        };
     }
     let query: Vec<u8> = match *req.method() {
         Method::GET => match get_query(req.uri().query().unwrap_or("")) {
@@ -104,16 +112,17 @@ pub fn serve(
     acceptor: tokio_rustls::TlsAcceptor,
     idle: Duration,
     slots: Arc<super::slots::ConnSlots>,
+    admin: AdminSlot,
 ) {
     super::server::accept_loop(listener, slots, move |tcp, peer| {
-        let (r, acc) = (service.clone(), acceptor.clone());
+        let (r, acc, admin) = (service.clone(), acceptor.clone(), admin.clone());
         async move {
             let Some(tls) = super::server::tls_handshake(&acc, tcp).await else {
                 return;
             };
             let svc = hyper::service::service_fn(move |req| {
-                let r = r.clone();
-                async move { Ok::<_, Infallible>(handle_request(r, peer, req).await) }
+                let (r, admin) = (r.clone(), admin.clone());
+                async move { Ok::<_, Infallible>(handle_request(r, peer, req, &admin).await) }
             });
             let mut b =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());

@@ -151,6 +151,17 @@ pub struct Settings {
     pub cache_size: usize,
 }
 
+/// Where a verdict comes from ([`Resolver::explain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// No rule matches.
+    Nothing,
+    /// `filter.block`/`filter.allow`, `[groups]` rules, or rules added at run time.
+    Rules,
+    /// A subscribed, bundled or file list.
+    Lists,
+}
+
 /// The resolver.
 pub struct Resolver {
     settings: Settings,
@@ -215,6 +226,21 @@ impl Resolver {
     /// Replaces the group policies (devices, groups or rules changed).
     pub fn set_groups(&self, groups: Groups) {
         self.groups.store(Arc::new(groups));
+    }
+
+    /// The filter's verdict for `name` (lower case, no trailing dot) under the policy of a
+    /// device at `client` (`None`: the default policy), and where it comes from: the
+    /// config's and run-time rules, or the lists.
+    pub fn explain(&self, client: Option<IpAddr>, name: &str) -> (Verdict, Source) {
+        let group = client.and_then(|c| self.group_of(c));
+        let (_, policy) = self.policy_of(&group);
+        match policy.rules.load().check(name) {
+            Verdict::Pass => match policy.lists.load().check(name) {
+                Verdict::Pass => (Verdict::Pass, Source::Nothing),
+                v => (v, Source::Lists),
+            },
+            v => (v, Source::Rules),
+        }
     }
 
     /// The group policy of `client` (a canonical address), if its device is in a group.

@@ -79,6 +79,20 @@ impl LocalData {
         d.zones.push(zone.clone());
         if let Some(o) = overlay {
             d.overlay = o.nets().to_vec();
+            // The hub itself: `hub.mesh` is where the admin page is.
+            if let Ok(hub) = Name::from_ascii("hub").and_then(|h| h.append_domain(&zone)) {
+                let hub = lower(&hub);
+                d.add(Record::from_rdata(
+                    hub.clone(),
+                    DEVICE_TTL,
+                    RData::A(A(o.hub_v4())),
+                ));
+                d.add(Record::from_rdata(
+                    hub,
+                    DEVICE_TTL,
+                    RData::AAAA(AAAA(o.hub_v6())),
+                ));
+            }
         }
         for dev in devices {
             let Ok(name) = Name::from_ascii(&dev.name).and_then(|n| n.append_domain(&zone)) else {

@@ -233,12 +233,20 @@ mod pool {
         pub latency: prometheus_client::metrics::histogram::Histogram,
         /// Timeouts, errors, garbage and SERVFAIL/REFUSED answers.
         pub failures: std::sync::atomic::AtomicU64,
+        /// Usable answers, and the microseconds they took in all (for a mean).
+        pub answers: std::sync::atomic::AtomicU64,
+        pub latency_micros: std::sync::atomic::AtomicU64,
     }
 
     impl Health {
         fn record(&self, outcome: Result<Duration, ()>) {
             match outcome {
-                Ok(d) => self.latency.observe(d.as_secs_f64()),
+                Ok(d) => {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    self.latency.observe(d.as_secs_f64());
+                    self.answers.fetch_add(1, Relaxed);
+                    self.latency_micros.fetch_add(d.as_micros() as u64, Relaxed);
+                }
                 Err(()) => {
                     self.failures
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -253,6 +261,8 @@ mod pool {
                     prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
                 ),
                 failures: Default::default(),
+                answers: Default::default(),
+                latency_micros: Default::default(),
             }
         }
     }

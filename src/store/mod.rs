@@ -8,8 +8,10 @@
 //! Every write is one transaction. While `cloudpc run` runs, the daemon is the only writer
 //! (the CLI goes through its API); without a hub the CLI writes here directly.
 
+mod admin;
 mod tokens;
 
+pub use admin::AdminSession;
 pub use tokens::ApiToken;
 
 mod lists;
@@ -237,6 +239,7 @@ impl Store {
             conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")?;
             conn.execute_batch(SCHEMA)?;
             conn.execute_batch(tokens::SCHEMA)?;
+            conn.execute_batch(admin::SCHEMA)?;
             conn.execute_batch(querylog::SCHEMA)?;
             conn.execute_batch(lists::SCHEMA)?;
             migrate(&conn)
