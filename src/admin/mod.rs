@@ -1,7 +1,7 @@
 //! The admin page: the private network managed from a browser, served on the TLS listener
 //! that DNS-over-HTTPS uses (`/dns-query` stays DoH; everything else is this page).
 //!
-//! Who gets in ([`auth`]):
+//! Who gets in (`auth`):
 //! - an admin device (owners are admins), known by the WireGuard identity behind its overlay
 //!   source address: no password;
 //! - any other device on the overlay: 403 and nothing else;
