@@ -1,0 +1,278 @@
+//! The admin page in a real headless Chromium (Debian's chromium + chromium-driver, driven
+//! over WebDriver by fantoccini), running on a device namespace behind a stock WireGuard
+//! tunnel (root only). The dashboard lists the devices; a device added on the page comes up
+//! from the QR code shown there (decoded with zbarimg) and is then online on the dashboard;
+//! "test a domain" names the rule; internet off from the page cuts the internet. The
+//! dashboard's first-load size and render time are printed (reported, not asserted).
+
+#[path = "common/netns.rs"]
+mod netns;
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use netns::{conf_addrs, HubWorld, WEB};
+use support::Knot;
+
+const UPSTREAM: &str = "192.0.2.53";
+
+/// A veth from the test's own namespace into a device namespace, so the test can reach the
+/// WebDriver that runs there; deleted on drop (and with the namespace).
+struct DriverLink {
+    host_if: String,
+    /// The test's end and the WebDriver's end.
+    host: String,
+    driver: String,
+}
+
+impl DriverLink {
+    fn new(w: &HubWorld, short: &str) -> DriverLink {
+        let ns = w.lab.ns(short);
+        // A subnet of this run's own (a link of a test run before may linger a moment).
+        let n = std::process::id() % 250;
+        let host_if = format!("cpb{}", std::process::id() % 1_000_000);
+        let (host, driver) = (format!("10.250.{n}.1"), format!("10.250.{n}.2"));
+        let c = format!(
+            "ip link add {host_if} type veth peer name drv0 netns {ns} && \
+             ip addr add {host}/30 dev {host_if} && ip link set {host_if} up && \
+             ip -n {ns} addr add {driver}/30 dev drv0 && ip -n {ns} link set drv0 up"
+        );
+        let st = Command::new("sh").args(["-c", &c]).status().unwrap();
+        assert!(st.success(), "{c}");
+        DriverLink {
+            host_if,
+            host,
+            driver,
+        }
+    }
+}
+
+impl Drop for DriverLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+    }
+}
+
+async fn browser(w: &mut HubWorld, short: &str, link: &DriverLink) -> Client {
+    let ip = link.driver.clone();
+    let log = w.lab.dir.path().join(format!("chromedriver-{short}.log"));
+    w.lab.spawn(
+        short,
+        &format!(
+            "chromedriver --port=9515 --allowed-ips={} --allowed-origins=*",
+            link.host
+        ),
+        &log,
+    );
+    let profile = w.lab.dir.path().join(format!("chrome-{short}"));
+    let caps = serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                "--ignore-certificate-errors", "--window-size=412,915",
+                format!("--user-data-dir={}", profile.display()),
+            ]
+        }
+    });
+    let caps = caps.as_object().unwrap().clone();
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&format!("http://{ip}:9515"))
+            .await;
+        match c {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > end => panic!(
+                "no WebDriver session: {e}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
+    if !netns::root_or_skip("admin_browser") {
+        return;
+    }
+    if !support::have("chromedriver") {
+        panic!("chromedriver (apt packages chromium and chromium-driver) must be installed");
+    }
+    let mut w = HubWorld::new("cpbrw");
+    w.lab
+        .sh_ok("inet", &format!("ip addr add {UPSTREAM}/32 dev lo"));
+    let inet = w.lab.ns("inet");
+    let _knot = Knot::start_with(UPSTREAM, &["ip", "netns", "exec", &inet]);
+    let mut hub = w.hub(&format!(
+        "[dns]\nupstreams = [\"udp://{UPSTREAM}:53\"]\n[filter]\nlists = []\nblock = [\"tracker.example.test\"]\n"
+    ));
+    for n in 1..=2 {
+        w.add_device_ns(n, false);
+    }
+    let c1 = hub.add_device("laptop", true, &["--owner"]);
+    hub.add_device("tv", true, &[]);
+    w.start_hub(&mut hub);
+    w.lab.wg_up("d1", &c1);
+    let (hub4, _) = conf_addrs(&c1, "DNS");
+    let base = format!("https://{hub4}");
+    let link = DriverLink::new(&w, "d1");
+    let b = browser(&mut w, "d1", &link).await;
+
+    // The dashboard lists the devices; its first load is measured in the browser.
+    b.goto(&format!("{base}/")).await.unwrap();
+    let body = b
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("laptop") && body.contains("tv"), "{body}");
+    let perf = b
+        .execute(
+            "const n = performance.getEntriesByType('navigation')[0];
+             const r = performance.getEntriesByType('resource');
+             return [n.transferSize + r.reduce((s, e) => s + e.transferSize, 0),
+                     n.responseEnd - n.requestStart, n.loadEventEnd - n.startTime];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    eprintln!(
+        "dashboard first load: {} bytes transferred, response {:.1} ms, loaded in {:.1} ms",
+        perf[0],
+        perf[1].as_f64().unwrap_or(0.0),
+        perf[2].as_f64().unwrap_or(0.0)
+    );
+
+    // Add a device from the page: its QR code brings a stock WireGuard device up.
+    b.goto(&format!("{base}/devices")).await.unwrap();
+    let form = b
+        .form(Locator::Css("form[action='/devices/add']"))
+        .await
+        .unwrap();
+    form.set_by_name("name", "phone").await.unwrap();
+    form.submit().await.unwrap();
+    let img = match b
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("img#qr"))
+        .await
+    {
+        Ok(i) => i,
+        Err(e) => panic!(
+            "{e}\n{}\n{}",
+            b.source().await.unwrap_or_default(),
+            hub.log()
+        ),
+    };
+    let src = img.attr("src").await.unwrap().expect("a QR image");
+    let png = src
+        .strip_prefix("data:image/png;base64,")
+        .expect("an embedded PNG");
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(png)
+        .unwrap();
+    let path = w.lab.dir.path().join("qr.png");
+    std::fs::write(&path, png).unwrap();
+    let zbar = Command::new("zbarimg")
+        .args(["--raw", "-q"])
+        .arg(&path)
+        .output()
+        .expect("zbarimg (apt package zbar-tools)");
+    let conf = String::from_utf8_lossy(&zbar.stdout).into_owned();
+    assert!(conf.contains("PrivateKey"), "{conf}");
+    w.lab.wg_up("d2", &conf);
+    assert!(
+        w.lab.eventually(
+            "d2",
+            &format!("dig @{hub4} +time=1 +tries=1 +short www.example.test | grep -q 192.0.2.10"),
+            Duration::from_secs(5)
+        ),
+        "the device from the QR code has DNS through the hub"
+    );
+    b.goto(&format!("{base}/")).await.unwrap();
+    let rows = b
+        .find_all(Locator::Css("table.devices tr.online td.name"))
+        .await
+        .unwrap();
+    let mut online = Vec::new();
+    for r in rows {
+        online.push(r.text().await.unwrap());
+    }
+    assert!(online.contains(&"phone".to_string()), "{online:?}");
+
+    // "Test a domain" names the rule.
+    b.goto(&format!("{base}/filtering?test=ads.tracker.example.test"))
+        .await
+        .unwrap();
+    let v = b
+        .find(Locator::Css("table.verdicts"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(v.contains("blocked") && v.contains("block rule"), "{v}");
+    b.goto(&format!("{base}/filtering?test=www.example.test"))
+        .await
+        .unwrap();
+    let v = b
+        .find(Locator::Css("table.verdicts"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(v.contains("passes"), "{v}");
+
+    // Internet off from the page: cut at once; back on.
+    let fetch = |w: &HubWorld| {
+        w.lab
+            .sh_timeout("d2", &format!("curl -sf -m 2 http://{WEB}/hello"), 4)
+            .status
+            .success()
+    };
+    assert!(fetch(&w), "internet before");
+    b.goto(&format!("{base}/settings")).await.unwrap();
+    b.form(Locator::Css("form[action='/internet']"))
+        .await
+        .unwrap()
+        .submit()
+        .await
+        .unwrap();
+    let state = b
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath("//b[@id='internet' and text()='off']"))
+        .await
+        .expect("the page says the internet is off")
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(state, "off");
+    assert!(!fetch(&w), "internet off from the page");
+    b.form(Locator::Css("form[action='/internet']"))
+        .await
+        .unwrap()
+        .submit()
+        .await
+        .unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath("//b[@id='internet' and text()='on']"))
+        .await
+        .expect("the page says the internet is on");
+    assert!(fetch(&w), "internet back on");
+    b.close().await.unwrap();
+}
