@@ -47,6 +47,8 @@ pub struct EgressSpec {
     pub v6: Ipv6Net,
     /// The personal VPN is on.
     pub internet: bool,
+    /// Overlay addresses of devices whose internet is off (their own switch).
+    pub no_internet: Vec<std::net::IpAddr>,
 }
 
 fn meta_eq(key: &str, v: &str) -> Value {
@@ -108,6 +110,38 @@ pub fn ruleset(s: &EgressSpec) -> Value {
             drop.clone(),
         ],
     ));
+    // Devices with their internet switched off: nothing of theirs leaves the overlay.
+    for (proto, addrs) in [
+        (
+            "ip",
+            s.no_internet
+                .iter()
+                .filter(|a| a.is_ipv4())
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "ip6",
+            s.no_internet
+                .iter()
+                .filter(|a| a.is_ipv6())
+                .map(|a| a.to_string())
+                .collect(),
+        ),
+    ] {
+        if addrs.is_empty() {
+            continue;
+        }
+        cmds.push(rule(
+            "forward",
+            vec![
+                meta_eq("iifname", &s.tun),
+                json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "saddr"}},
+                    "right": {"set": addrs}}}),
+                drop.clone(),
+            ],
+        ));
+    }
     if s.internet {
         cmds.push(rule(
             "forward",
@@ -250,6 +284,7 @@ mod tests {
             v4: "100.96.0.0/16".parse().unwrap(),
             v6: "fd00:1::/48".parse().unwrap(),
             internet,
+            no_internet: vec![],
         }
     }
 
@@ -261,6 +296,26 @@ mod tests {
         assert_eq!(off.matches("\"accept\":null").count(), 2, "{off}");
         assert!(off.contains("masquerade"));
         assert!(on.contains("\"len\":16"));
+    }
+
+    #[test]
+    fn a_device_with_its_internet_off_is_dropped_before_the_internet_accept() {
+        let mut s = spec(true);
+        s.no_internet = vec!["100.96.0.3".parse().unwrap(), "fd00:1::3".parse().unwrap()];
+        let rules = ruleset(&s)["nftables"].as_array().unwrap().clone();
+        let pos = |needle: &str| rules.iter().position(|r| r.to_string().contains(needle));
+        let v4 = pos("\"set\":[\"100.96.0.3\"]").expect("an IPv4 drop");
+        let v6 = pos("\"set\":[\"fd00:1::3\"]").expect("an IPv6 drop");
+        let accept_out = pos("\"right\":\"eth0\"},\"accept\"")
+            .or_else(|| pos("eth0"))
+            .unwrap();
+        assert!(v4 < accept_out && v6 < accept_out, "{rules:?}");
+        assert!(rules[v4].to_string().contains("\"drop\""));
+        // Device to device stays allowed: the overlay accept comes first.
+        let overlay = pos("\"oifname\"").unwrap();
+        assert!(overlay < v4);
+        // Without such devices the ruleset is what it was.
+        assert!(!ruleset(&spec(true)).to_string().contains("\"set\""));
     }
 
     #[test]

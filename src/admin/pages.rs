@@ -246,6 +246,7 @@ async fn dashboard(a: &Arc<Admin>, who: &Who) -> Result<String, ApiError> {
 async fn devices(a: &Arc<Admin>, who: &Who) -> Result<String, ApiError> {
     let st = call(a, |c| c.status()).await?;
     let list = call(a, |c| c.devices()).await?;
+    let off = call(a, |c| c.internet_off_devices()).await?;
     let csrf = csrf_field(a, who);
     let body = m! {
         h2 { "Add a device" }
@@ -260,7 +261,7 @@ async fn devices(a: &Arc<Admin>, who: &Who) -> Result<String, ApiError> {
         }
         h2 { "Devices" }
         table.devices {
-            tr { th { "Device" } th { "Addresses" } th { "Group" } th { "Role" } th { "Endpoint" } th { "Last handshake" } th { "Traffic" } th {} }
+            tr { th { "Device" } th { "Addresses" } th { "Group" } th { "Role" } th { "Internet" } th { "Endpoint" } th { "Last handshake" } th { "Traffic" } th {} }
             @for d in &list {
                 @let s = st.devices.iter().find(|x| x["name"].as_str() == Some(d.name.as_str()));
                 tr {
@@ -268,6 +269,16 @@ async fn devices(a: &Arc<Admin>, who: &Who) -> Result<String, ApiError> {
                     td { (d.ipv4) br; small { (d.ipv6) } }
                     td { (d.group.as_deref().unwrap_or("default")) }
                     td { @if d.owner { "owner " } @if d.admin { "admin" } }
+                    @let inet = !off.contains(&d.name);
+                    td {
+                        form method="post" action="/devices/internet" class="inline" {
+                            (csrf)
+                            input type="hidden" name="name" value=(d.name);
+                            input type="hidden" name="on" value=(if inet { "0" } else { "1" });
+                            span.inet { (if inet { "on" } else { "off" }) } " "
+                            button.small type="submit" { (if inet { "Turn off" } else { "Turn on" }) }
+                        }
+                    }
                     td { (s.and_then(|s| s["endpoint"].as_str()).unwrap_or("—")) }
                     td { (ago(s.and_then(|s| s["last_handshake_secs_ago"].as_u64()))) }
                     td { "↓ " (bytes(s.and_then(|s| s["rx_bytes"].as_u64()).unwrap_or(0))) " ↑ " (bytes(s.and_then(|s| s["tx_bytes"].as_u64()).unwrap_or(0))) }
@@ -546,6 +557,13 @@ pub async fn post(
                 no_log: None,
             };
             call(a, move |c| c.update_device(&name, &patch))
+                .await
+                .map(|_| see_other("/devices"))
+        }
+        "/devices/internet" => {
+            let name = field("name");
+            let on = field("on") == "1";
+            call(a, move |c| c.set_device_internet(&name, on))
                 .await
                 .map(|_| see_other("/devices"))
         }

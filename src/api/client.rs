@@ -178,6 +178,11 @@ impl Manage for Client {
         let v: Value = self.call(Method::PUT, "/v1/internet", Some(json!({ "internet": on })))?;
         field(v, "internet")
     }
+    fn set_device_internet(&self, name: &str, on: bool) -> Result<bool, ApiError> {
+        let path = format!("/v1/devices/{}/internet", enc(name));
+        let v: Value = self.call(Method::PUT, &path, Some(json!({ "internet": on })))?;
+        field(v, "internet")
+    }
     fn querylog(&self) -> Result<QueryLogState, ApiError> {
         self.call(Method::GET, "/v1/querylog", None)
     }

@@ -138,6 +138,8 @@ pub trait Manage {
     fn internet(&self) -> Result<bool, ApiError>;
     /// Switches internet through the hub.
     fn set_internet(&self, on: bool) -> Result<bool, ApiError>;
+    /// Switches one device's own internet (the hub-wide switch still applies).
+    fn set_device_internet(&self, name: &str, on: bool) -> Result<bool, ApiError>;
     /// The query log's state.
     fn querylog(&self) -> Result<QueryLogState, ApiError>;
     /// Turns the query log on (with recipients) or off (deleting every entry).

@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, Limited};
 use serde::de::DeserializeOwned;
@@ -139,6 +139,7 @@ pub fn router(control: Arc<Control>) -> Router {
             "/v1/devices/{name}",
             get(show_device).patch(update_device).delete(remove_device),
         )
+        .route("/v1/devices/{name}/internet", put(set_device_internet))
         .route("/v1/rules/{kind}", get(list_rules).post(add_rule))
         .route("/v1/rules/{kind}/{domain}", delete(remove_rule))
         .route("/v1/internet", get(internet).put(set_internet))
@@ -230,6 +231,17 @@ async fn internet(State(c): State<Arc<Control>>) -> Answer {
 async fn set_internet(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body) -> Answer {
     let b: InternetBody = json_body(&headers, body).await?;
     let on = call(&c, move |c| c.set_internet(b.internet)).await?;
+    ok(StatusCode::OK, serde_json::json!({ "internet": on }))
+}
+
+async fn set_device_internet(
+    State(c): State<Arc<Control>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    let b: InternetBody = json_body(&headers, body).await?;
+    let on = call(&c, move |c| c.set_device_internet(&name, b.internet)).await?;
     ok(StatusCode::OK, serde_json::json!({ "internet": on }))
 }
 

@@ -25,6 +25,9 @@ pub struct InternetArgs {
     /// `on` or `off`.
     #[arg(value_parser = ["on", "off"])]
     pub state: String,
+    /// Switch only this device's internet (the hub-wide switch still applies).
+    #[arg(long, value_name = "NAME")]
+    pub device: Option<String>,
 }
 
 pub fn status(g: &Globals, a: StatusArgs) -> anyhow::Result<()> {
@@ -101,6 +104,19 @@ pub fn rule(g: &Globals, action: RuleAction, c: RuleCmd) -> anyhow::Result<()> {
 
 pub fn internet(g: &Globals, a: InternetArgs) -> anyhow::Result<()> {
     let m = Manager::open(g)?;
+    if let Some(name) = &a.device {
+        let on = m.api().set_device_internet(name, a.state == "on")?;
+        println!(
+            "internet of {name}: {}{}",
+            if on { "on" } else { "off" },
+            if m.is_running() {
+                ""
+            } else {
+                " (from the next start)"
+            }
+        );
+        return Ok(());
+    }
     let on = m.api().set_internet(a.state == "on")?;
     println!(
         "internet through the hub: {}{}",

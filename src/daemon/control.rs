@@ -100,6 +100,19 @@ pub struct ControlSettings {
     pub retention_days: u32,
 }
 
+/// Overlay addresses of the devices whose own internet switch is off.
+pub fn no_internet_addrs(
+    store: &Store,
+    devices: &[Device],
+) -> Result<Vec<std::net::IpAddr>, crate::store::StoreError> {
+    let keys = store.internet_off_keys()?;
+    Ok(devices
+        .iter()
+        .filter(|d| keys.contains(&d.public_key))
+        .flat_map(|d| [d.ipv4.into(), d.ipv6.into()])
+        .collect())
+}
+
 /// `cloudpc internet on|off` (stored) overrides `egress.internet` (config).
 pub fn internet_setting(store: &Store, config: bool) -> Result<bool, ApiError> {
     Ok(match store.meta("internet")?.as_deref() {
@@ -216,7 +229,48 @@ impl Control {
         let rules = store.rules()?;
         self.apply_groups(e, &rules, &devices);
         e.querylog.set_devices(&devices);
+        self.apply_internet_off(store, &devices)?;
         Ok(())
+    }
+
+    /// Puts each device's own internet switch in force (the egress filter).
+    fn apply_internet_off(&self, store: &Store, devices: &[Device]) -> Result<(), ApiError> {
+        let Some(hub) = self.engines.as_ref().and_then(|e| e.hub.as_ref()) else {
+            return Ok(());
+        };
+        hub.set_no_internet(no_internet_addrs(store, devices)?)
+            .map_err(|e| internal(format!("cannot switch a device's internet: {e}")))
+    }
+
+    /// Switches the internet of device `name` on or off (its own switch; the hub-wide one
+    /// still applies); in force when this returns.
+    fn switch_device_internet(&self, name: &str, on: bool) -> Result<bool, ApiError> {
+        let store = self.store.lock();
+        let devices = store.devices()?;
+        let Some(d) = devices.iter().find(|d| d.name == name) else {
+            return Err(ApiError::NotFound(format!(
+                "no device {name:?}; see `cloudpc device list`"
+            )));
+        };
+        let before = !store.internet_off_keys()?.contains(&d.public_key);
+        store.set_device_internet(&d.public_key, on)?;
+        if let Err(e) = self.apply_internet_off(&store, &devices) {
+            let _ = store.set_device_internet(&d.public_key, before);
+            return Err(e);
+        }
+        Ok(on)
+    }
+
+    /// Names of the devices whose own internet switch is off.
+    pub fn internet_off_devices(&self) -> Result<Vec<String>, ApiError> {
+        let store = self.store.lock();
+        let keys = store.internet_off_keys()?;
+        Ok(store
+            .devices()?
+            .into_iter()
+            .filter(|d| keys.contains(&d.public_key))
+            .map(|d| d.name)
+            .collect())
     }
 
     /// Rebuilds the group policies from `rules` and `devices` over the lists in force.
@@ -456,6 +510,10 @@ impl Manage for Control {
 
     fn internet(&self) -> Result<bool, ApiError> {
         internet_setting(&self.store.lock(), self.internet_default)
+    }
+
+    fn set_device_internet(&self, name: &str, on: bool) -> Result<bool, ApiError> {
+        self.switch_device_internet(name, on)
     }
 
     fn set_internet(&self, on: bool) -> Result<bool, ApiError> {

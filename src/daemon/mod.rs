@@ -139,6 +139,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
             overlay,
             devices: devices.clone(),
             endpoints: store.endpoints()?,
+            no_internet: control::no_internet_addrs(&store, &devices)?,
         })
         .await?;
         Some(Arc::new(hub))

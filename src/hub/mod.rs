@@ -48,6 +48,8 @@ pub struct HubParams {
     pub devices: Vec<crate::store::Device>,
     /// Where devices were last heard from, by public key (base64).
     pub endpoints: Vec<(String, crate::store::LastEndpoint)>,
+    /// Overlay addresses of devices whose own internet switch is off.
+    pub no_internet: Vec<std::net::IpAddr>,
 }
 
 /// Devices heard from this recently before a start are sent a handshake by the hub.
@@ -223,6 +225,7 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
         v4: p.overlay.v4,
         v6: p.overlay.v6,
         internet: p.internet,
+        no_internet: p.no_internet.clone(),
     };
     crate::egress::enable_forwarding(egress_out.as_deref())?;
     crate::egress::install(&spec)?;
@@ -366,6 +369,24 @@ impl HubHandle {
         crate::egress::install(&next)?;
         *spec = next;
         tracing::info!(internet = on, "internet switched");
+        Ok(())
+    }
+
+    /// Cuts the internet of the devices at `addrs` (and gives it back to every other one);
+    /// in force when this returns.
+    pub fn set_no_internet(
+        &self,
+        mut addrs: Vec<std::net::IpAddr>,
+    ) -> Result<(), crate::egress::EgressError> {
+        addrs.sort();
+        let mut spec = self.egress.lock();
+        if spec.no_internet == addrs {
+            return Ok(());
+        }
+        let mut next = spec.clone();
+        next.no_internet = addrs;
+        crate::egress::install(&next)?;
+        *spec = next;
         Ok(())
     }
 
