@@ -434,3 +434,58 @@ fn password_logins_are_rate_limited_and_sessions_are_listed_revoked_and_logged_o
     let list = hub.cli_ok(&["admin", "sessions", "--json"]);
     assert_eq!(list.trim(), "[]");
 }
+
+/// Attribute `attr` (`data-rx`, `data-tx`) of the `class` cell (day or week) in the
+/// dashboard row of `device`.
+fn dashboard_bytes(page: &Page, device: &str, class: &str, attr: &str) -> u64 {
+    let row = page
+        .body
+        .split("<tr")
+        .find(|r| r.contains(&format!(">{device}<")))
+        .unwrap_or_else(|| panic!("no row for {device}: {}", page.body));
+    let cell = row
+        .split(&format!("class=\"{class}\" "))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {class} cell: {row}"));
+    let v = cell
+        .split(&format!("{attr}=\""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {attr}: {cell}"));
+    v[..v.find('"').unwrap()].parse().unwrap()
+}
+
+#[test]
+fn traffic_of_the_last_day_and_week_is_kept_across_a_restart() {
+    if !netns::root_or_skip("admin") {
+        return;
+    }
+    let (mut w, _knot, mut hub) = start("cpadt");
+    w.add_device_ns(1, false);
+    let c1 = hub.add_device("laptop", true, &["--owner"]);
+    // 300 KB for the device to fetch.
+    std::fs::write(w.web_root.join("big"), vec![b'x'; 300_000]).unwrap();
+    w.start_hub(&mut hub);
+    w.lab.wg_up("d1", &c1);
+    let (hub4, _) = conf_addrs(&c1, "DNS");
+    let base = format!("https://{hub4}");
+    w.lab.sh_ok(
+        "d1",
+        &format!("curl -sf -m 5 -o /dev/null http://{WEB}/big"),
+    );
+    let before = curl(&w, "d1", &format!("{base}/"));
+    // Sent to the device: the download.
+    let day = dashboard_bytes(&before, "laptop", "day", "data-tx");
+    let week = dashboard_bytes(&before, "laptop", "week", "data-tx");
+    assert!(day >= 300_000 && week >= day, "day {day}, week {week}");
+    assert!(before.body.contains("queries, "), "the DNS chart");
+
+    // A clean stop and a new start: the counters of the running hub start from zero, the
+    // day's figure does not.
+    w.stop_hub(&mut hub);
+    w.start_hub(&mut hub);
+    let after = curl(&w, "d1", &format!("{base}/"));
+    assert_eq!(after.code, 200, "{}", after.body);
+    let day2 = dashboard_bytes(&after, "laptop", "day", "data-tx");
+    assert!(day2 >= day, "day before {day}, after a restart {day2}");
+    assert!(dashboard_bytes(&after, "laptop", "week", "data-tx") >= day2);
+}

@@ -106,6 +106,26 @@ fn when(unix_ms: Option<i64>) -> String {
         .unwrap_or_else(|| "never".into())
 }
 
+/// A bar chart of queries (and, darker, blocked queries) per hour: inline SVG, no script.
+fn chart(hours: &[(u64, u64)]) -> Markup {
+    let max = hours.iter().map(|h| h.0).max().unwrap_or(0).max(1) as f64;
+    let (w, h) = (10.0, 60.0);
+    let total: u64 = hours.iter().map(|x| x.0).sum();
+    let blocked: u64 = hours.iter().map(|x| x.1).sum();
+    m! {
+        svg.chart viewBox={ "0 0 " (w * hours.len() as f64) " " (h) } role="img"
+            aria-label={ (total) " queries, " (blocked) " blocked, in the last 24 hours" } {
+            @for (i, (q, b)) in hours.iter().enumerate() {
+                @let qh = *q as f64 / max * h;
+                @let bh = *b as f64 / max * h;
+                rect.q x=(i as f64 * w + 1.0) y=(h - qh) width=(w - 2.0) height=(qh) {}
+                rect.b x=(i as f64 * w + 1.0) y=(h - bh) width=(w - 2.0) height=(bh) {}
+            }
+        }
+        p.hint { (total) " queries, " (blocked) " blocked (counts only: no names are kept)." }
+    }
+}
+
 /// Answers a GET.
 pub async fn get(a: &Arc<Admin>, who: &Who, path: &str, query: &str) -> Resp {
     if path == "/style.css" {
@@ -186,6 +206,8 @@ async fn dashboard(a: &Arc<Admin>, who: &Who) -> Result<String, ApiError> {
     let st = call(a, |c| c.status()).await?;
     let lists = call(a, |c| c.lists()).await?;
     let health = call(a, |c| Ok(c.upstream_health())).await?;
+    let traffic = call(a, |c| c.traffic_summary()).await?;
+    let hours = call(a, |c| c.dns_last_day()).await?;
     let online = st
         .devices
         .iter()
@@ -204,7 +226,7 @@ async fn dashboard(a: &Arc<Admin>, who: &Who) -> Result<String, ApiError> {
         }
         h2 { "Devices" }
         table.devices {
-            tr { th { "Device" } th { "Status" } th { "Last handshake" } th { "Received" } th { "Sent" } th { "Queries" } th { "Blocked" } }
+            tr { th { "Device" } th { "Status" } th { "Last handshake" } th { "Now ↓ / ↑" } th { "24 h ↓ / ↑" } th { "7 days ↓ / ↑" } th { "Queries" } th { "Blocked" } }
             @for d in &st.devices {
                 @let secs = d["last_handshake_secs_ago"].as_u64();
                 @let on = secs.is_some_and(|s| s <= crate::metrics::ONLINE_WITHIN_SECS);
@@ -212,13 +234,17 @@ async fn dashboard(a: &Arc<Admin>, who: &Who) -> Result<String, ApiError> {
                     td.name { (d["name"].as_str().unwrap_or("")) }
                     td { (if on { "online" } else { "offline" }) }
                     td { (ago(secs)) }
-                    td { (bytes(d["rx_bytes"].as_u64().unwrap_or(0))) }
-                    td { (bytes(d["tx_bytes"].as_u64().unwrap_or(0))) }
+                    @let t = traffic.get(d["public_key"].as_str().unwrap_or("")).copied().unwrap_or_default();
+                    td { (bytes(d["rx_bytes"].as_u64().unwrap_or(0))) " / " (bytes(d["tx_bytes"].as_u64().unwrap_or(0))) }
+                    td.day data-rx=(t.day.rx) data-tx=(t.day.tx) { (bytes(t.day.rx)) " / " (bytes(t.day.tx)) }
+                    td.week data-rx=(t.week.rx) data-tx=(t.week.tx) { (bytes(t.week.rx)) " / " (bytes(t.week.tx)) }
                     td { (d["queries"].as_u64().unwrap_or(0)) }
                     td { (d["blocked"].as_u64().unwrap_or(0)) }
                 }
             }
         }
+        h2 { "DNS in the last 24 hours" }
+        (chart(&hours))
         h2 { "Upstreams" }
         table {
             tr { th { "#" } th { "Transport" } th { "Answers" } th { "Mean latency" } th { "Failures" } }

@@ -90,6 +90,23 @@ pub struct Control {
     engines: Option<Engines>,
     /// For list downloads from synchronous callers.
     rt: tokio::runtime::Handle,
+    /// The live counters as last written to the hourly history.
+    history: Mutex<HistoryMark>,
+}
+
+/// Counters at the last history sample (what is not in the store yet is what moved since).
+#[derive(Debug, Default)]
+struct HistoryMark {
+    traffic: std::collections::HashMap<String, crate::store::Traffic>,
+    queries: u64,
+    blocked: u64,
+}
+
+/// A device's bytes over the last 24 hours and 7 days, with what has not been written yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrafficSummary {
+    pub day: crate::store::Traffic,
+    pub week: crate::store::Traffic,
 }
 
 /// The settings a `Control` needs, read once from the config.
@@ -197,6 +214,7 @@ impl Control {
             built_version: 0.into(),
             engines: None,
             rt,
+            history: Mutex::new(HistoryMark::default()),
         }
     }
 
@@ -698,6 +716,137 @@ impl Control {
             querylog: e.querylog.stats(),
             now_unix: jiff::Timestamp::now().as_second(),
         }))
+    }
+
+    /// What moved since the last sample: per device (by key) and DNS counts; advances the
+    /// mark when `advance`.
+    fn history_delta(&self, advance: bool) -> (Vec<(String, crate::store::Traffic)>, u64, u64) {
+        let mut mark = self.history.lock();
+        self.history_delta_at(&mut mark, advance)
+    }
+
+    fn history_delta_at(
+        &self,
+        mark: &mut HistoryMark,
+        advance: bool,
+    ) -> (Vec<(String, crate::store::Traffic)>, u64, u64) {
+        let Some(e) = &self.engines else {
+            return (vec![], 0, 0);
+        };
+        let live: Vec<(String, crate::store::Traffic)> = e
+            .hub
+            .as_ref()
+            .map(|h| {
+                h.status()
+                    .into_iter()
+                    .map(|d| {
+                        let t = crate::store::Traffic {
+                            rx: d.rx_bytes,
+                            tx: d.tx_bytes,
+                        };
+                        (d.public_key, t)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let snap = e.resolver.stats.snapshot();
+        // A counter that went down was reset (a device re-registered): count it from zero.
+        let since = |now: u64, before: u64| if now >= before { now - before } else { now };
+        let delta = live
+            .iter()
+            .map(|(k, t)| {
+                let b = mark.traffic.get(k).copied().unwrap_or_default();
+                let d = crate::store::Traffic {
+                    rx: since(t.rx, b.rx),
+                    tx: since(t.tx, b.tx),
+                };
+                (k.clone(), d)
+            })
+            .collect();
+        let q = since(snap.queries, mark.queries);
+        let b = since(snap.blocked, mark.blocked);
+        if advance {
+            mark.traffic = live.into_iter().collect();
+            mark.queries = snap.queries;
+            mark.blocked = snap.blocked;
+        }
+        (delta, q, b)
+    }
+
+    /// Writes what moved since the last call into the hourly history (a minute's task of the
+    /// daemon, and once more at exit).
+    pub fn sample_history(&self) -> Result<(), ApiError> {
+        let hour = crate::store::unix_now() / 3600;
+        // The mark moves only once the counts are stored: a failed write loses nothing.
+        let mut mark = self.history.lock();
+        let before = std::mem::take(&mut *mark);
+        let (delta, q, b) = {
+            *mark = HistoryMark {
+                traffic: before.traffic.clone(),
+                ..before
+            };
+            self.history_delta_at(&mut mark, true)
+        };
+        if let Err(e) = self.store.lock().add_history(hour, &delta, q, b) {
+            // Back to the mark before: the next sample counts these bytes again.
+            *mark = HistoryMark {
+                traffic: before.traffic,
+                queries: before.queries,
+                blocked: before.blocked,
+            };
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Each device's (by public key) bytes over the last 24 hours and 7 days, kept across
+    /// restarts.
+    pub fn traffic_summary(
+        &self,
+    ) -> Result<std::collections::HashMap<String, TrafficSummary>, ApiError> {
+        let hour = crate::store::unix_now() / 3600;
+        let (pending, _, _) = self.history_delta(false);
+        let (day, week) = {
+            let s = self.store.lock();
+            (
+                s.traffic_since(hour - 23)?,
+                s.traffic_since(hour - 24 * 7 + 1)?,
+            )
+        };
+        let mut out: std::collections::HashMap<String, TrafficSummary> = Default::default();
+        let add = |a: &mut crate::store::Traffic, b: crate::store::Traffic| {
+            a.rx += b.rx;
+            a.tx += b.tx;
+        };
+        for (k, t) in day {
+            add(&mut out.entry(k).or_default().day, t);
+        }
+        for (k, t) in week {
+            add(&mut out.entry(k).or_default().week, t);
+        }
+        for (k, t) in pending {
+            let e = out.entry(k).or_default();
+            add(&mut e.day, t);
+            add(&mut e.week, t);
+        }
+        Ok(out)
+    }
+
+    /// Queries and blocked queries in each of the last 24 hours, oldest first (this hour
+    /// includes what has not been written yet).
+    pub fn dns_last_day(&self) -> Result<Vec<(u64, u64)>, ApiError> {
+        let hour = crate::store::unix_now() / 3600;
+        let rows = self.store.lock().dns_hours(hour - 23)?;
+        let (_, q, b) = self.history_delta(false);
+        let mut out = vec![(0u64, 0u64); 24];
+        for (h, rq, rb) in rows {
+            if let Some(slot) = out.get_mut((h - (hour - 23)) as usize) {
+                *slot = (rq, rb);
+            }
+        }
+        out[23].0 += q;
+        out[23].1 += b;
+        Ok(out)
     }
 
     /// The private network's address ranges.

@@ -283,10 +283,14 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
     if let Some(h) = &hub {
         tokio::spawn(save_endpoints(control.clone(), h.clone()));
     }
+    tokio::spawn(save_history(control.clone()));
     tracing::info!(listen = ?listen, "cloudpc is serving");
 
     wait_for_exit(&control, &lists).await;
     tracing::info!("shutting down");
+    if let Err(e) = control.sample_history() {
+        tracing::warn!(error = %e, "could not save the traffic history");
+    }
     if let Some(h) = hub {
         persist_endpoints(&control, &h.endpoints());
         h.shutdown().await;
@@ -329,6 +333,23 @@ async fn save_endpoints(control: Arc<Control>, hub: Arc<crate::hub::HubHandle>) 
             let eps = now.clone();
             let _ = tokio::task::spawn_blocking(move || persist_endpoints(&c, &eps)).await;
             last = now;
+        }
+    }
+}
+
+/// How often the hourly traffic and DNS counts are written.
+const SAVE_HISTORY_EVERY: Duration = Duration::from_secs(60);
+
+/// Writes the hourly history every [`SAVE_HISTORY_EVERY`].
+async fn save_history(control: Arc<Control>) {
+    let mut tick = tokio::time::interval(SAVE_HISTORY_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let c = control.clone();
+        let r = tokio::task::spawn_blocking(move || c.sample_history()).await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "could not save the traffic history");
         }
     }
 }

@@ -9,9 +9,11 @@
 //! (the CLI goes through its API); without a hub the CLI writes here directly.
 
 mod admin;
+mod history;
 mod tokens;
 
 pub use admin::AdminSession;
+pub use history::Traffic;
 pub use tokens::ApiToken;
 
 mod lists;
@@ -240,6 +242,7 @@ impl Store {
             conn.execute_batch(SCHEMA)?;
             conn.execute_batch(tokens::SCHEMA)?;
             conn.execute_batch(admin::SCHEMA)?;
+            conn.execute_batch(history::SCHEMA)?;
             conn.execute_batch(querylog::SCHEMA)?;
             conn.execute_batch(lists::SCHEMA)?;
             migrate(&conn)
