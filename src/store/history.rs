@@ -1,6 +1,6 @@
 //! Traffic and DNS counts by the hour, kept across restarts for the admin page's 24-hour and
 //! 7-day figures: bytes per device (by public key) and the number of queries and blocked
-//! queries, never a name. Rows older than [`KEEP_HOURS`] are deleted as new ones come.
+//! queries, never a name. Rows older than `KEEP_HOURS` are deleted as new ones come.
 
 use rusqlite::params;
 
@@ -33,7 +33,7 @@ pub struct Traffic {
 
 impl Store {
     /// Adds what moved since the last call to the rows of `hour` (hours since the Unix
-    /// epoch), in one transaction, and drops rows older than [`KEEP_HOURS`].
+    /// epoch), in one transaction, and drops rows older than `KEEP_HOURS`.
     pub fn add_history(
         &self,
         hour: i64,
