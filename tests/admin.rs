@@ -73,6 +73,17 @@ fn post(w: &HubWorld, ns: &str, url: &str, origin: &str, fields: &str, extra: &s
     )
 }
 
+/// Waits until the admin page answers at `base` from `ns` (its listener comes up a moment
+/// after the hub's UAPI socket, which is what `start_hub` waits for).
+fn ready(w: &HubWorld, ns: &str, base: &str) {
+    let up = w.lab.eventually(
+        ns,
+        &format!("curl -sk -m 1 -o /dev/null {base}/login"),
+        std::time::Duration::from_secs(10),
+    );
+    assert!(up, "the admin page did not come up at {base}");
+}
+
 fn start(tag: &str) -> (HubWorld, Knot, HubRun) {
     let mut w = HubWorld::new(tag);
     w.lab
@@ -99,6 +110,7 @@ fn admin_devices_manage_the_network_others_get_403_and_forms_need_csrf_and_origi
     w.lab.wg_up("d2", &c2);
     let (hub4, hub6) = conf_addrs(&c1, "DNS");
     let base = format!("https://{hub4}");
+    ready(&w, "d1", &base);
 
     // The admin device: the dashboard lists the devices, over IPv4, IPv6 and hub.mesh.
     let dash = curl(&w, "d1", &format!("{base}/"));
@@ -295,6 +307,7 @@ fn password_logins_are_rate_limited_and_sessions_are_listed_revoked_and_logged_o
     let (mut w, _knot, mut hub) = start("cpadl");
     w.start_hub(&mut hub);
     let base = "https://127.0.0.1";
+    ready(&w, "hub", base);
     // Anyone off the overlay must log in; no password is set yet.
     let p = curl(&w, "hub", &format!("{base}/"));
     assert_eq!(p.code, 303, "{}", p.body);
@@ -472,6 +485,7 @@ fn traffic_of_the_last_day_and_week_is_kept_across_a_restart() {
         "d1",
         &format!("curl -sf -m 5 -o /dev/null http://{WEB}/big"),
     );
+    ready(&w, "d1", &base);
     let before = curl(&w, "d1", &format!("{base}/"));
     // Sent to the device: the download.
     let day = dashboard_bytes(&before, "laptop", "day", "data-tx");
@@ -483,6 +497,7 @@ fn traffic_of_the_last_day_and_week_is_kept_across_a_restart() {
     // day's figure does not.
     w.stop_hub(&mut hub);
     w.start_hub(&mut hub);
+    ready(&w, "d1", &base);
     let after = curl(&w, "d1", &format!("{base}/"));
     assert_eq!(after.code, 200, "{}", after.body);
     let day2 = dashboard_bytes(&after, "laptop", "day", "data-tx");

@@ -3,7 +3,8 @@
 //! tunnel (root only). The dashboard lists the devices; a device added on the page comes up
 //! from the QR code shown there (decoded with zbarimg) and is then online on the dashboard;
 //! "test a domain" names the rule; internet off for one device from the page cuts that
-//! device's internet only. The
+//! device's internet only; off the tunnel, the password login, a forged CSRF token, a cookie
+//! replayed from a non-admin device, session revocation and logout. The
 //! dashboard's first-load size and render time are printed (reported, not asserted).
 
 #[path = "common/netns.rs"]
@@ -29,11 +30,11 @@ struct DriverLink {
 }
 
 impl DriverLink {
-    fn new(w: &HubWorld, short: &str) -> DriverLink {
+    fn new(w: &HubWorld, short: &str, k: u32) -> DriverLink {
         let ns = w.lab.ns(short);
         // A subnet of this run's own (a link of a test run before may linger a moment).
-        let n = std::process::id() % 250;
-        let host_if = format!("cpb{}", std::process::id() % 1_000_000);
+        let n = (std::process::id() % 120) * 2 + k;
+        let host_if = format!("cpb{}x{k}", std::process::id() % 1_000_000);
         let (host, driver) = (format!("10.250.{n}.1"), format!("10.250.{n}.2"));
         let c = format!(
             "ip link add {host_if} type veth peer name drv0 netns {ns} && \
@@ -125,7 +126,13 @@ async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
     w.lab.wg_up("d1", &c1);
     let (hub4, _) = conf_addrs(&c1, "DNS");
     let base = format!("https://{hub4}");
-    let link = DriverLink::new(&w, "d1");
+    // The admin listener comes up a moment after the hub's UAPI socket (start_hub's signal).
+    assert!(w.lab.eventually(
+        "d1",
+        &format!("curl -sk -m 1 -o /dev/null {base}/"),
+        Duration::from_secs(10)
+    ));
+    let link = DriverLink::new(&w, "d1", 0);
     let b = browser(&mut w, "d1", &link).await;
 
     // The dashboard lists the devices; its first load is measured in the browser.
@@ -274,5 +281,105 @@ async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
         .await
         .expect("the page says phone's internet is on");
     assert!(fetch(&w, "d2"), "phone's internet back on");
+    b.close().await.unwrap();
+
+    // Off the tunnel (here on the Cloud PC itself, as through an SSH tunnel): the password.
+    let set = w.lab.sh(
+        "hub",
+        &format!(
+            "echo 'correct horse battery' | {} --config {} --state-dir {} admin password",
+            netns::cloudpc_bin(),
+            hub.config.display(),
+            hub.state_dir.display()
+        ),
+    );
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    assert!(w.lab.eventually(
+        "hub",
+        "curl -sk -m 1 -o /dev/null https://127.0.0.1/login",
+        Duration::from_secs(10)
+    ));
+    let hub_link = DriverLink::new(&w, "hub", 1);
+    let b = browser(&mut w, "hub", &hub_link).await;
+    let local = "https://127.0.0.1";
+    let wait = |b: &Client, css: &'static str| {
+        let b = b.clone();
+        async move {
+            b.wait()
+                .at_most(Duration::from_secs(10))
+                .for_element(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"))
+        }
+    };
+    let login = |b: &Client, password: &'static str| {
+        let b = b.clone();
+        async move {
+            b.goto(&format!("{local}/")).await.unwrap();
+            let f = b.form(Locator::Css("form[action='/login']")).await.unwrap();
+            f.set_by_name("password", password).await.unwrap();
+            f.submit().await.unwrap();
+        }
+    };
+    login(&b, "wrong password!").await;
+    let e = wait(&b, "p.error").await.text().await.unwrap();
+    assert!(e.contains("wrong password"), "{e}");
+    login(&b, "correct horse battery").await;
+    wait(&b, "section.cards").await;
+    // The session cookie is HttpOnly, Secure, SameSite=Strict.
+    let c = b.get_named_cookie("cloudpc_session").await.unwrap();
+    assert_eq!((c.http_only(), c.secure()), (Some(true), Some(true)));
+    assert_eq!(format!("{:?}", c.same_site()), "Some(Strict)");
+    // Replayed from a device that is not an admin, the cookie gets 403.
+    let stolen = format!("cloudpc_session={}", c.value());
+    let replay = w.lab.sh_timeout(
+        "d2",
+        &format!("curl -sk -m 5 -o /dev/null -w '%{{http_code}}' -H 'Cookie: {stolen}' {base}/"),
+        8,
+    );
+    assert_eq!(String::from_utf8_lossy(&replay.stdout), "403");
+
+    // A form with a forged CSRF token is refused, and changes nothing.
+    b.goto(&format!("{local}/settings")).await.unwrap();
+    b.execute(
+        "const f = document.querySelector(\"form[action='/internet']\");
+         f.querySelector(\"input[name='csrf']\").value = 'forged';
+         f.submit();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let refused = b
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath("//pre[contains(., 'CSRF')]"))
+        .await;
+    assert!(refused.is_ok(), "{}", b.source().await.unwrap_or_default());
+    assert!(fetch(&w, "d1"), "the internet is still on");
+
+    // The session is listed; ended from the CLI, the next page asks to log in again.
+    let list = hub.cli_ok(&["admin", "sessions", "--json"]);
+    let sessions: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let id = sessions[0]["id"].as_i64().unwrap().to_string();
+    hub.cli_ok(&["admin", "revoke", &id]);
+    b.goto(&format!("{local}/")).await.unwrap();
+    wait(&b, "form[action='/login']").await;
+    // Log in again, then log out from the page.
+    login(&b, "correct horse battery").await;
+    wait(&b, "section.cards").await;
+    b.form(Locator::Css("form[action='/logout']"))
+        .await
+        .unwrap()
+        .submit()
+        .await
+        .unwrap();
+    wait(&b, "form[action='/login']").await;
+    b.goto(&format!("{local}/devices")).await.unwrap();
+    wait(&b, "form[action='/login']").await;
+    assert_eq!(hub.cli_ok(&["admin", "sessions", "--json"]).trim(), "[]");
     b.close().await.unwrap();
 }

@@ -66,6 +66,12 @@ fn metrics_pass_promtool_move_with_queries_and_traffic_and_carry_no_names_or_add
         "{head}"
     );
     assert!(om.ends_with("# EOF\n"), "{om}");
+    // The metrics listener comes up a moment after the UAPI socket start_hub waits for.
+    assert!(w.lab.eventually(
+        "hub",
+        "curl -sf -m 1 -o /dev/null http://127.0.0.1:9153/metrics",
+        std::time::Duration::from_secs(10)
+    ));
     let before = scrape(&w);
 
     // Queries (forwarded, cached, blocked) and traffic through the tunnel.
