@@ -4,7 +4,8 @@
 //! from the QR code shown there (decoded with zbarimg) and is then online on the dashboard;
 //! "test a domain" names the rule; internet off for one device from the page cuts that
 //! device's internet only; off the tunnel, the password login, a forged CSRF token, a cookie
-//! replayed from a non-admin device, session revocation and logout. The
+//! replayed from a non-admin device, session revocation and logout; and the history,
+//! decrypted in the page with the owner's key, equals `cloudpc querylog pull`. The
 //! dashboard's first-load size and render time are printed (reported, not asserted).
 
 #[path = "common/netns.rs"]
@@ -281,6 +282,114 @@ async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
         .await
         .expect("the page says phone's internet is on");
     assert!(fetch(&w, "d2"), "phone's internet back on");
+    // History: the owner's identity decrypts the query log in the page, which equals what
+    // `cloudpc querylog pull` prints, and the identity is never sent anywhere.
+    let id = age::x25519::Identity::generate();
+    let key_path = w.lab.dir.path().join("owner-key.txt");
+    {
+        use age::secrecy::ExposeSecret;
+        std::fs::write(
+            &key_path,
+            format!("# owner\n{}\n", id.to_string().expose_secret()),
+        )
+        .unwrap();
+    }
+    let public = id.to_public().to_string();
+    hub.cli_ok(&["querylog", "enable", "--recipient", &public]);
+    for name in [
+        "www.example.test",
+        "fine.example.test",
+        "ads.tracker.example.test",
+    ] {
+        w.lab.sh_timeout(
+            "d1",
+            &format!("dig @{hub4} +time=2 +tries=1 +short {name} A"),
+            4,
+        );
+    }
+    let pull_dir = w.lab.dir.path().join("pull-state");
+    let pulled = |w: &HubWorld| -> Vec<(String, String)> {
+        let o = w.lab.sh_ok(
+            "d1",
+            &format!(
+                "{} --state-dir {} querylog pull --hub {hub4} --identity {} --since 1h --json",
+                netns::cloudpc_bin(),
+                pull_dir.display(),
+                key_path.display()
+            ),
+        );
+        let mut v: Vec<(String, String)> = o
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap_or("").to_string(),
+                    e["verdict"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut want = pulled(&w);
+    for _ in 0..20 {
+        if want.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        want = pulled(&w);
+    }
+    assert!(
+        want.iter()
+            .any(|(n, v)| n.starts_with("ads.tracker") && v == "blocked"),
+        "{want:?}"
+    );
+    b.goto(&format!("{base}/history")).await.unwrap();
+    let input = b.find(Locator::Id("h-identity")).await.unwrap();
+    input
+        .send_keys(&key_path.display().to_string())
+        .await
+        .unwrap();
+    let status = b
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::XPath(
+            "//p[@id='h-status' and contains(., 'Decrypted')]",
+        ))
+        .await;
+    assert!(status.is_ok(), "{}", b.source().await.unwrap_or_default());
+    let mut got = Vec::new();
+    for row in b.find_all(Locator::Css("tr.entry")).await.unwrap() {
+        let cells = row.find_all(Locator::Css("td")).await.unwrap();
+        let name = cells[2].text().await.unwrap();
+        let verdict = cells[4].text().await.unwrap();
+        got.push((name, verdict));
+    }
+    got.sort();
+    assert_eq!(got, want, "the page's history is what querylog pull prints");
+    // The browser's network log: only this page's own requests, none carrying the key.
+    let urls = b
+        .execute(
+            "return performance.getEntriesByType('resource').map(e => e.name)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let secret = {
+        use age::secrecy::ExposeSecret;
+        id.to_string().expose_secret().to_string()
+    };
+    for u in urls.as_array().unwrap() {
+        let u = u.as_str().unwrap();
+        assert!(u.starts_with(&format!("{base}/")), "{u}");
+        assert!(
+            u.ends_with("/history.js")
+                || u.contains("/history/entries?since=")
+                || u.ends_with("/style.css"),
+            "{u}"
+        );
+        assert!(!u.contains(&secret[16..40]), "{u}");
+    }
     b.close().await.unwrap();
 
     // Off the tunnel (here on the Cloud PC itself, as through an SSH tunnel): the password.

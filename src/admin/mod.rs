@@ -10,8 +10,9 @@
 //!   stored hashed, listed and revocable; logins are rate limited per address.
 //!
 //! Every write is a form POST that must carry the page's CSRF token and an `Origin` of this
-//! very host. Pages are rendered on the server (maud), with one embedded stylesheet and no
-//! script: nothing is fetched from anywhere else.
+//! very host. Pages are rendered on the server (maud), with one embedded stylesheet; the only
+//! script is the history page's, which decrypts the query log in the browser. Nothing is
+//! fetched from anywhere else.
 
 mod auth;
 mod pages;
@@ -118,8 +119,8 @@ fn html(status: StatusCode, body: String) -> Resp {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));

@@ -15,6 +15,9 @@ use crate::api::{ApiError, Manage, NewDevice};
 use crate::store::{DevicePatch, RuleAction};
 
 const STYLE: &str = include_str!("style.css");
+const HISTORY_JS: &str = include_str!("history.js");
+/// Encrypted entries per `/history/entries` page.
+const HISTORY_PAGE: usize = 500;
 
 /// Runs a blocking call on the owner of state off the async workers.
 async fn call<T: Send + 'static>(
@@ -45,6 +48,7 @@ fn page(a: &Admin, who: &Who, title: &str, body: Markup) -> String {
                         a href="/" { "Dashboard" }
                         a href="/devices" { "Devices" }
                         a href="/filtering" { "Filtering" }
+                        a href="/history" { "History" }
                         a href="/settings" { "Settings" }
                         @if let Who::Session { .. } = who {
                             form method="post" action="/logout" class="inline" {
@@ -139,6 +143,17 @@ pub async fn get(a: &Arc<Admin>, who: &Who, path: &str, query: &str) -> Resp {
     if path == "/login" {
         return login_page(a, who, None);
     }
+    if path == "/history.js" {
+        let mut r = text(StatusCode::OK, HISTORY_JS);
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        );
+        if matches!(who, Who::Anonymous) {
+            return see_other("/login");
+        }
+        return r;
+    }
     if matches!(who, Who::Anonymous) {
         return see_other("/login");
     }
@@ -148,6 +163,37 @@ pub async fn get(a: &Arc<Admin>, who: &Who, path: &str, query: &str) -> Resp {
         "/devices/remove" => Ok(confirm_remove(a, who, &query_value(query, "name"))),
         "/filtering" => filtering(a, who, &query_value(query, "test")).await,
         "/settings" => settings(a, who).await,
+        "/history" => history(a, who).await,
+        "/history/entries" => {
+            let since = query_value(query, "since").parse::<i64>().unwrap_or(0);
+            return match call(a, move |c| {
+                c.with_store(|s| s.querylog_page(since, HISTORY_PAGE))
+                    .map_err(ApiError::from)
+            })
+            .await
+            {
+                Ok(p) => {
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    let rows: Vec<serde_json::Value> = p
+                        .rows
+                        .iter()
+                        .map(|r| serde_json::json!({"seq": r.seq, "time": r.time, "data": b64.encode(&r.data)}))
+                        .collect();
+                    let body =
+                        serde_json::json!({"last_seq": p.last_seq, "rows": rows}).to_string();
+                    let mut r = text(StatusCode::OK, "");
+                    *r.body_mut() = http_body_util::Full::new(bytes::Bytes::from(body));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    r.headers_mut()
+                        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    r
+                }
+                Err(e) => error_page(a, who, &e),
+            };
+        }
         "/metrics" => {
             return match call(a, |c| c.metrics()).await {
                 Ok(t) => {
@@ -454,6 +500,33 @@ async fn filtering(a: &Arc<Admin>, who: &Who, test: &str) -> Result<String, ApiE
         }
     };
     Ok(page(a, who, "Filtering", body))
+}
+
+async fn history(a: &Arc<Admin>, who: &Who) -> Result<String, ApiError> {
+    let state = call(a, |c| c.querylog()).await?;
+    let body = m! {
+        @if !state.enabled {
+            p { "The query log is off: nothing about queries is kept. An owner turns it on with "
+                code { "cloudpc querylog enable --recipient age1..." } "." }
+        } @else {
+            p { (state.entries) " entries, encrypted to the owners' keys: the Cloud PC cannot read them. "
+                "Pick this device's age identity file (" code { "AGE-SECRET-KEY-1..." } "): it is read and used only in this page, and never sent anywhere." }
+            p { label { "Identity file " input #h-identity type="file"; } }
+            p #h-status.hint {}
+            p {
+                label { "Device " select #f-device {} } " "
+                label { "Verdict " select #f-verdict { option value="" { "any" } } } " "
+                label { "Last " select #f-since { option value="" { "all" } option value="1" { "hour" } option value="24" { "24 hours" } option value="168" { "7 days" } } }
+            }
+            p #h-count.hint {}
+            table.history {
+                thead { tr { th { "Time (UTC)" } th { "Device" } th { "Name" } th { "Type" } th { "Verdict" } th { "Rcode" } } }
+                tbody #h-rows {}
+            }
+            script src="/history.js" {}
+        }
+    };
+    Ok(page(a, who, "History", body))
 }
 
 async fn settings(a: &Arc<Admin>, who: &Who) -> Result<String, ApiError> {
