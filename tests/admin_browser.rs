@@ -115,8 +115,15 @@ async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
         .sh_ok("inet", &format!("ip addr add {UPSTREAM}/32 dev lo"));
     let inet = w.lab.ns("inet");
     let _knot = Knot::start_with(UPSTREAM, &["ip", "netns", "exec", &inet]);
+    let list = w.lab.dir.path().join("my-list.txt");
+    std::fs::write(
+        &list,
+        "! a test list\n||listed.example.test^\n0.0.0.0 other.example.test\n",
+    )
+    .unwrap();
     let mut hub = w.hub(&format!(
-        "[dns]\nupstreams = [\"udp://{UPSTREAM}:53\"]\n[filter]\nlists = []\nblock = [\"tracker.example.test\"]\n"
+        "[dns]\nupstreams = [\"udp://{UPSTREAM}:53\"]\n[filter]\nlists = [\"{}\"]\nblock = [\"tracker.example.test\"]\n",
+        list.display()
     ));
     for n in 1..=2 {
         w.add_device_ns(n, false);
@@ -173,16 +180,21 @@ async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
     form.submit().await.unwrap();
     let img = match b
         .wait()
-        .at_most(Duration::from_secs(10))
+        .at_most(Duration::from_secs(20))
         .for_element(Locator::Css("img#qr"))
         .await
     {
         Ok(i) => i,
-        Err(e) => panic!(
-            "{e}\n{}\n{}",
-            b.source().await.unwrap_or_default(),
-            hub.log()
-        ),
+        Err(e) => {
+            // A network error page names its code (ERR_...): say it first.
+            let src = b.source().await.unwrap_or_default();
+            let code = src
+                .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+                .find(|w| w.starts_with("ERR_"))
+                .unwrap_or("")
+                .to_string();
+            panic!("{e} {code}\n{src}\n{}", hub.log())
+        }
     };
     let src = img.attr("src").await.unwrap().expect("a QR image");
     let png = src
@@ -232,7 +244,26 @@ async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
         .text()
         .await
         .unwrap();
-    assert!(v.contains("blocked") && v.contains("block rule"), "{v}");
+    assert!(
+        v.contains("blocked") && v.contains("block rule `tracker.example.test`"),
+        "{v}"
+    );
+    b.goto(&format!("{base}/filtering?test=ads.listed.example.test"))
+        .await
+        .unwrap();
+    let v = b
+        .find(Locator::Css("table.verdicts"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        v.contains("blocked")
+            && v.contains("my-list.txt")
+            && v.contains("`||listed.example.test^`"),
+        "{v}"
+    );
     b.goto(&format!("{base}/filtering?test=www.example.test"))
         .await
         .unwrap();

@@ -893,6 +893,39 @@ impl Control {
                 "{domain:?} is not a domain name, e.g. ads.example.com"
             )));
         }
+        let default_lists = self.lists.default_entries();
+        let lists_of = |group: &str| -> Vec<String> {
+            self.policy
+                .groups
+                .get(group)
+                .and_then(|g| g.lists.clone())
+                .unwrap_or_else(|| default_lists.clone())
+        };
+        // Which list and which of its rules: read the lists' copies (off the query path).
+        let name_rule = |group: &str, allow: bool| -> Option<String> {
+            let (sources, _) = self.lists.sources(&lists_of(group));
+            sources.iter().find_map(|src| {
+                crate::filter::rule_naming(&src.text, &name, allow)
+                    .map(|rule| format!("list {}, rule `{rule}`", src.origin))
+            })
+        };
+        // And which of the config's and run-time rules.
+        let stored = self.store.lock().rules()?;
+        let rule_of = |group: &str, action: RuleAction| -> Option<String> {
+            let g = self.policy.groups.get(group);
+            let (cfg, grp): (&[String], &[String]) = match action {
+                RuleAction::Block => (&self.policy.block, g.map_or(&[][..], |g| &g.block[..])),
+                RuleAction::Allow => (&self.policy.allow, g.map_or(&[][..], |g| &g.allow[..])),
+            };
+            let text: String = cfg
+                .iter()
+                .chain(grp)
+                .cloned()
+                .chain(stored.iter().filter(|r| r.1 == action).map(|r| r.0.clone()))
+                .collect::<Vec<_>>()
+                .join("\n");
+            crate::filter::rule_naming(&text, &name, false).map(str::to_string)
+        };
         let mut groups: Vec<(String, Option<std::net::IpAddr>)> = vec![("default".into(), None)];
         for d in self.store.lock().devices()? {
             if let Some(g) = d.group {
@@ -910,20 +943,36 @@ impl Control {
                 let (verdict, why) = match (v, src) {
                     (Verdict::Block, Source::Rules) => (
                         "blocked",
-                        "a block rule of yours or of the config (filter.block / the group's block)",
+                        match rule_of(&group, RuleAction::Block) {
+                            Some(r) => format!("the block rule `{r}` (yours or the config's)"),
+                            None => "a block rule of yours or of the config".to_string(),
+                        },
                     ),
-                    (Verdict::Block, _) => ("blocked", "a block list"),
+                    (Verdict::Block, _) => (
+                        "blocked",
+                        name_rule(&group, false)
+                            .unwrap_or_else(|| "a block list (by a pattern rule)".into()),
+                    ),
                     (Verdict::Allow, Source::Rules) => (
                         "allowed",
-                        "an allow rule of yours or of the config (beats every block)",
+                        match rule_of(&group, RuleAction::Allow) {
+                            Some(r) => format!("the allow rule `{r}` (beats every block)"),
+                            None => "an allow rule of yours or of the config".to_string(),
+                        },
                     ),
-                    (Verdict::Allow, _) => ("allowed", "an exception (@@) in a list"),
-                    (Verdict::Pass, _) => ("passes", "no rule matches it"),
+                    (Verdict::Allow, _) => (
+                        "allowed",
+                        name_rule(&group, true).map_or_else(
+                            || "an exception (@@) in a list".into(),
+                            |r| format!("an exception: {r}"),
+                        ),
+                    ),
+                    (Verdict::Pass, _) => ("passes", "no rule matches it".to_string()),
                 };
                 DomainTest {
                     group,
                     verdict,
-                    why: why.to_string(),
+                    why,
                 }
             })
             .collect())

@@ -144,3 +144,104 @@ impl Filter {
 
 #[cfg(test)]
 mod tests;
+
+/// The line of `text` that names `name` or the closest of its parent domains, as a rule of
+/// one of the usual forms (`||name^`, `@@||name^`, a hosts line, a bare name), for telling a
+/// person which rule of a list matched ("test a domain"). `allow` looks for exceptions
+/// (`@@`) only, otherwise for blocking lines only. A rule that matches by pattern only (a
+/// regex, a wildcard) is not found; the caller then names the list alone.
+pub fn rule_naming<'t>(text: &'t str, name: &str, allow: bool) -> Option<&'t str> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let candidates: Vec<&str> = std::iter::successors(Some(name.as_str()), |n| {
+        n.split_once('.')
+            .map(|(_, rest)| rest)
+            .filter(|r| !r.is_empty())
+    })
+    .collect();
+    let mut best: Option<(usize, &str)> = None;
+    for line in text.lines() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') || l.starts_with('!') {
+            continue;
+        }
+        let (exception, body) = match l.strip_prefix("@@") {
+            Some(b) => (true, b),
+            None => (false, l),
+        };
+        if exception != allow {
+            continue;
+        }
+        let named: Vec<&str> = if let Some(r) = body.strip_prefix("||") {
+            let end = r.find(['^', '$', '/']).unwrap_or(r.len());
+            vec![&r[..end]]
+        } else {
+            let mut parts = body.split_whitespace();
+            let first = parts.next().unwrap_or("");
+            if first.parse::<std::net::IpAddr>().is_ok() {
+                parts.take_while(|p| !p.starts_with('#')).collect()
+            } else {
+                vec![first]
+            }
+        };
+        for n in named {
+            let n = n.trim_end_matches('.');
+            if let Some(rank) = candidates.iter().position(|c| c.eq_ignore_ascii_case(n)) {
+                if best.is_none_or(|(r, _)| rank < r) {
+                    best = Some((rank, l));
+                }
+            }
+        }
+        if best.is_some_and(|(r, _)| r == 0) {
+            break;
+        }
+    }
+    best.map(|(_, l)| l)
+}
+
+#[cfg(test)]
+mod naming_tests {
+    use super::rule_naming;
+
+    #[test]
+    fn the_closest_naming_rule_is_found_in_every_usual_form() {
+        let list = "! comment\n||tracker.example^\n0.0.0.0 ads.example.org other.example\n\
+                    bare.example\n@@||ok.tracker.example^\n||ads.tracker.example^$third-party\n";
+        assert_eq!(
+            rule_naming(list, "x.ads.tracker.example", false),
+            Some("||ads.tracker.example^$third-party")
+        );
+        assert_eq!(
+            rule_naming(list, "deep.tracker.example", false),
+            Some("||tracker.example^")
+        );
+        assert_eq!(
+            rule_naming(list, "other.example", false),
+            Some("0.0.0.0 ads.example.org other.example")
+        );
+        assert_eq!(
+            rule_naming(list, "a.bare.example", false),
+            Some("bare.example")
+        );
+        assert_eq!(
+            rule_naming(list, "ok.tracker.example", true),
+            Some("@@||ok.tracker.example^")
+        );
+        assert_eq!(rule_naming(list, "nothing.test", false), None);
+    }
+
+    #[test]
+    fn fuzz_rule_naming() {
+        let seeds = vec![
+            "||a.example^\n@@||b.a.example^$important\n0.0.0.0 c.example d.example # x".to_string(),
+            "127.0.0.1\n||^\n@@\n||.\n a..b \n".to_string(),
+        ];
+        crate::fuzz::run("rule_naming", crate::fuzz::text(seeds), |text| {
+            for (name, allow) in [("x.a.example", false), ("b.a.example", true), ("", false)] {
+                if let Some(line) = rule_naming(text, name, allow) {
+                    assert!(text.lines().any(|l| l.trim() == line), "a line of the list");
+                    assert_eq!(line.starts_with("@@"), allow);
+                }
+            }
+        });
+    }
+}
