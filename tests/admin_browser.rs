@@ -2,7 +2,8 @@
 //! over WebDriver by fantoccini), running on a device namespace behind a stock WireGuard
 //! tunnel (root only). The dashboard lists the devices; a device added on the page comes up
 //! from the QR code shown there (decoded with zbarimg) and is then online on the dashboard;
-//! "test a domain" names the rule; internet off for one device from the page cuts that
+//! adding a list by URL and "update now" show its status; "test a domain" names the list and
+//! rule; internet off for one device from the page cuts that
 //! device's internet only; off the tunnel, the password login, a forged CSRF token, a cookie
 //! replayed from a non-admin device, session revocation and logout; and the history,
 //! decrypted in the page with the owner's key, equals `cloudpc querylog pull`. The
@@ -275,6 +276,66 @@ async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
         .await
         .unwrap();
     assert!(v.contains("passes"), "{v}");
+
+    // Adding a list by URL and "update now" show its status; its rules are in force.
+    std::fs::write(
+        w.web_root.join("extra-list.txt"),
+        "||from-url.example.test^\n",
+    )
+    .unwrap();
+    let url = format!("http://{WEB}/extra-list.txt");
+    b.goto(&format!("{base}/filtering")).await.unwrap();
+    let f = b
+        .form(Locator::Css("form[action='/lists/add']"))
+        .await
+        .unwrap();
+    f.set_by_name("url", &url).await.unwrap();
+    f.submit().await.unwrap();
+    let row = format!("//tr[td[@class='url' and text()='{url}']]");
+    let added = b
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::XPath(&row))
+        .await
+        .expect("the new list's row")
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        added.contains("updated") && added.contains(" 1 ") && added.contains("UTC"),
+        "{added}"
+    );
+    b.form(Locator::XPath(&format!(
+        "{row}//form[@action='/lists/update']"
+    )))
+    .await
+    .unwrap()
+    .submit()
+    .await
+    .unwrap();
+    let again = b
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::XPath(&format!(
+            "{row}[contains(., 'unchanged') or contains(., 'updated')]"
+        )))
+        .await
+        .expect("the list's row after update now")
+        .text()
+        .await
+        .unwrap();
+    assert!(again.contains("UTC"), "{again}");
+    b.goto(&format!("{base}/filtering?test=ads.from-url.example.test"))
+        .await
+        .unwrap();
+    let v = b
+        .find(Locator::Css("table.verdicts"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(v.contains("blocked") && v.contains("extra-list.txt"), "{v}");
 
     // Internet off for one device from the page: that device only, at once; back on.
     let fetch = |w: &HubWorld, dev: &str| {

@@ -902,11 +902,23 @@ impl Control {
                 .unwrap_or_else(|| default_lists.clone())
         };
         // Which list and which of its rules: read the lists' copies (off the query path).
+        // A URL list's copy is named `list N`: show its URL, as the Filtering page does.
+        let status = self.lists.status().unwrap_or_default();
+        let list_name = |origin: &str| -> String {
+            let url = origin
+                .strip_prefix("list ")
+                .and_then(|n| n.parse::<i64>().ok())
+                .and_then(|id| status.iter().find(|l| l.id == Some(id)));
+            match url {
+                Some(l) => format!("{origin} ({})", l.list),
+                None => origin.to_string(),
+            }
+        };
         let name_rule = |group: &str, allow: bool| -> Option<String> {
             let (sources, _) = self.lists.sources(&lists_of(group));
             sources.iter().find_map(|src| {
                 crate::filter::rule_naming(&src.text, &name, allow)
-                    .map(|rule| format!("list {}, rule `{rule}`", src.origin))
+                    .map(|rule| format!("the list {}, rule `{rule}`", list_name(&src.origin)))
             })
         };
         // And which of the config's and run-time rules.
