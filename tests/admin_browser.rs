@@ -123,14 +123,14 @@ async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
     )
     .unwrap();
     let mut hub = w.hub(&format!(
-        "[dns]\nupstreams = [\"udp://{UPSTREAM}:53\"]\n[filter]\nlists = [\"{}\"]\nblock = [\"tracker.example.test\"]\n",
+        "[dns]\nupstreams = [\"udp://{UPSTREAM}:53\"]\n[filter]\nlists = [\"{}\"]\nblock = [\"tracker.example.test\"]\n[groups.kids]\nblock = [\"games.example.test\"]\n",
         list.display()
     ));
     for n in 1..=2 {
         w.add_device_ns(n, false);
     }
     let c1 = hub.add_device("laptop", true, &["--owner"]);
-    hub.add_device("tv", true, &[]);
+    hub.add_device("tv", true, &["--group", "kids"]);
     w.start_hub(&mut hub);
     w.lab.wg_up("d1", &c1);
     let (hub4, _) = conf_addrs(&c1, "DNS");
@@ -249,6 +249,33 @@ async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
         v.contains("blocked") && v.contains("block rule `tracker.example.test`"),
         "{v}"
     );
+    // For each group: the kids' own rule blocks a name the default policy lets through.
+    b.goto(&format!("{base}/filtering?test=games.example.test"))
+        .await
+        .unwrap();
+    let rows = b.find_all(Locator::Css("table.verdicts tr")).await.unwrap();
+    let mut by_group = Vec::new();
+    for r in rows.iter().skip(1) {
+        by_group.push(r.text().await.unwrap());
+    }
+    assert!(
+        by_group.iter().any(|r| r.starts_with("default passes")),
+        "{by_group:?}"
+    );
+    assert!(
+        by_group
+            .iter()
+            .any(|r| r.starts_with("kids blocked") && r.contains("`games.example.test`")),
+        "{by_group:?}"
+    );
+    let groups = b
+        .find(Locator::Css("table.groups"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(groups.contains("kids") && groups.contains("tv"), "{groups}");
     b.goto(&format!("{base}/filtering?test=ads.listed.example.test"))
         .await
         .unwrap();

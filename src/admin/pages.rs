@@ -420,6 +420,7 @@ async fn filtering(a: &Arc<Admin>, who: &Who, test: &str) -> Result<String, ApiE
     let lists = call(a, |c| c.lists()).await?;
     let blocks = call(a, |c| c.rules(RuleAction::Block)).await?;
     let allows = call(a, |c| c.rules(RuleAction::Allow)).await?;
+    let groups = call(a, |c| c.groups_summary()).await?;
     let test = test.trim().to_string();
     let verdicts = if test.is_empty() {
         None
@@ -473,6 +474,22 @@ async fn filtering(a: &Arc<Admin>, who: &Who, test: &str) -> Result<String, ApiE
             (csrf)
             input name="url" type="url" required placeholder="https://example.com/list.txt" maxlength="2000";
             button type="submit" { "Add list" }
+        }
+        h2 { "Groups" }
+        @if groups.is_empty() {
+            p.hint { "No groups: every device has the default policy. Groups are set in the config ([groups.NAME]); put a device in one on the Devices page." }
+        } @else {
+            table.groups {
+                tr { th { "Group" } th { "Lists" } th { "Own rules" } th { "Devices" } }
+                @for (name, glists, nb, na, members) in &groups {
+                    tr {
+                        td.name { (name) }
+                        td { @match glists { Some(l) => { @for x in l { (x) br; } }, None => { "the default lists" } } }
+                        td { (nb) " block, " (na) " allow" }
+                        td { @if members.is_empty() { "—" } @else { (members.join(", ")) } }
+                    }
+                }
+            }
         }
         h2 { "Your rules" }
         div.cols {

@@ -849,6 +849,34 @@ impl Control {
         Ok(out)
     }
 
+    /// The policy groups of the config with their devices: (name, its own lists or `None` for
+    /// the default ones, block and allow rules, device names).
+    #[allow(clippy::type_complexity)]
+    pub fn groups_summary(
+        &self,
+    ) -> Result<Vec<(String, Option<Vec<String>>, usize, usize, Vec<String>)>, ApiError> {
+        let devices = self.store.lock().devices()?;
+        Ok(self
+            .policy
+            .groups
+            .iter()
+            .map(|(name, g)| {
+                let members = devices
+                    .iter()
+                    .filter(|d| d.group.as_deref() == Some(name.as_str()))
+                    .map(|d| d.name.clone())
+                    .collect();
+                (
+                    name.clone(),
+                    g.lists.clone(),
+                    g.block.len(),
+                    g.allow.len(),
+                    members,
+                )
+            })
+            .collect())
+    }
+
     /// The private network's address ranges.
     pub fn overlay(&self) -> &Overlay {
         &self.overlay
