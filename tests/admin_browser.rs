@@ -332,6 +332,8 @@ async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
         added.contains("updated") && added.contains(" 1 ") && added.contains("UTC"),
         "{added}"
     );
+    // The same page comes back: wait until the one shown now is gone before reading it.
+    let old = b.find(Locator::XPath(&row)).await.unwrap();
     b.form(Locator::XPath(&format!(
         "{row}//form[@action='/lists/update']"
     )))
@@ -340,6 +342,14 @@ async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
     .submit()
     .await
     .unwrap();
+    let end = Instant::now() + Duration::from_secs(15);
+    while old.text().await.is_ok() {
+        assert!(
+            Instant::now() < end,
+            "the page did not reload after update now"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let again = b
         .wait()
         .at_most(Duration::from_secs(15))
