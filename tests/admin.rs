@@ -323,20 +323,7 @@ fn password_logins_are_rate_limited_and_sessions_are_listed_revoked_and_logged_o
     assert_eq!(p.code, 401);
     assert!(p.body.contains("cloudpc admin password"), "{}", p.body);
 
-    let set = w.lab.sh(
-        "hub",
-        &format!(
-            "echo 'correct horse battery' | {} --config {} --state-dir {} admin password",
-            netns::cloudpc_bin(),
-            hub.config.display(),
-            hub.state_dir.display()
-        ),
-    );
-    assert!(
-        set.status.success(),
-        "{}",
-        String::from_utf8_lossy(&set.stderr)
-    );
+    hub.set_admin_password("correct horse battery");
 
     // A login from another site is refused even with the right password.
     let p = post(

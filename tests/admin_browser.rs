@@ -61,6 +61,15 @@ impl Drop for DriverLink {
     }
 }
 
+/// The "test a domain" table for `name`, as text.
+async fn verdicts(b: &Client, base: &str, name: &str) -> String {
+    b.goto(&format!("{base}/filtering?test={name}"))
+        .await
+        .unwrap();
+    let t = b.find(Locator::Css("table.verdicts")).await.unwrap();
+    t.text().await.unwrap()
+}
+
 async fn browser(w: &mut HubWorld, short: &str, link: &DriverLink) -> Client {
     let ip = link.driver.clone();
     let log = w.lab.dir.path().join(format!("chromedriver-{short}.log"));
@@ -235,16 +244,7 @@ async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
     assert!(online.contains(&"phone".to_string()), "{online:?}");
 
     // "Test a domain" names the rule.
-    b.goto(&format!("{base}/filtering?test=ads.tracker.example.test"))
-        .await
-        .unwrap();
-    let v = b
-        .find(Locator::Css("table.verdicts"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let v = verdicts(&b, &base, "ads.tracker.example.test").await;
     assert!(
         v.contains("blocked") && v.contains("block rule `tracker.example.test`"),
         "{v}"
@@ -276,32 +276,14 @@ async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
         .await
         .unwrap();
     assert!(groups.contains("kids") && groups.contains("tv"), "{groups}");
-    b.goto(&format!("{base}/filtering?test=ads.listed.example.test"))
-        .await
-        .unwrap();
-    let v = b
-        .find(Locator::Css("table.verdicts"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let v = verdicts(&b, &base, "ads.listed.example.test").await;
     assert!(
         v.contains("blocked")
             && v.contains("my-list.txt")
             && v.contains("`||listed.example.test^`"),
         "{v}"
     );
-    b.goto(&format!("{base}/filtering?test=www.example.test"))
-        .await
-        .unwrap();
-    let v = b
-        .find(Locator::Css("table.verdicts"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let v = verdicts(&b, &base, "www.example.test").await;
     assert!(v.contains("passes"), "{v}");
 
     // Adding a list by URL and "update now" show its status; its rules are in force.
@@ -362,16 +344,7 @@ async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
         .await
         .unwrap();
     assert!(again.contains("UTC"), "{again}");
-    b.goto(&format!("{base}/filtering?test=ads.from-url.example.test"))
-        .await
-        .unwrap();
-    let v = b
-        .find(Locator::Css("table.verdicts"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let v = verdicts(&b, &base, "ads.from-url.example.test").await;
     assert!(v.contains("blocked") && v.contains("extra-list.txt"), "{v}");
 
     // Internet off for one device from the page: that device only, at once; back on.
@@ -522,20 +495,7 @@ async fn the_admin_page_works_in_a_real_browser_over_the_tunnel() {
     b.close().await.unwrap();
 
     // Off the tunnel (here on the Cloud PC itself, as through an SSH tunnel): the password.
-    let set = w.lab.sh(
-        "hub",
-        &format!(
-            "echo 'correct horse battery' | {} --config {} --state-dir {} admin password",
-            netns::cloudpc_bin(),
-            hub.config.display(),
-            hub.state_dir.display()
-        ),
-    );
-    assert!(
-        set.status.success(),
-        "{}",
-        String::from_utf8_lossy(&set.stderr)
-    );
+    hub.set_admin_password("correct horse battery");
     assert!(w.lab.eventually(
         "hub",
         "curl -sk -m 1 -o /dev/null https://127.0.0.1/login",

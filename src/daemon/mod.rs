@@ -248,12 +248,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
         ];
     }
     if !api.tls.is_empty() {
-        let m = crate::dns::tls::load_or_create(
-            &cfg.dns.tls_cert,
-            &cfg.dns.tls_key,
-            &state_dir,
-            &tls_names(&cfg, &listen_addrs(&cfg, hub.is_some(), &overlay)),
-        )?;
+        let m = hub_certificate(&cfg, &state_dir, hub.is_some(), &overlay)?;
         api.tls_acceptor = Some(tokio_rustls::TlsAcceptor::from(
             crate::dns::tls::server_config(&m, &[b"http/1.1"])?,
         ));
@@ -369,6 +364,23 @@ fn listen_addrs(cfg: &Config, with_hub: bool, overlay: &Overlay) -> Vec<SocketAd
     listen
 }
 
+/// The hub's certificate for DoT, DoH, the admin page and the API's TLS listeners: the
+/// configured one, or the self-signed one in the state dir (made on first use).
+fn hub_certificate(
+    cfg: &Config,
+    state_dir: &Path,
+    with_hub: bool,
+    overlay: &Overlay,
+) -> Result<crate::dns::tls::TlsMaterial, DaemonError> {
+    let names = tls_names(cfg, &listen_addrs(cfg, with_hub, overlay));
+    Ok(crate::dns::tls::load_or_create(
+        &cfg.dns.tls_cert,
+        &cfg.dns.tls_key,
+        state_dir,
+        &names,
+    )?)
+}
+
 /// Names the self-signed certificate covers.
 fn tls_names(cfg: &Config, listen: &[SocketAddr]) -> Vec<String> {
     let mut names = vec![
@@ -415,12 +427,7 @@ async fn serve_admin(
     if addrs.is_empty() {
         return Ok(());
     }
-    let m = crate::dns::tls::load_or_create(
-        &cfg.dns.tls_cert,
-        &cfg.dns.tls_key,
-        state_dir,
-        &tls_names(cfg, &listen_addrs(cfg, with_hub, overlay)),
-    )?;
+    let m = hub_certificate(cfg, state_dir, with_hub, overlay)?;
     let acc =
         tokio_rustls::TlsAcceptor::from(crate::dns::tls::server_config(&m, &[b"h2", b"http/1.1"])?);
     let idle = Duration::from_secs(cfg.dns.tcp_idle_timeout.max(1));
@@ -471,12 +478,7 @@ async fn serve_dns(
         crate::dns::server::serve_stream(service.clone(), l, None, idle, slots.clone());
     }
     if !cfg.dns.tls_listen.is_empty() || !cfg.dns.https_listen.is_empty() {
-        let m = crate::dns::tls::load_or_create(
-            &cfg.dns.tls_cert,
-            &cfg.dns.tls_key,
-            state_dir,
-            &tls_names(cfg, &listen),
-        )?;
+        let m = hub_certificate(cfg, state_dir, with_hub, overlay)?;
         for a in &cfg.dns.tls_listen {
             let acc =
                 tokio_rustls::TlsAcceptor::from(crate::dns::tls::server_config(&m, &[b"dot"])?);

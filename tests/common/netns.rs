@@ -458,6 +458,27 @@ impl HubRun {
         c
     }
 
+    /// Sets the admin page's password with `cloudpc admin password` (on standard input).
+    pub fn set_admin_password(&self, password: &str) {
+        use std::io::Write;
+        let mut child = self
+            .cli()
+            .args(["admin", "password"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run cloudpc");
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "{password}").expect("write the password");
+        drop(stdin);
+        let out = child.wait_with_output().expect("cloudpc admin password");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The hub's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
