@@ -24,6 +24,10 @@ const UPSTREAM: &str = "192.0.2.53";
 
 /// A veth from the test's own namespace into a device namespace, so the test can reach the
 /// WebDriver that runs there; deleted on drop (and with the namespace).
+///
+/// No IPv6 on it: the link-local address finishing duplicate-address detection after
+/// Chromium started is a "network change" to it, which aborts the page loads in flight
+/// (ERR_NETWORK_CHANGED).
 struct DriverLink {
     host_if: String,
     /// The test's end and the WebDriver's end.
@@ -41,6 +45,7 @@ impl DriverLink {
         let c = format!(
             "ip link add {host_if} type veth peer name drv0 netns {ns} && \
              ip addr add {host}/30 dev {host_if} && ip link set {host_if} up && \
+             ip netns exec {ns} sysctl -qw net.ipv6.conf.drv0.disable_ipv6=1 && \
              ip -n {ns} addr add {driver}/30 dev drv0 && ip -n {ns} link set drv0 up"
         );
         let st = Command::new("sh").args(["-c", &c]).status().unwrap();
