@@ -54,6 +54,7 @@ pub struct Config {
     pub querylog: QueryLogConfig,
     pub api: ApiConfig,
     pub admin: AdminConfig,
+    pub firewall: FirewallConfig,
     /// Per-device policy groups: `[groups.NAME]`.
     pub groups: std::collections::BTreeMap<String, GroupConfig>,
 }
@@ -71,6 +72,96 @@ pub struct GroupConfig {
     pub allow: Vec<String>,
     /// How this group's blocked names are answered (unset = `dns.blocked_answer`).
     pub blocked_answer: Option<BlockedAnswer>,
+    /// Firewall: `on` (default), `off` or `allowlist`.
+    pub internet: Option<crate::firewall::InternetMode>,
+    /// Firewall: with `allowlist`, the sites these devices may reach (with subdomains).
+    pub allow_sites: Vec<String>,
+    /// Firewall: sites refused in DNS and dropped by address.
+    pub deny_sites: Vec<String>,
+    /// Firewall: packet rules dropped (`"tcp/25"`, `"198.51.100.0/24"`). Packet rules in
+    /// `allow` (anything written as an address, CIDR or protocol) are firewall allows.
+    pub deny: Vec<String>,
+    /// Firewall: the devices these may open connections to (unset = all).
+    pub reach: Option<Vec<String>>,
+    /// Firewall: daily windows with the internet off, `"21:00-07:00"` (hub's local time).
+    pub internet_off: Vec<String>,
+}
+
+impl GroupConfig {
+    /// The DNS allow names of `allow` (packet rules left out).
+    pub fn dns_allow(&self) -> Vec<String> {
+        self.allow
+            .iter()
+            .filter(|a| !crate::firewall::spec::looks_like_packet_rule(a))
+            .cloned()
+            .collect()
+    }
+
+    /// The group's firewall settings.
+    pub fn firewall(&self) -> crate::firewall::FirewallSpec {
+        let norm = |v: &[String]| {
+            v.iter()
+                .map(|s| crate::dns::name::normalize_domain(s).unwrap_or_else(|| s.clone()))
+                .collect()
+        };
+        crate::firewall::FirewallSpec {
+            internet: self.internet,
+            allow_sites: norm(&self.allow_sites),
+            deny_sites: norm(&self.deny_sites),
+            allow: self
+                .allow
+                .iter()
+                .filter(|a| crate::firewall::spec::looks_like_packet_rule(a))
+                .cloned()
+                .collect(),
+            deny: self.deny.clone(),
+            reach: self.reach.clone(),
+            internet_off: self.internet_off.clone(),
+        }
+    }
+}
+
+/// `[firewall]`: settings of the per-device firewall (the policies are in `[groups.NAME]`
+/// and on each device).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallConfig {
+    /// An address the resolver handed for an allowed site stays usable at least this long
+    /// (seconds, or e.g. `"5m"`), even with a shorter TTL.
+    #[serde(deserialize_with = "seconds_or_duration")]
+    pub site_ttl_floor: u64,
+    /// Addresses remembered per device from answers; the oldest go first.
+    pub max_sites: usize,
+    /// Time zone of schedules (`internet_off`), e.g. `"Europe/Berlin"`; empty = the system's.
+    pub timezone: String,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        FirewallConfig {
+            site_ttl_floor: 300,
+            max_sites: 65_536,
+            timezone: String::new(),
+        }
+    }
+}
+
+impl FirewallConfig {
+    /// The time zone schedules are read in.
+    pub fn time_zone(&self) -> Result<jiff::tz::TimeZone, String> {
+        if self.timezone.is_empty() {
+            return Ok(jiff::tz::TimeZone::system());
+        }
+        if self.timezone.eq_ignore_ascii_case("utc") {
+            return Ok(jiff::tz::TimeZone::UTC);
+        }
+        jiff::tz::TimeZone::get(&self.timezone).map_err(|_| {
+            format!(
+                "{:?} is not a time zone name, e.g. \"Europe/Berlin\" or \"UTC\"",
+                self.timezone
+            )
+        })
+    }
 }
 
 /// `[dns]`: the resolver.
@@ -377,13 +468,37 @@ impl Config {
                 }
             }
         }
-        for name in self.groups.keys() {
+        for (name, g) in &self.groups {
             if !crate::dns::name::is_valid_label(name) {
                 return inv(
                     "groups",
                     format!("{name:?} is not a group name: use letters, digits or '-'"),
                 );
             }
+            let fw = g.firewall();
+            if let Err(e) = crate::firewall::spec::check(&fw) {
+                return inv("groups", format!("[groups.{name}]: {e}"));
+            }
+            for r in fw.reach.iter().flatten().filter(|r| *r != "all") {
+                if let Ok(crate::firewall::Reach {
+                    target: crate::firewall::ReachTarget::Group(other),
+                    ..
+                }) = crate::firewall::Reach::parse(r)
+                {
+                    if !self.groups.contains_key(&other) {
+                        return inv(
+                            "groups",
+                            format!("[groups.{name}] reach: there is no group {other:?}"),
+                        );
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.firewall.time_zone() {
+            return inv("firewall.timezone", e);
+        }
+        if self.firewall.max_sites == 0 {
+            return inv("firewall.max_sites", "at least 1".into());
         }
         let f = &self.filter;
         if f.update_interval != 0 && f.update_interval < 60 {

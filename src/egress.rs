@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpAdd, Ipv4Net, Ipv6Net};
 use serde_json::{json, Value};
 
 /// Name of the nftables table (family `inet`).
@@ -49,6 +49,9 @@ pub struct EgressSpec {
     pub internet: bool,
     /// Overlay addresses of devices whose internet is off (their own switch).
     pub no_internet: Vec<std::net::IpAddr>,
+    /// Overlay addresses of devices whose DNS (TCP/UDP 53) to any address is answered by the
+    /// hub's resolver (the firewall's no-bypass rule).
+    pub dns_redirect: Vec<std::net::IpAddr>,
 }
 
 fn meta_eq(key: &str, v: &str) -> Value {
@@ -110,6 +113,45 @@ pub fn ruleset(s: &EgressSpec) -> Value {
             drop.clone(),
         ],
     ));
+    // No bypass: these devices' DNS to any address goes to the hub's resolver (the reply's
+    // source is put back by conntrack).
+    let hub4 = s.v4.network().saturating_add(1).to_string();
+    let hub6 = s.v6.network().saturating_add(1).to_string();
+    for (family, proto, hub) in [("ip", "ip", &hub4), ("ip6", "ip6", &hub6)] {
+        let addrs: Vec<String> = s
+            .dns_redirect
+            .iter()
+            .filter(|a| a.is_ipv4() == (family == "ip"))
+            .map(|a| a.to_string())
+            .collect();
+        if addrs.is_empty() {
+            continue;
+        }
+        if !cmds
+            .iter()
+            .any(|c| c.to_string().contains("\"prerouting\""))
+        {
+            cmds.push(
+                json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": "prerouting",
+                "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}}}),
+            );
+        }
+        for l4 in ["udp", "tcp"] {
+            cmds.push(rule(
+                "prerouting",
+                vec![
+                    meta_eq("iifname", &s.tun),
+                    json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "saddr"}},
+                        "right": {"set": addrs.clone()}}}),
+                    json!({"match": {"op": "!=", "left": {"payload": {"protocol": proto, "field": "daddr"}},
+                        "right": hub}}),
+                    json!({"match": {"op": "==", "left": {"payload": {"protocol": l4, "field": "dport"}},
+                        "right": 53}}),
+                    json!({"dnat": {"family": family, "addr": hub}}),
+                ],
+            ));
+        }
+    }
     // Devices with their internet switched off: nothing of theirs leaves the overlay.
     for (proto, addrs) in [
         (
@@ -285,6 +327,7 @@ mod tests {
             v6: "fd00:1::/48".parse().unwrap(),
             internet,
             no_internet: vec![],
+            dns_redirect: vec![],
         }
     }
 
@@ -316,6 +359,18 @@ mod tests {
         assert!(overlay < v4);
         // Without such devices the ruleset is what it was.
         assert!(!ruleset(&spec(true)).to_string().contains("\"set\""));
+    }
+
+    #[test]
+    fn restricted_devices_dns_is_redirected_to_the_hub() {
+        let mut s = spec(true);
+        assert!(!ruleset(&s).to_string().contains("dnat"));
+        s.dns_redirect = vec!["100.96.0.3".parse().unwrap(), "fd00:1::3".parse().unwrap()];
+        let text = ruleset(&s).to_string();
+        assert_eq!(text.matches("\"dnat\"").count(), 4, "{text}");
+        assert!(
+            text.contains("\"addr\":\"100.96.0.1\"") && text.contains("\"addr\":\"fd00:1::1\"")
+        );
     }
 
     #[test]

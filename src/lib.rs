@@ -10,6 +10,7 @@ pub mod dns;
 pub mod egress;
 pub mod enroll;
 pub mod filter;
+pub mod firewall;
 #[cfg(test)]
 pub(crate) mod fuzz;
 pub mod hub;

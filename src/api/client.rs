@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use tokio::net::UnixStream;
 
 use super::{
-    ApiError, DeviceAdded, Manage, NewDevice, NewToken, QueryLogChange, QueryLogState, StatusReport,
+    ApiError, DeviceAdded, FirewallView, Manage, NewDevice, NewToken, QueryLogChange,
+    QueryLogState, StatusReport,
 };
 use crate::filter::ListStatus;
 use crate::store::{ApiToken, Device, DevicePatch, RuleAction};
@@ -182,6 +183,19 @@ impl Manage for Client {
         let path = format!("/v1/devices/{}/internet", enc(name));
         let v: Value = self.call(Method::PUT, &path, Some(json!({ "internet": on })))?;
         field(v, "internet")
+    }
+    fn device_firewall(&self, name: &str) -> Result<FirewallView, ApiError> {
+        let path = format!("/v1/devices/{}/firewall", enc(name));
+        self.call(Method::GET, &path, None)
+    }
+    fn set_device_firewall(
+        &self,
+        name: &str,
+        patch: &crate::firewall::FirewallPatch,
+    ) -> Result<FirewallView, ApiError> {
+        let path = format!("/v1/devices/{}/firewall", enc(name));
+        let body = serde_json::to_value(patch).map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.call(Method::PATCH, &path, Some(body))
     }
     fn querylog(&self) -> Result<QueryLogState, ApiError> {
         self.call(Method::GET, "/v1/querylog", None)

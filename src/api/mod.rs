@@ -15,7 +15,9 @@ pub mod types;
 
 pub use client::Client;
 pub use serve::{serve, ApiListeners, ServeError, OVERLAY_PORT};
-pub use types::{DeviceAdded, NewDevice, NewToken, QueryLogChange, QueryLogState, StatusReport};
+pub use types::{
+    DeviceAdded, FirewallView, NewDevice, NewToken, QueryLogChange, QueryLogState, StatusReport,
+};
 
 use crate::filter::ListStatus;
 use crate::store::{ApiToken, Device, DevicePatch, RuleAction, StoreError};
@@ -140,6 +142,14 @@ pub trait Manage {
     fn set_internet(&self, on: bool) -> Result<bool, ApiError>;
     /// Switches one device's own internet (the hub-wide switch still applies).
     fn set_device_internet(&self, name: &str, on: bool) -> Result<bool, ApiError>;
+    /// A device's firewall: its own settings, the mode in force and when it next changes.
+    fn device_firewall(&self, name: &str) -> Result<FirewallView, ApiError>;
+    /// Changes a device's own firewall settings (each field given replaces its value).
+    fn set_device_firewall(
+        &self,
+        name: &str,
+        patch: &crate::firewall::FirewallPatch,
+    ) -> Result<FirewallView, ApiError>;
     /// The query log's state.
     fn querylog(&self) -> Result<QueryLogState, ApiError>;
     /// Turns the query log on (with recipients) or off (deleting every entry).

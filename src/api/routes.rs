@@ -140,6 +140,10 @@ pub fn router(control: Arc<Control>) -> Router {
             get(show_device).patch(update_device).delete(remove_device),
         )
         .route("/v1/devices/{name}/internet", put(set_device_internet))
+        .route(
+            "/v1/devices/{name}/firewall",
+            get(device_firewall).patch(set_device_firewall),
+        )
         .route("/v1/rules/{kind}", get(list_rules).post(add_rule))
         .route("/v1/rules/{kind}/{domain}", delete(remove_rule))
         .route("/v1/internet", get(internet).put(set_internet))
@@ -243,6 +247,26 @@ async fn set_device_internet(
     let b: InternetBody = json_body(&headers, body).await?;
     let on = call(&c, move |c| c.set_device_internet(&name, b.internet)).await?;
     ok(StatusCode::OK, serde_json::json!({ "internet": on }))
+}
+
+async fn device_firewall(State(c): State<Arc<Control>>, Path(name): Path<String>) -> Answer {
+    ok(
+        StatusCode::OK,
+        call(&c, move |c| c.device_firewall(&name)).await?,
+    )
+}
+
+async fn set_device_firewall(
+    State(c): State<Arc<Control>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    let patch: crate::firewall::FirewallPatch = json_body(&headers, body).await?;
+    ok(
+        StatusCode::OK,
+        call(&c, move |c| c.set_device_firewall(&name, &patch)).await?,
+    )
 }
 
 async fn lists(State(c): State<Arc<Control>>) -> Answer {

@@ -85,3 +85,18 @@ pub struct StatusReport {
     /// One JSON object per device (hub status plus per-device query and block counts).
     pub devices: Vec<serde_json::Value>,
 }
+
+/// A device's firewall (`GET/PATCH /v1/devices/{name}/firewall`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallView {
+    pub device: String,
+    pub group: Option<String>,
+    /// The device's own settings (the group's come from the config).
+    pub settings: crate::firewall::FirewallSpec,
+    /// A running `--for` timer.
+    pub timer: Option<crate::firewall::Timer>,
+    /// The mode in force, why, and when it next changes by itself.
+    pub effective: crate::firewall::Effective,
+    /// Connection attempts the firewall dropped since the hub started.
+    pub dropped: u64,
+}

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use super::{Globals, Manager};
-use crate::api::NewDevice;
+use crate::api::{FirewallView, NewDevice};
 use crate::config::Config;
 use crate::enroll::{keys, qr, wgconfig};
+use crate::firewall::FirewallPatch;
 use crate::store::{Device, DevicePatch, Store};
 
 /// The example config shipped in `config/`, the template `cloudpc init` writes.
@@ -109,6 +110,41 @@ pub struct SetArgs {
     /// Never log this device's queries.
     #[arg(long)]
     pub no_log: bool,
+    /// Firewall: on, off, allowlist, or default (follow the group).
+    #[arg(long, value_name = "MODE")]
+    pub internet: Option<String>,
+    /// With --internet: only for this long (30s, 10m, 1h, 1h30m), then back by itself.
+    #[arg(long = "for", value_name = "DURATION", requires = "internet")]
+    pub for_: Option<String>,
+    /// Firewall: sites an allowlist device reaches, comma-separated ("" clears).
+    #[arg(long, value_name = "SITES")]
+    pub allow_sites: Option<String>,
+    /// Firewall: sites refused in DNS and dropped by address, comma-separated ("" clears).
+    #[arg(long, value_name = "SITES")]
+    pub deny_sites: Option<String>,
+    /// Firewall: packet rules allowed, comma-separated (198.51.100.0/24, tcp/25, udp/443).
+    #[arg(long, value_name = "RULES")]
+    pub allow: Option<String>,
+    /// Firewall: packet rules dropped, comma-separated.
+    #[arg(long, value_name = "RULES")]
+    pub deny: Option<String>,
+    /// Firewall: devices it may open connections to (nas, printer:631, group:family), or all.
+    #[arg(long, value_name = "DEVICES")]
+    pub reach: Option<String>,
+    /// Firewall: daily windows with the internet off, comma-separated (21:00-07:00).
+    #[arg(long, value_name = "WINDOWS")]
+    pub internet_off: Option<String>,
+}
+
+/// A comma-separated CLI list ("" = empty).
+fn list_arg(v: &Option<String>) -> Option<Vec<String>> {
+    v.as_ref().map(|s| {
+        s.split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(String::from)
+            .collect()
+    })
 }
 
 /// `cloudpc init`.
@@ -265,6 +301,34 @@ pub fn device(g: &Globals, c: DeviceCmd) -> anyhow::Result<()> {
                     "query log:   {}",
                     if d.no_log { "never" } else { "when on" }
                 );
+                let v = api.device_firewall(&name)?;
+                println!("firewall:    {}", firewall_line(&v));
+                let f = &v.settings;
+                let join = |l: &[String]| l.join(", ");
+                for (label, l) in [
+                    ("allow sites", &f.allow_sites),
+                    ("deny sites", &f.deny_sites),
+                    ("allow", &f.allow),
+                    ("deny", &f.deny),
+                    ("internet off", &f.internet_off),
+                ] {
+                    if !l.is_empty() {
+                        println!("  {label}: {}", join(l));
+                    }
+                }
+                if let Some(r) = &f.reach {
+                    println!(
+                        "  reach: {}",
+                        if r.is_empty() {
+                            "(no device)".into()
+                        } else {
+                            join(r)
+                        }
+                    );
+                }
+                if m.is_running() {
+                    println!("  dropped connections: {}", v.dropped);
+                }
             }
             Ok(())
         }
@@ -406,14 +470,53 @@ fn set(m: &Manager, s: SetArgs) -> anyhow::Result<()> {
         admin: flag(s.admin, s.no_admin),
         no_log: flag(s.no_log, s.log),
     };
-    if patch == DevicePatch::default() {
+    let fw = FirewallPatch {
+        internet: s.internet.clone(),
+        for_: s.for_.clone(),
+        allow_sites: list_arg(&s.allow_sites),
+        deny_sites: list_arg(&s.deny_sites),
+        allow: list_arg(&s.allow),
+        deny: list_arg(&s.deny),
+        reach: list_arg(&s.reach),
+        internet_off: list_arg(&s.internet_off),
+    };
+    if patch == DevicePatch::default() && fw.is_empty() {
         bail!(
-            "nothing to change: give --group G, --no-group, --owner, --no-owner, --admin, --no-admin, --log or --no-log"
+            "nothing to change: give --group G, --no-group, --owner, --no-owner, --admin, --no-admin, --log, --no-log, or a firewall setting (--internet, --allow-sites, --deny-sites, --allow, --deny, --reach, --internet-off)"
         );
     }
-    let d = m.api().update_device(&s.name, &patch)?;
-    eprintln!("Device {:?}: {}", d.name, flags(&d));
+    if patch != DevicePatch::default() {
+        let d = m.api().update_device(&s.name, &patch)?;
+        eprintln!("Device {:?}: {}", d.name, flags(&d));
+    }
+    if !fw.is_empty() {
+        let v = m.api().set_device_firewall(&s.name, &fw)?;
+        eprintln!("Device {:?}: {}", v.device, firewall_line(&v));
+        if !m.is_running() {
+            eprintln!("(in force from the next start)");
+        }
+    }
     Ok(())
+}
+
+/// `internet=allowlist (group), until 2026-12-03T21:00:00Z`.
+fn firewall_line(v: &FirewallView) -> String {
+    let e = &v.effective;
+    let mut out = format!(
+        "internet={} ({})",
+        e.internet.as_str(),
+        serde_json::to_value(e.source)
+            .ok()
+            .and_then(|x| x.as_str().map(String::from))
+            .unwrap_or_default()
+    );
+    if let Some(t) = e
+        .next_change
+        .and_then(|t| jiff::Timestamp::from_second(t).ok())
+    {
+        out.push_str(&format!(", changes at {t}"));
+    }
+    out
 }
 
 fn flags(d: &Device) -> String {

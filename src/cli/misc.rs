@@ -53,7 +53,7 @@ pub fn status(g: &Globals, a: StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<16} {:<15} {:<24} {:<22} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "{:<16} {:<15} {:<24} {:<22} {:>10} {:>10} {:>10} {:>8} {:>8}  INTERNET",
         "DEVICE", "IPV4", "IPV6", "ENDPOINT", "HANDSHAKE", "RX", "TX", "QUERIES", "BLOCKED"
     );
     for dev in &r.devices {
@@ -66,8 +66,21 @@ pub fn status(g: &Globals, a: StatusArgs) -> anyhow::Result<()> {
             Some(n) => format!("{n}s ago"),
             None => "never".into(),
         };
+        let mut internet = s("internet");
+        if let Some(src) = dev.get("internet_source").and_then(|v| v.as_str()) {
+            if src != "default" {
+                internet.push_str(&format!(" ({src})"));
+            }
+        }
+        if let Some(t) = dev
+            .get("internet_next_change")
+            .and_then(|v| v.as_i64())
+            .and_then(|t| jiff::Timestamp::from_second(t).ok())
+        {
+            internet.push_str(&format!(" until {t}"));
+        }
         println!(
-            "{:<16} {:<15} {:<24} {:<22} {:>10} {:>10} {:>10} {:>8} {:>8}",
+            "{:<16} {:<15} {:<24} {:<22} {:>10} {:>10} {:>10} {:>8} {:>8}  {internet}",
             s("name"),
             s("ipv4"),
             s("ipv6"),

@@ -16,9 +16,11 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
+use super::firewall::{self as fwplan, FwSettings};
 use super::status;
 use crate::api::{
-    ApiError, DeviceAdded, Manage, NewDevice, NewToken, QueryLogChange, QueryLogState, StatusReport,
+    ApiError, DeviceAdded, FirewallView, Manage, NewDevice, NewToken, QueryLogChange,
+    QueryLogState, StatusReport,
 };
 use crate::dns::engine::Resolver;
 use crate::dns::local::{read_zone_files, LocalData};
@@ -26,6 +28,7 @@ use crate::dns::upstream::Upstreams;
 use crate::enroll::{self, EnrollSettings};
 use crate::filter::policy::{load_lists, GroupLists};
 use crate::filter::{ListManager, ListStatus, ListUrl, PolicySettings};
+use crate::firewall::FirewallPatch;
 use crate::hub::HubHandle;
 use crate::querylog::{QueryLog, Recipients};
 use crate::store::{ApiToken, Device, DevicePatch, Overlay, RuleAction, Store};
@@ -45,6 +48,8 @@ pub struct Engines {
     pub started: Instant,
     pub listen: Vec<String>,
     pub list_errors: std::sync::atomic::AtomicUsize,
+    /// The devices' firewalls (shared with the resolver and the hub).
+    pub firewall: Arc<crate::firewall::Firewall>,
 }
 
 mod views;
@@ -69,6 +74,11 @@ pub struct Control {
     rt: tokio::runtime::Handle,
     /// The live counters as last written to the hourly history.
     history: Mutex<HistoryMark>,
+    /// Firewall settings of the config (groups, time zone).
+    fw: Arc<FwSettings>,
+    /// When the firewall next changes by itself (Unix seconds), and the task that waits for it.
+    fw_next: Mutex<Option<i64>>,
+    pub fw_wake: Arc<tokio::sync::Notify>,
 }
 
 /// The settings a `Control` needs, read once from the config.
@@ -77,19 +87,7 @@ pub struct ControlSettings {
     pub policy: PolicySettings,
     pub internet_default: bool,
     pub retention_days: u32,
-}
-
-/// Overlay addresses of the devices whose own internet switch is off.
-pub fn no_internet_addrs(
-    store: &Store,
-    devices: &[Device],
-) -> Result<Vec<std::net::IpAddr>, crate::store::StoreError> {
-    let keys = store.internet_off_keys()?;
-    Ok(devices
-        .iter()
-        .filter(|d| keys.contains(&d.public_key))
-        .flat_map(|d| [d.ipv4.into(), d.ipv6.into()])
-        .collect())
+    pub firewall: Arc<FwSettings>,
 }
 
 /// `cloudpc internet on|off` (stored) overrides `egress.internet` (config).
@@ -177,6 +175,9 @@ impl Control {
             engines: None,
             rt,
             history: Mutex::new(HistoryMark::default()),
+            fw: settings.firewall,
+            fw_next: Mutex::new(None),
+            fw_wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -209,22 +210,83 @@ impl Control {
         let rules = store.rules()?;
         self.apply_groups(e, &rules, &devices);
         e.querylog.set_devices(&devices);
-        self.apply_internet_off(store, &devices)?;
+        self.apply_firewall(store, &devices)?;
         Ok(())
     }
 
-    /// Puts each device's own internet switch in force (the egress filter).
-    fn apply_internet_off(&self, store: &Store, devices: &[Device]) -> Result<(), ApiError> {
-        let Some(hub) = self.engines.as_ref().and_then(|e| e.hub.as_ref()) else {
+    /// Puts every device's firewall in force (the hub's data path, the resolver's checks and
+    /// the egress filter) as the store, the groups and the clock say now.
+    fn apply_firewall(&self, store: &Store, devices: &[Device]) -> Result<(), ApiError> {
+        let Some(e) = &self.engines else {
             return Ok(());
         };
-        hub.set_no_internet(no_internet_addrs(store, devices)?)
-            .map_err(|e| internal(format!("cannot switch a device's internet: {e}")))
+        let stored = store.device_firewalls()?;
+        let now = self.fw.now();
+        let plan = fwplan::plan(&self.fw, devices, &stored, &e.firewall.current(), &now);
+        if let Some(hub) = &e.hub {
+            hub.set_device_egress(plan.no_internet.clone(), plan.dns_redirect.clone())
+                .map_err(|e| internal(format!("cannot apply the device firewall: {e}")))?;
+        }
+        e.firewall.publish(plan.devices);
+        *self.fw_next.lock() = plan.next_change;
+        self.fw_wake.notify_one();
+        Ok(())
     }
 
-    /// Switches the internet of device `name` on or off (its own switch; the hub-wide one
-    /// still applies); in force when this returns.
-    fn switch_device_internet(&self, name: &str, on: bool) -> Result<bool, ApiError> {
+    /// Puts the firewall in force again (a timer ended or a schedule window turned); returns
+    /// when it next changes by itself (Unix seconds).
+    pub fn reapply_firewall(&self) -> Option<i64> {
+        let store = self.store.lock();
+        match store.devices() {
+            Ok(devices) => {
+                if let Err(e) = self.apply_firewall(&store, &devices) {
+                    tracing::warn!(error = %e, "the firewall's scheduled change failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the firewall's scheduled change failed"),
+        }
+        *self.fw_next.lock()
+    }
+
+    /// When the firewall next changes by itself (Unix seconds).
+    pub fn firewall_next_change(&self) -> Option<i64> {
+        *self.fw_next.lock()
+    }
+
+    /// A device's firewall as it stands.
+    fn firewall_view(
+        &self,
+        d: &Device,
+        stored: Option<&crate::store::DeviceFirewall>,
+    ) -> FirewallView {
+        let now = self.fw.now();
+        let eff = self.fw.effective(d, stored, &now);
+        let dropped = self
+            .engines
+            .as_ref()
+            .and_then(|e| e.firewall.device(d.ipv4.into()))
+            .map_or(0, |fw| fw.dropped());
+        FirewallView {
+            device: d.name.clone(),
+            group: d.group.clone(),
+            settings: stored.map(|s| s.spec.clone()).unwrap_or_default(),
+            timer: stored
+                .and_then(|s| s.timer)
+                .filter(|t| t.until > now.timestamp().as_second()),
+            effective: eff,
+            dropped,
+        }
+    }
+
+    /// Changes a device's own firewall settings; in force when this returns.
+    fn change_device_firewall(
+        &self,
+        name: &str,
+        patch: &FirewallPatch,
+    ) -> Result<FirewallView, ApiError> {
+        if patch.is_empty() {
+            return Err(bad("nothing to change"));
+        }
         let store = self.store.lock();
         let devices = store.devices()?;
         let Some(d) = devices.iter().find(|d| d.name == name) else {
@@ -232,23 +294,42 @@ impl Control {
                 "no device {name:?}; see `cloudpc device list`"
             )));
         };
-        let before = !store.internet_off_keys()?.contains(&d.public_key);
-        store.set_device_internet(&d.public_key, on)?;
-        if let Err(e) = self.apply_internet_off(&store, &devices) {
-            let _ = store.set_device_internet(&d.public_key, before);
+        let before = store
+            .device_firewalls()?
+            .remove(&d.public_key)
+            .unwrap_or_default();
+        let now = jiff::Timestamp::now().as_second();
+        let (spec, timer) =
+            crate::firewall::spec::apply_patch(&before.spec, patch, now).map_err(bad)?;
+        fwplan::check_reach(&spec, &devices, &self.fw.groups).map_err(bad)?;
+        let next = crate::store::DeviceFirewall {
+            spec,
+            timer: timer.unwrap_or(before.timer.filter(|t| t.until > now)),
+        };
+        store.set_device_firewall(&d.public_key, &next)?;
+        if let Err(e) = self.apply_firewall(&store, &devices) {
+            let _ = store.set_device_firewall(&d.public_key, &before);
+            let _ = self.apply_firewall(&store, &devices);
             return Err(e);
         }
-        Ok(on)
+        Ok(self.firewall_view(d, Some(&next)))
     }
 
-    /// Names of the devices whose own internet switch is off.
+    /// Names of the devices whose internet is off now (their own switch, a timer or a
+    /// schedule).
     pub fn internet_off_devices(&self) -> Result<Vec<String>, ApiError> {
         let store = self.store.lock();
-        let keys = store.internet_off_keys()?;
+        let stored = store.device_firewalls()?;
+        let now = self.fw.now();
         Ok(store
             .devices()?
             .into_iter()
-            .filter(|d| keys.contains(&d.public_key))
+            .filter(|d| {
+                self.fw
+                    .effective(d, stored.get(&d.public_key), &now)
+                    .internet
+                    == crate::firewall::InternetMode::Off
+            })
             .map(|d| d.name)
             .collect())
     }
@@ -493,7 +574,27 @@ impl Manage for Control {
     }
 
     fn set_device_internet(&self, name: &str, on: bool) -> Result<bool, ApiError> {
-        self.switch_device_internet(name, on)
+        let patch = FirewallPatch {
+            internet: Some(if on { "on" } else { "off" }.into()),
+            ..FirewallPatch::default()
+        };
+        self.change_device_firewall(name, &patch)?;
+        Ok(on)
+    }
+
+    fn device_firewall(&self, name: &str) -> Result<FirewallView, ApiError> {
+        let store = self.store.lock();
+        let d = store.device(name)?;
+        let stored = store.device_firewalls()?.remove(&d.public_key);
+        Ok(self.firewall_view(&d, stored.as_ref()))
+    }
+
+    fn set_device_firewall(
+        &self,
+        name: &str,
+        patch: &FirewallPatch,
+    ) -> Result<FirewallView, ApiError> {
+        self.change_device_firewall(name, patch)
     }
 
     fn set_internet(&self, on: bool) -> Result<bool, ApiError> {
@@ -607,8 +708,27 @@ impl Manage for Control {
                 "cloudpc is not running with this state dir; start it with `cloudpc run`".into(),
             ));
         };
-        let devices = self.store.lock().devices()?;
-        Ok(status::report(e, &devices))
+        let (devices, stored) = {
+            let store = self.store.lock();
+            (store.devices()?, store.device_firewalls()?)
+        };
+        let mut r = status::report(e, &devices);
+        for (d, v) in devices.iter().zip(r.devices.iter_mut()) {
+            let fw = self.firewall_view(d, stored.get(&d.public_key));
+            if let Some(o) = v.as_object_mut() {
+                o.insert("internet".into(), fw.effective.internet.as_str().into());
+                o.insert(
+                    "internet_source".into(),
+                    serde_json::to_value(fw.effective.source).unwrap_or_default(),
+                );
+                o.insert(
+                    "internet_next_change".into(),
+                    fw.effective.next_change.into(),
+                );
+                o.insert("firewall_dropped".into(), fw.dropped.into());
+            }
+        }
+        Ok(r)
     }
 
     fn tokens(&self) -> Result<Vec<ApiToken>, ApiError> {

@@ -8,6 +8,7 @@
 //! cause a reload. SIGHUP re-reads lists and zone files.
 
 pub mod control;
+pub mod firewall;
 mod status;
 
 use std::net::SocketAddr;
@@ -98,6 +99,7 @@ pub fn control_settings(
         policy: policy_settings(cfg),
         internet_default: cfg.egress.internet,
         retention_days: cfg.querylog.retention_days,
+        firewall: Arc::new(firewall::FwSettings::from_config(cfg)),
     })
 }
 
@@ -107,6 +109,31 @@ fn resolve_path(base: &Path, p: &str) -> PathBuf {
         p.to_path_buf()
     } else {
         base.join(p)
+    }
+}
+
+/// Puts the firewall's timers and schedules in force when they turn: sleeps until the next
+/// change the last apply computed (or until a change asks it to look again).
+async fn firewall_clock(control: Arc<Control>) {
+    let wake = control.fw_wake.clone();
+    let mut next = control.firewall_next_change();
+    loop {
+        let wait = match next {
+            Some(at) => {
+                let ms = at * 1000 - jiff::Timestamp::now().as_millisecond();
+                std::time::Duration::from_millis(ms.max(0) as u64)
+            }
+            None => std::time::Duration::from_secs(3600),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {
+                let c = control.clone();
+                next = tokio::task::spawn_blocking(move || c.reapply_firewall())
+                    .await
+                    .unwrap_or(None);
+            }
+            _ = wake.notified() => next = control.firewall_next_change(),
+        }
     }
 }
 
@@ -128,6 +155,17 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
     let rules = store.rules()?;
     let settings = control_settings(&cfg, &state_dir, overlay)?;
 
+    // The firewalls are in force before the first packet or query.
+    let fw = Arc::new(crate::firewall::Firewall::default());
+    let plan = firewall::plan(
+        &settings.firewall,
+        &devices,
+        &store.device_firewalls()?,
+        &Default::default(),
+        &settings.firewall.now(),
+    );
+    fw.publish(plan.devices);
+
     let hub = if cfg.wireguard.enabled {
         let hub = crate::hub::start(crate::hub::HubParams {
             wireguard: cfg.wireguard.clone(),
@@ -139,7 +177,9 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
             overlay,
             devices: devices.clone(),
             endpoints: store.endpoints()?,
-            no_internet: control::no_internet_addrs(&store, &devices)?,
+            no_internet: plan.no_internet,
+            dns_redirect: plan.dns_redirect,
+            firewall: fw.clone(),
         })
         .await?;
         Some(Arc::new(hub))
@@ -175,7 +215,8 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
             control::local_data(&cfg.dns.zone, &zones_dir, &devices, &overlay),
             stats,
         )
-        .with_querylog(querylog.clone()),
+        .with_querylog(querylog.clone())
+        .with_firewall(fw.clone()),
     );
     resolver.set_groups(settings.policy.groups(
         &rules,
@@ -222,6 +263,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
         started,
         listen: listen.clone(),
         list_errors: list_errors.into(),
+        firewall: fw,
     };
     let control = Arc::new(
         Control::offline(
@@ -279,6 +321,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
         tokio::spawn(save_endpoints(control.clone(), h.clone()));
     }
     tokio::spawn(save_history(control.clone()));
+    tokio::spawn(firewall_clock(control.clone()));
     tracing::info!(listen = ?listen, "cloudpc is serving");
 
     wait_for_exit(&control, &lists).await;

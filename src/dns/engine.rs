@@ -172,6 +172,8 @@ pub struct Resolver {
     pub stats: Arc<Stats>,
     limiter: RateLimiter,
     querylog: QueryLog,
+    /// The devices' firewalls: denied and allowlisted sites, and the addresses answers hand out.
+    firewall: Arc<crate::firewall::Firewall>,
 }
 
 thread_local! {
@@ -195,7 +197,14 @@ impl Resolver {
             local: ArcSwap::from_pointee(local),
             stats,
             querylog: QueryLog::disabled(),
+            firewall: Arc::default(),
         }
+    }
+
+    /// Checks and records devices' queries with their firewalls in `fw` (shared with the hub).
+    pub fn with_firewall(mut self, fw: Arc<crate::firewall::Firewall>) -> Resolver {
+        self.firewall = fw;
+        self
     }
 
     /// Records queries to `log` (which does nothing while the owner has not turned it on).
@@ -358,6 +367,20 @@ impl Resolver {
                 *text = name_text(&n);
                 name = Some(n);
             }
+            let fw = self.firewall.device(client);
+            if let Some(fw) = &fw {
+                let rcode = match fw.dns_check(&text) {
+                    crate::firewall::DnsCheck::Pass => None,
+                    crate::firewall::DnsCheck::Refuse => Some(wire::RCODE_REFUSED),
+                    crate::firewall::DnsCheck::NxDomain => Some(wire::RCODE_NXDOMAIN),
+                };
+                if let Some(rcode) = rcode {
+                    wire::error_answer(&q, query, rcode, false, out);
+                    self.count(client, true);
+                    self.log_query(client, &text, q.qtype, LogVerdict::Blocked, out, None);
+                    return Step::Answered;
+                }
+            }
             let group = self.group_of(client);
             let (pid, policy) = self.policy_of(&group);
             let verdict = policy.check(&text);
@@ -373,6 +396,12 @@ impl Resolver {
                 e.write_answer(&q, now, out);
                 Stats::bump(&self.stats.cache_hits);
                 self.finish(&q, query, transport, out);
+                if fw.is_some_and(|fw| !fw.record_answer(&text, out, now)) {
+                    wire::error_answer(&q, query, wire::RCODE_REFUSED, false, out);
+                    self.count(client, true);
+                    self.log_query(client, &text, q.qtype, LogVerdict::Blocked, out, None);
+                    return Step::Answered;
+                }
                 self.count(client, false);
                 self.log_query(client, &text, q.qtype, LogVerdict::Cached, out, None);
                 return Step::Answered;
@@ -596,9 +625,17 @@ impl Resolver {
         let entry = Arc::new(self.template(&q, &p.name, found, false, ttl, now));
         entry.write_answer(&q, now, out);
         self.finish(&q, &p.head, p.transport, out);
-        self.count(p.client, false);
         let ms = Some(millis(p.asked, now));
-        self.log_query(p.client, &p.text, q.qtype, LogVerdict::Forwarded, out, ms);
+        let fw = self.firewall.device(p.client);
+        if fw.is_some_and(|fw| !fw.record_answer(&p.text, out, now)) {
+            // A denied site in the chain (the answer is still cached for the others).
+            wire::error_answer(&q, &p.head, wire::RCODE_REFUSED, false, out);
+            self.count(p.client, true);
+            self.log_query(p.client, &p.text, q.qtype, LogVerdict::Blocked, out, ms);
+        } else {
+            self.count(p.client, false);
+            self.log_query(p.client, &p.text, q.qtype, LogVerdict::Forwarded, out, ms);
+        }
         if ttl > 0 && entry.rcode() != wire::RCODE_SERVFAIL {
             let pid = p.group.as_ref().map(|g| g.0).unwrap_or(0);
             let mut kb = [0u8; 263];

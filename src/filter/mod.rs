@@ -54,7 +54,7 @@
 
 pub mod fetch;
 mod load;
-mod names;
+pub(crate) mod names;
 mod parse;
 pub mod policy;
 mod set;

@@ -141,7 +141,7 @@ impl PolicySettings {
         let mut policies: HashMap<&str, (u8, Arc<Policy>)> = HashMap::new();
         for (i, (name, g)) in self.groups.iter().enumerate() {
             let policy = Policy {
-                rules: Filter::new(self.rules_set(rules, &g.block, &g.allow)),
+                rules: Filter::new(self.rules_set(rules, &g.block, &g.dns_allow())),
                 lists: lists
                     .get(name)
                     .cloned()

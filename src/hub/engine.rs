@@ -132,6 +132,9 @@ pub struct Counters {
     /// A device's endpoint moved to another address (roaming).
     #[serde(serialize_with = "ser")]
     pub endpoint_changes: AtomicU64,
+    /// Packets a device's firewall dropped.
+    #[serde(serialize_with = "ser")]
+    pub firewall_dropped: AtomicU64,
 }
 
 fn ser<S: serde::Serializer>(v: &AtomicU64, s: S) -> Result<S::Ok, S::Error> {
@@ -156,6 +159,8 @@ pub struct Engine {
     /// responder otherwise spends (`benches/hub_scale.rs` measures the difference).
     endpoints: RwLock<HashMap<SocketAddr, [u8; 32]>>,
     pub counters: Counters,
+    /// Each device's firewall (empty: every packet routes as it is).
+    firewall: Arc<crate::firewall::Firewall>,
 }
 
 /// How [`Engine::identify`] found a datagram's device.
@@ -191,7 +196,14 @@ impl Engine {
             nat64,
             endpoints: RwLock::new(HashMap::new()),
             counters: Counters::default(),
+            firewall: Arc::default(),
         }
+    }
+
+    /// The engine with the devices' firewalls in `fw` (shared with the resolver).
+    pub fn with_firewall(mut self, fw: Arc<crate::firewall::Firewall>) -> Engine {
+        self.firewall = fw;
+        self
     }
 
     /// What new sessions are made with.
@@ -245,7 +257,14 @@ impl Engine {
                 if let Some(p) = self.by_endpoint(table, from) {
                     return Some((p, Found::ByEndpoint));
                 }
-                return self.by_static_key(table, init).map(|p| (p, Found::Sure));
+                let found = self.by_static_key(table, init);
+                if found.is_none() {
+                    // A handshake for no device cost the same Diffie-Hellman as a real one,
+                    // which boringtun would have counted a second time: count it again so a
+                    // flood of them reaches the limit as fast (the MAC1 check is cheap).
+                    let _ = self.rate_limiter.verify_packet(None, d, &mut bufs.crypt);
+                }
+                return found.map(|p| (p, Found::Sure));
             }
             Packet::HandshakeResponse(r) => table.by_receiver_index(r.receiver_idx),
             Packet::PacketCookieReply(c) => table.by_receiver_index(c.receiver_idx),
@@ -420,6 +439,10 @@ impl Engine {
         sink: &impl Sink,
     ) {
         let verdict = route_from_device(&self.ctx, table, from.addrs, pkt);
+        if !self.firewall.is_empty() && !self.firewall_admits(from, &verdict, pkt, now) {
+            bump(&self.counters.firewall_dropped);
+            return;
+        }
         if tracing::enabled!(tracing::Level::TRACE) {
             let h = super::packet::IpHeader::parse(pkt).ok();
             tracing::trace!(header = ?h, verdict = ?verdict.kind(), "from device");
@@ -439,6 +462,34 @@ impl Engine {
             },
             Verdict::Drop(r) => self.count_drop(r),
         }
+    }
+
+    /// The device firewall's decision on a routed packet.
+    fn firewall_admits(
+        &self,
+        from: &Peer,
+        verdict: &Verdict<Arc<Peer>>,
+        pkt: &[u8],
+        now: Instant,
+    ) -> bool {
+        use crate::firewall::Target;
+        let target = match verdict {
+            Verdict::Peer(to) => Target::Device(to.addrs.v4),
+            Verdict::Nat64 => Target::Nat64,
+            Verdict::Drop(_) => return true,
+            Verdict::Tun => {
+                let hub = match pkt[0] >> 4 {
+                    4 => pkt.get(16..20) == Some(&self.ctx.overlay.hub_v4().octets()[..]),
+                    _ => pkt.get(24..40) == Some(&self.ctx.overlay.hub_v6().octets()[..]),
+                };
+                if hub {
+                    Target::Hub
+                } else {
+                    Target::Internet
+                }
+            }
+        };
+        self.firewall.admit(from.addrs.v4, target, pkt, now)
     }
 
     /// Handles one packet read from the TUN.

@@ -50,6 +50,10 @@ pub struct HubParams {
     pub endpoints: Vec<(String, crate::store::LastEndpoint)>,
     /// Overlay addresses of devices whose own internet switch is off.
     pub no_internet: Vec<std::net::IpAddr>,
+    /// Overlay addresses of devices whose DNS is redirected to the hub (firewall).
+    pub dns_redirect: Vec<std::net::IpAddr>,
+    /// The devices' firewalls (shared with the resolver).
+    pub firewall: Arc<crate::firewall::Firewall>,
 }
 
 /// Devices heard from this recently before a start are sent a handshake by the hub.
@@ -194,7 +198,10 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
         overlay: p.overlay,
         dns64_prefix: p.dns64_prefix,
     };
-    let engine = Arc::new(Engine::new(key.private.clone(), ctx, nat64_translator(&p)));
+    let engine = Arc::new(
+        Engine::new(key.private.clone(), ctx, nat64_translator(&p))
+            .with_firewall(p.firewall.clone()),
+    );
     let mut next_index: u32 = rand::random::<u32>();
     publish_devices(&engine, &p.devices, &mut next_index);
 
@@ -226,6 +233,7 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
         v6: p.overlay.v6,
         internet: p.internet,
         no_internet: p.no_internet.clone(),
+        dns_redirect: p.dns_redirect.clone(),
     };
     crate::egress::enable_forwarding(egress_out.as_deref())?;
     crate::egress::install(&spec)?;
@@ -372,19 +380,23 @@ impl HubHandle {
         Ok(())
     }
 
-    /// Cuts the internet of the devices at `addrs` (and gives it back to every other one);
-    /// in force when this returns.
-    pub fn set_no_internet(
+    /// Cuts the internet of the devices at `no_internet`, and sends the DNS of those at
+    /// `dns_redirect` to the hub (every other device gets both back); in force when this
+    /// returns.
+    pub fn set_device_egress(
         &self,
-        mut addrs: Vec<std::net::IpAddr>,
+        mut no_internet: Vec<std::net::IpAddr>,
+        mut dns_redirect: Vec<std::net::IpAddr>,
     ) -> Result<(), crate::egress::EgressError> {
-        addrs.sort();
+        no_internet.sort();
+        dns_redirect.sort();
         let mut spec = self.egress.lock();
-        if spec.no_internet == addrs {
+        if spec.no_internet == no_internet && spec.dns_redirect == dns_redirect {
             return Ok(());
         }
         let mut next = spec.clone();
-        next.no_internet = addrs;
+        next.no_internet = no_internet;
+        next.dns_redirect = dns_redirect;
         crate::egress::install(&next)?;
         *spec = next;
         Ok(())

@@ -1,13 +1,11 @@
 //! The admin page's login: the password's argon2 hash (in `meta`) and the sessions, of which
-//! only a SHA-256 of each random token is kept (a stolen database gives no session back);
-//! and each device's own internet switch (by public key, so it follows a rename).
+//! only a SHA-256 of each random token is kept (a stolen database gives no session back).
 
 use rusqlite::{params, OptionalExtension};
 
 use super::{Store, StoreError};
 
 pub(super) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS device_internet_off (public_key TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS admin_sessions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     hash BLOB NOT NULL UNIQUE,
@@ -35,32 +33,6 @@ pub struct AdminSession {
 }
 
 impl Store {
-    /// Public keys of the devices whose own internet switch is off.
-    pub fn internet_off_keys(&self) -> Result<Vec<String>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT o.public_key FROM device_internet_off o
-                 JOIN devices d ON d.public_key = o.public_key ORDER BY o.public_key",
-            )
-            .map_err(|e| self.db(e))?;
-        let rows = st.query_map([], |r| r.get(0)).map_err(|e| self.db(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.db(e))
-    }
-
-    /// Switches the internet of the device with `public_key` on or off.
-    pub fn set_device_internet(&self, public_key: &str, on: bool) -> Result<(), StoreError> {
-        let sql = if on {
-            "DELETE FROM device_internet_off WHERE public_key = ?1"
-        } else {
-            "INSERT OR IGNORE INTO device_internet_off(public_key) VALUES (?1)"
-        };
-        self.conn
-            .execute(sql, [public_key])
-            .map(|_| ())
-            .map_err(|e| self.db(e))
-    }
-
     /// The admin password's PHC string, when one is set.
     pub fn admin_password(&self) -> Result<Option<String>, StoreError> {
         self.meta(PASSWORD_KEY)

@@ -9,10 +9,12 @@
 //! (the CLI goes through its API); without a hub the CLI writes here directly.
 
 mod admin;
+mod firewall;
 mod history;
 mod tokens;
 
 pub use admin::AdminSession;
+pub use firewall::DeviceFirewall;
 pub use history::Traffic;
 pub use tokens::ApiToken;
 
@@ -242,6 +244,7 @@ impl Store {
             conn.execute_batch(SCHEMA)?;
             conn.execute_batch(tokens::SCHEMA)?;
             conn.execute_batch(admin::SCHEMA)?;
+            conn.execute_batch(firewall::SCHEMA)?;
             conn.execute_batch(history::SCHEMA)?;
             conn.execute_batch(querylog::SCHEMA)?;
             conn.execute_batch(lists::SCHEMA)?;

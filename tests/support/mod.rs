@@ -43,6 +43,11 @@ big.example.test.       IN TXT  "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
 big.example.test.       IN TXT  "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
 web.example.test.       IN A    127.0.0.1
 web64.example.test.     IN A    192.0.2.80
+www.wiki.test.      1   IN CNAME edge.cdn-a.test.
+edge.cdn-a.test.    1   IN A    192.0.2.80
+other.test.         1   IN A    192.0.2.81
+use-application-dns.net. IN A   192.0.2.99
+dns.google.             IN A    192.0.2.98
 "#;
 
 /// The list file the tests load (ABP, hosts and plain lines together).

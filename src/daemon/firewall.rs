@@ -1,0 +1,236 @@
+//! Turning the stored and configured firewall settings into the firewalls in force: one pure
+//! step ([`plan`]) from the devices, their stored settings, the groups and the clock to each
+//! device's [`DeviceFw`], the egress filter's address sets, and when the plan next changes by
+//! itself (a timer ending, a schedule window opening or closing).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use jiff::tz::TimeZone;
+use jiff::ZonedDateTime;
+use rustc_hash::FxHashMap;
+
+use crate::config::Config;
+use crate::firewall::{
+    self, Compiled, DeviceFw, Effective, FirewallSpec, InternetMode, PacketRule, Reach, ReachAddr,
+    ReachTarget, Sites,
+};
+use crate::store::{Device, DeviceFirewall};
+
+/// A group's firewall, with its site sets built once (a million names take a moment).
+pub struct GroupFw {
+    pub spec: FirewallSpec,
+    allow_sites: Arc<Sites>,
+    deny_sites: Arc<Sites>,
+}
+
+/// The firewall settings read from the config.
+pub struct FwSettings {
+    pub settings: firewall::Settings,
+    pub tz: TimeZone,
+    pub groups: BTreeMap<String, GroupFw>,
+}
+
+impl FwSettings {
+    /// Reads `[firewall]` and the groups' firewall settings (the config was validated).
+    pub fn from_config(cfg: &Config) -> FwSettings {
+        let groups = cfg
+            .groups
+            .iter()
+            .map(|(name, g)| {
+                let spec = g.firewall();
+                let fw = GroupFw {
+                    allow_sites: Arc::new(Sites::build(&spec.allow_sites)),
+                    deny_sites: Arc::new(Sites::build(&spec.deny_sites)),
+                    spec,
+                };
+                (name.clone(), fw)
+            })
+            .collect();
+        FwSettings {
+            settings: firewall::Settings {
+                site_ttl_floor: std::time::Duration::from_secs(cfg.firewall.site_ttl_floor),
+                max_sites: cfg.firewall.max_sites,
+            },
+            tz: cfg.firewall.time_zone().unwrap_or(TimeZone::UTC),
+            groups,
+        }
+    }
+
+    /// The clock in the schedules' time zone.
+    pub fn now(&self) -> ZonedDateTime {
+        jiff::Timestamp::now().to_zoned_datetime(self.tz.clone())
+    }
+
+    /// The effective mode of a device.
+    pub fn effective(
+        &self,
+        d: &Device,
+        stored: Option<&DeviceFirewall>,
+        now: &ZonedDateTime,
+    ) -> Effective {
+        let group = d
+            .group
+            .as_deref()
+            .and_then(|g| self.groups.get(g))
+            .map(|g| &g.spec);
+        let empty = DeviceFirewall::default();
+        let own = stored.unwrap_or(&empty);
+        firewall::spec::effective(group, &own.spec, own.timer, now)
+    }
+}
+
+/// What [`plan`] makes.
+#[derive(Default)]
+pub struct Plan {
+    pub devices: FxHashMap<IpAddr, Arc<DeviceFw>>,
+    /// Devices whose internet is off (the egress filter drops them too).
+    pub no_internet: Vec<IpAddr>,
+    /// Devices whose DNS to any address goes to the hub.
+    pub dns_redirect: Vec<IpAddr>,
+    /// Unix seconds of the next change by itself.
+    pub next_change: Option<i64>,
+    /// Each device's effective mode, by public key.
+    pub effective: HashMap<String, Effective>,
+}
+
+/// Builds every device's firewall; `current` keeps what a device's firewall learned (sites,
+/// open connections) across the change.
+pub fn plan(
+    s: &FwSettings,
+    devices: &[Device],
+    stored: &HashMap<String, DeviceFirewall>,
+    current: &FxHashMap<IpAddr, Arc<DeviceFw>>,
+    now: &ZonedDateTime,
+) -> Plan {
+    let mut out = Plan::default();
+    for d in devices {
+        let own = stored.get(&d.public_key);
+        let eff = s.effective(d, own, now);
+        if let Some(t) = eff.next_change {
+            out.next_change = Some(out.next_change.map_or(t, |n| n.min(t)));
+        }
+        out.effective.insert(d.public_key.clone(), eff);
+        let group = d.group.as_deref().and_then(|g| s.groups.get(g));
+        let empty = FirewallSpec::default();
+        let spec = own.map_or(&empty, |o| &o.spec);
+        let c = compile(group, spec, eff.internet, devices);
+        if c.is_open() {
+            continue;
+        }
+        let addrs = [IpAddr::V4(d.ipv4), IpAddr::V6(d.ipv6)];
+        if c.mode == InternetMode::Off {
+            out.no_internet.extend(addrs);
+        }
+        if c.restricted() {
+            out.dns_redirect.extend(addrs);
+        }
+        let fw = match current.get(&addrs[0]) {
+            Some(fw) => {
+                fw.set_rules(c);
+                fw.clone()
+            }
+            None => Arc::new(DeviceFw::new(c, s.settings)),
+        };
+        for a in addrs {
+            out.devices.insert(a, fw.clone());
+        }
+    }
+    out
+}
+
+/// One device's policy: its own settings over its group's (lists are joined; the device's
+/// `reach` replaces the group's), in the mode in force.
+fn compile(
+    group: Option<&GroupFw>,
+    own: &FirewallSpec,
+    mode: InternetMode,
+    devices: &[Device],
+) -> Compiled {
+    let mut allow_sites = Vec::new();
+    let mut deny_sites = Vec::new();
+    if let Some(g) = group {
+        if !g.allow_sites.is_empty() {
+            allow_sites.push(g.allow_sites.clone());
+        }
+        if !g.deny_sites.is_empty() {
+            deny_sites.push(g.deny_sites.clone());
+        }
+    }
+    if !own.allow_sites.is_empty() {
+        allow_sites.push(Arc::new(Sites::build(&own.allow_sites)));
+    }
+    if !own.deny_sites.is_empty() {
+        deny_sites.push(Arc::new(Sites::build(&own.deny_sites)));
+    }
+    let rules = |pick: fn(&FirewallSpec) -> &Vec<String>| -> Vec<PacketRule> {
+        group
+            .map(|g| pick(&g.spec))
+            .into_iter()
+            .flatten()
+            .chain(pick(own))
+            .filter_map(|r| PacketRule::parse(r).ok())
+            .collect()
+    };
+    let reach = own
+        .reach
+        .as_ref()
+        .or(group.and_then(|g| g.spec.reach.as_ref()))
+        .map(|entries| resolve_reach(entries, devices));
+    Compiled {
+        mode,
+        allow_sites,
+        deny_sites,
+        allow: rules(|s| &s.allow),
+        deny: rules(|s| &s.deny),
+        reach,
+    }
+}
+
+/// The addresses a `reach` list names (names no device has match nothing).
+fn resolve_reach(entries: &[String], devices: &[Device]) -> Vec<ReachAddr> {
+    let mut out = Vec::new();
+    for e in entries {
+        let Ok(r) = Reach::parse(e) else { continue };
+        for d in devices {
+            let hit = match &r.target {
+                ReachTarget::Device(n) => &d.name == n,
+                ReachTarget::Group(g) => d.group.as_deref() == Some(g.as_str()),
+            };
+            if hit {
+                out.push(ReachAddr {
+                    v4: d.ipv4,
+                    v6: d.ipv6,
+                    ports: r.ports,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Checks that a device's `reach` names devices and groups that exist.
+pub fn check_reach(
+    spec: &FirewallSpec,
+    devices: &[Device],
+    groups: &BTreeMap<String, GroupFw>,
+) -> Result<(), String> {
+    for e in spec.reach.iter().flatten() {
+        let r = Reach::parse(e)?;
+        match &r.target {
+            ReachTarget::Device(n) if !devices.iter().any(|d| &d.name == n) => {
+                return Err(format!(
+                    "reach {e:?}: there is no device {n:?}; see `cloudpc device list`"
+                ))
+            }
+            ReachTarget::Group(g) if !groups.contains_key(g) => {
+                return Err(format!(
+                    "reach {e:?}: there is no group {g:?} in the config ([groups.NAME])"
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
