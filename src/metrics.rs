@@ -82,6 +82,8 @@ pub struct Sources<'a> {
     pub querylog: QueryLogStats,
     /// Unix seconds now (for last-handshake timestamps).
     pub now_unix: i64,
+    /// The devices' firewalls, for their drop counters.
+    pub firewall: Option<&'a crate::firewall::Firewall>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -285,7 +287,20 @@ pub fn render(s: &Sources<'_>) -> String {
             "Times a device's endpoint moved to another address (roaming)",
             c.endpoint_changes.load(Relaxed),
         );
-        let drops: [(&str, &AtomicU64); 10] = [
+        counters(
+            &mut reg,
+            "device_firewall_dropped",
+            "Connection attempts each device's firewall dropped (counts only)",
+            s.devices
+                .iter()
+                .filter_map(|d| {
+                    let fw = s.firewall?.device(d.ipv4.into())?;
+                    Some((label("device", d.name.clone()), fw.dropped()))
+                })
+                .collect(),
+        );
+        let drops: [(&str, &AtomicU64); 11] = [
+            ("firewall", &c.firewall_dropped),
             ("malformed_datagram", &c.malformed_datagrams),
             ("unknown_peer", &c.unknown_peer),
             ("bad_handshake", &c.bad_handshakes),

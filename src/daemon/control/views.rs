@@ -71,6 +71,7 @@ impl Control {
             hub,
             querylog: e.querylog.stats(),
             now_unix: jiff::Timestamp::now().as_second(),
+            firewall: Some(&e.firewall),
         }))
     }
 
