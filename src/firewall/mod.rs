@@ -580,16 +580,66 @@ impl L4 {
     }
 }
 
+/// An I/O task's last allowed packet: the same connection again, under the same published
+/// firewalls, within [`FAST_PATH`], is allowed without the shared tables.
+#[derive(Default)]
+pub struct FastPath {
+    last: Option<(Ipv4Addr, Target, FlowKey, u64, Instant)>,
+}
+
 /// Every device's firewall, shared by the resolver and the hub.
 #[derive(Default)]
 pub struct Firewall {
     devices: ArcSwap<FxHashMap<IpAddr, Arc<DeviceFw>>>,
+    /// Some device has a firewall (the hub's per-packet check reads only this when none has).
+    active: std::sync::atomic::AtomicBool,
+    /// Bumped at every publish: decisions cached before it no longer hold.
+    generation: AtomicU64,
 }
 
 impl Firewall {
     /// Publishes the firewalls in force, by each device's overlay addresses.
     pub fn publish(&self, devices: FxHashMap<IpAddr, Arc<DeviceFw>>) {
+        let active = !devices.is_empty();
         self.devices.store(Arc::new(devices));
+        self.generation.fetch_add(1, Ordering::Release);
+        self.active.store(active, Ordering::Release);
+    }
+
+    /// True when some device has a firewall.
+    #[inline]
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// [`Firewall::admit`] with the I/O task's cache of its last allowed packet.
+    #[inline]
+    pub fn admit_fast(
+        &self,
+        fast: &mut FastPath,
+        from: Ipv4Addr,
+        target: Target,
+        pkt: &[u8],
+        now: Instant,
+    ) -> bool {
+        let Some(l4) = L4::parse(pkt) else {
+            return true;
+        };
+        let key = FlowKey {
+            peer: l4.dst,
+            proto: l4.proto,
+            near: l4.sport,
+            far: l4.dport,
+        };
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some((f, t, k, g, until)) = fast.last {
+            if f == from && t == target && k == key && g == generation && now < until {
+                return true;
+            }
+        }
+        let ok = self.admit(from, target, pkt, now);
+        fast.last = ok.then_some((from, target, key, generation, now + FAST_PATH));
+        ok
     }
 
     /// The firewalls in force.

@@ -377,3 +377,27 @@ fn fuzz_firewall_packets_and_answers() {
         },
     );
 }
+
+#[test]
+fn the_fast_path_holds_only_until_the_next_publish() {
+    let (all, fw) = firewall(DeviceFw::new(
+        compiled(InternetMode::On),
+        Settings::default(),
+    ));
+    let mut fast = FastPath::default();
+    let t = Instant::now();
+    let p = pkt([192, 0, 2, 80], 6, 42000, 443, false);
+    assert!(all.admit_fast(&mut fast, ME, Target::Internet, &p, t));
+    assert!(all.admit_fast(&mut fast, ME, Target::Internet, &p, t));
+    // A new policy is published: the cached decision goes with the old one.
+    let mut c = compiled(InternetMode::On);
+    c.deny = vec![PacketRule::parse("tcp/443").unwrap()];
+    fw.set_rules(c);
+    let mut m = FxHashMap::default();
+    m.insert(IpAddr::from([100, 96, 0, 2]), fw.clone());
+    all.publish(m);
+    assert!(!all.admit_fast(&mut fast, ME, Target::Internet, &p, t));
+    assert!(all.is_active());
+    all.publish(FxHashMap::default());
+    assert!(!all.is_active());
+}

@@ -80,6 +80,9 @@ pub struct Bufs {
     plain: Box<[u8]>,
     crypt: Box<[u8]>,
     nat: Vec<u8>,
+    /// This I/O task's last firewall decision (a run of one connection's packets skips the
+    /// shared tables).
+    fw: crate::firewall::FastPath,
 }
 
 impl Default for Bufs {
@@ -89,6 +92,7 @@ impl Default for Bufs {
             crypt: vec![0; MAX_PACKET + OVERHEAD].into_boxed_slice(),
             // NAT64 may add 20 bytes (IPv4 → IPv6 header).
             nat: Vec::with_capacity(MAX_PACKET + OVERHEAD),
+            fw: Default::default(),
         }
     }
 }
@@ -346,9 +350,14 @@ impl Engine {
         // The source session's lock is released here: routing may lock another session, and
         // two devices talking to each other must not wait on each other's locks.
         if let Inner::Packet(off, len) = inner {
-            let Bufs { plain, crypt, nat } = bufs;
+            let Bufs {
+                plain,
+                crypt,
+                nat,
+                fw,
+            } = bufs;
             let pkt = &plain[off..off + len];
-            self.route_device_packet(&table, &peer, pkt, now, crypt, nat, sink);
+            self.route_device_packet(&table, &peer, pkt, now, crypt, nat, fw, sink);
         }
     }
 
@@ -436,10 +445,11 @@ impl Engine {
         now: Instant,
         crypt: &mut [u8],
         nat: &mut Vec<u8>,
+        fw: &mut crate::firewall::FastPath,
         sink: &impl Sink,
     ) {
         let verdict = route_from_device(&self.ctx, table, from.addrs, pkt);
-        if !self.firewall.is_empty() && !self.firewall_admits(from, &verdict, pkt, now) {
+        if self.firewall.is_active() && !self.firewall_admits(from, &verdict, pkt, now, fw) {
             bump(&self.counters.firewall_dropped);
             return;
         }
@@ -471,6 +481,7 @@ impl Engine {
         verdict: &Verdict<Arc<Peer>>,
         pkt: &[u8],
         now: Instant,
+        fast: &mut crate::firewall::FastPath,
     ) -> bool {
         use crate::firewall::Target;
         let target = match verdict {
@@ -489,7 +500,8 @@ impl Engine {
                 }
             }
         };
-        self.firewall.admit(from.addrs.v4, target, pkt, now)
+        self.firewall
+            .admit_fast(fast, from.addrs.v4, target, pkt, now)
     }
 
     /// Handles one packet read from the TUN.
