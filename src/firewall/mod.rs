@@ -581,7 +581,7 @@ impl L4 {
 }
 
 /// An I/O task's last allowed packet: the same connection again, under the same published
-/// firewalls, within [`FAST_PATH`], is allowed without the shared tables.
+/// firewalls, within a second, is allowed without the shared tables.
 #[derive(Default)]
 pub struct FastPath {
     last: Option<(Ipv4Addr, Target, FlowKey, u64, Instant)>,
