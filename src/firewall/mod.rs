@@ -214,8 +214,6 @@ struct State {
     order: VecDeque<(IpAddr, u64)>,
     seq: u64,
     flows: FxHashMap<FlowKey, Instant>,
-    /// The last packet's connection, allowed until the instant.
-    last: Option<(FlowKey, Target, Instant)>,
 }
 
 /// One device's firewall: its policy and what it learned (sites and open connections).
@@ -257,7 +255,6 @@ impl DeviceFw {
         for site in st.sites.values_mut() {
             judge(site, &rules);
         }
-        st.last = None;
         self.rules.store(Arc::new(rules));
     }
 
@@ -345,19 +342,8 @@ impl DeviceFw {
 
     /// The decision for a packet of this device to `target`.
     fn admit(&self, l4: &L4, target: Target, now: Instant) -> bool {
-        let key = FlowKey {
-            peer: l4.dst,
-            proto: l4.proto,
-            near: l4.sport,
-            far: l4.dport,
-        };
+        let key = l4.flow();
         let mut st = self.state.lock();
-        if st
-            .last
-            .is_some_and(|(k, t, until)| k == key && t == target && now < until)
-        {
-            return true;
-        }
         let r = self.rules.load();
         let ok = match target {
             Target::Hub => true,
@@ -373,9 +359,7 @@ impl DeviceFw {
             },
             Target::Internet | Target::Nat64 => self.internet(&r, &mut st, l4, key, target, now),
         };
-        if ok {
-            st.last = Some((key, target, now + FAST_PATH));
-        } else if l4.opens() {
+        if !ok && l4.opens() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         ok
@@ -427,9 +411,9 @@ impl DeviceFw {
     }
 
     /// Another device opened (or continues) a connection to this one: its replies may pass.
-    fn remember_inbound(&self, l4: &L4, from: IpAddr, now: Instant) {
+    fn remember_inbound(&self, l4: &L4, now: Instant) {
         let key = FlowKey {
-            peer: from,
+            peer: l4.src,
             proto: l4.proto,
             near: l4.dport,
             far: l4.sport,
@@ -507,6 +491,7 @@ fn read_answer(qname: &str, answer: &[u8]) -> Option<(Vec<String>, Addrs)> {
 /// What the firewall reads of a packet: protocol, ports, destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct L4 {
+    pub src: IpAddr,
     pub dst: IpAddr,
     pub proto: u8,
     /// Ports were read (TCP or UDP, first fragment).
@@ -520,15 +505,17 @@ pub struct L4 {
 impl L4 {
     /// Reads a packet the router already parsed (so the IP header is known to be sound).
     pub fn parse(pkt: &[u8]) -> Option<L4> {
-        let (dst, proto, off) = match pkt.first()? >> 4 {
+        let (src, dst, proto, off) = match pkt.first()? >> 4 {
             4 => {
                 let ihl = usize::from(pkt.first()? & 0x0f) * 4;
+                let s: [u8; 4] = pkt.get(12..16)?.try_into().ok()?;
                 let d: [u8; 4] = pkt.get(16..20)?.try_into().ok()?;
                 let frag = u16::from_be_bytes([*pkt.get(6)?, *pkt.get(7)?]) & 0x1fff;
                 let off = (frag == 0).then_some(ihl);
-                (IpAddr::from(d), *pkt.get(9)?, off)
+                (IpAddr::from(s), IpAddr::from(d), *pkt.get(9)?, off)
             }
             6 => {
+                let s: [u8; 16] = pkt.get(8..24)?.try_into().ok()?;
                 let d: [u8; 16] = pkt.get(24..40)?.try_into().ok()?;
                 let mut next = *pkt.get(6)?;
                 let mut off = Some(40usize);
@@ -547,11 +534,12 @@ impl L4 {
                         _ => break,
                     }
                 }
-                (IpAddr::from(d), next, off)
+                (IpAddr::from(s), IpAddr::from(d), next, off)
             }
             _ => return None,
         };
         let mut l4 = L4 {
+            src,
             dst,
             proto,
             ports: false,
@@ -572,6 +560,16 @@ impl L4 {
             }
         }
         Some(l4)
+    }
+
+    /// The packet's connection, seen from its sender.
+    fn flow(&self) -> FlowKey {
+        FlowKey {
+            peer: self.dst,
+            proto: self.proto,
+            near: self.sport,
+            far: self.dport,
+        }
     }
 
     /// A packet that starts a connection (what the drop counter counts).
@@ -625,19 +623,14 @@ impl Firewall {
         let Some(l4) = L4::parse(pkt) else {
             return true;
         };
-        let key = FlowKey {
-            peer: l4.dst,
-            proto: l4.proto,
-            near: l4.sport,
-            far: l4.dport,
-        };
+        let key = l4.flow();
         let generation = self.generation.load(Ordering::Acquire);
         if let Some((f, t, k, g, until)) = fast.last {
             if f == from && t == target && k == key && g == generation && now < until {
                 return true;
             }
         }
-        let ok = self.admit(from, target, pkt, now);
+        let ok = self.decide(from, target, &l4, now);
         fast.last = ok.then_some((from, target, key, generation, now + FAST_PATH));
         ok
     }
@@ -666,6 +659,12 @@ impl Firewall {
     /// Whether the hub forwards `pkt` from the device at `from` to `target`.
     #[inline]
     pub fn admit(&self, from: Ipv4Addr, target: Target, pkt: &[u8], now: Instant) -> bool {
+        L4::parse(pkt).is_none_or(|l4| self.decide(from, target, &l4, now))
+    }
+
+    /// The decision on a read packet: the sender's firewall judges it, and the receiver's
+    /// remembers a connection opened to it.
+    fn decide(&self, from: Ipv4Addr, target: Target, l4: &L4, now: Instant) -> bool {
         let m = self.devices.load();
         if m.is_empty() {
             return true;
@@ -675,23 +674,13 @@ impl Firewall {
             Target::Device(to) => m.get(&IpAddr::V4(to)),
             _ => None,
         };
-        if src.is_none() && dst.is_none() {
-            return true;
-        }
-        let Some(l4) = L4::parse(pkt) else {
-            return true;
-        };
         if let Some(fw) = src {
-            if !fw.admit(&l4, target, now) {
+            if !fw.admit(l4, target, now) {
                 return false;
             }
         }
         if let Some(fw) = dst {
-            let src_ip = match pkt[0] >> 4 {
-                4 => IpAddr::from(<[u8; 4]>::try_from(&pkt[12..16]).unwrap_or([0; 4])),
-                _ => IpAddr::from(<[u8; 16]>::try_from(&pkt[8..24]).unwrap_or([0; 16])),
-            };
-            fw.remember_inbound(&l4, src_ip, now);
+            fw.remember_inbound(l4, now);
         }
         true
     }
