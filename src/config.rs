@@ -55,6 +55,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub admin: AdminConfig,
     pub firewall: FirewallConfig,
+    pub tls: TlsConfig,
     /// Per-device policy groups: `[groups.NAME]`.
     pub groups: std::collections::BTreeMap<String, GroupConfig>,
 }
@@ -174,6 +175,14 @@ pub struct DnsConfig {
     pub tls_listen: Vec<SocketAddr>,
     /// DNS-over-HTTPS listen addresses (path `/dns-query`).
     pub https_listen: Vec<SocketAddr>,
+    /// Serve DoT and DoH on the public address for devices off the tunnel, each naming
+    /// itself by its DNS token (queries without a valid token are refused).
+    pub public: bool,
+    /// With `public`: the DoT listeners (port 853).
+    pub public_tls_listen: Vec<SocketAddr>,
+    /// With `public`: the DoH listeners (port 443, shared with the admin page and the ACME
+    /// validation).
+    pub public_https_listen: Vec<SocketAddr>,
     /// Client networks answered besides loopback and the overlay.
     pub allow_from: Vec<IpNet>,
     /// Upstream resolvers, tried in order with fail-over.
@@ -208,6 +217,15 @@ impl Default for DnsConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
             tls_listen: vec![],
             https_listen: vec![],
+            public: false,
+            public_tls_listen: vec![
+                "0.0.0.0:853".parse().expect("constant"),
+                "[::]:853".parse().expect("constant"),
+            ],
+            public_https_listen: vec![
+                "0.0.0.0:443".parse().expect("constant"),
+                "[::]:443".parse().expect("constant"),
+            ],
             allow_from: vec![],
             upstreams: vec!["tls://9.9.9.9:853#dns.quad9.net".into()],
             upstream_ca: String::new(),
@@ -224,6 +242,60 @@ impl Default for DnsConfig {
             tcp_idle_timeout: 10,
             upstream_timeout: 3,
         }
+    }
+}
+
+/// `[tls]`: the certificate of the hub's TLS listeners.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The Cloud PC's public host name; empty = the host of `wireguard.endpoint` when it is a
+    /// name. The devices' DoT names are `<token>.DOMAIN`.
+    pub domain: String,
+    /// Get the certificate from an ACME CA (TLS-ALPN-01 on port 443 of the public address:
+    /// needs `dns.public` or an `https_listen` there).
+    pub acme: bool,
+    /// The CA's ACME directory.
+    pub acme_directory: String,
+    /// Contact address given to the CA (optional).
+    pub acme_email: String,
+    /// PEM root the CA's own HTTPS is checked with (a private CA); empty = the system's.
+    pub acme_ca: String,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            domain: String::new(),
+            acme: false,
+            acme_directory: crate::certs::acme::LETS_ENCRYPT.into(),
+            acme_email: String::new(),
+            acme_ca: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The public host name: `tls.domain`, else the host of `wireguard.endpoint` when it is a
+    /// name (not an address); empty when there is none.
+    pub fn public_domain(&self) -> String {
+        let d = if self.tls.domain.is_empty() {
+            let host = self
+                .wireguard
+                .endpoint
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(&self.wireguard.endpoint);
+            let host = host.trim_matches(['[', ']']);
+            if host.parse::<std::net::IpAddr>().is_ok() {
+                ""
+            } else {
+                host
+            }
+        } else {
+            &self.tls.domain
+        };
+        d.trim_end_matches('.').to_ascii_lowercase()
     }
 }
 
@@ -447,6 +519,36 @@ impl Config {
                 "dns.zone",
                 format!("{:?} is not a DNS name, e.g. \"mesh\"", self.dns.zone),
             );
+        }
+        let domain = self.public_domain();
+        if !domain.is_empty() && !crate::dns::name::is_valid_zone(&domain) {
+            return inv(
+                "tls.domain",
+                format!("{domain:?} is not a host name, e.g. \"vpn.example.com\""),
+            );
+        }
+        if self.tls.acme {
+            if domain.is_empty() {
+                return inv(
+                    "tls.acme",
+                    "a certificate from a CA needs a host name: set tls.domain (or a name in wireguard.endpoint)".into(),
+                );
+            }
+            if !self.tls.acme_directory.starts_with("https://") {
+                return inv(
+                    "tls.acme_directory",
+                    format!(
+                        "{:?} is not an https:// URL of an ACME directory",
+                        self.tls.acme_directory
+                    ),
+                );
+            }
+            if !self.dns.tls_cert.is_empty() {
+                return inv(
+                    "tls.acme",
+                    "acme = true and dns.tls_cert both choose the certificate: keep one".into(),
+                );
+            }
         }
         if self.dns.tls_cert.is_empty() != self.dns.tls_key.is_empty() {
             return inv(

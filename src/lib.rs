@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::net::UnixStream;
 
 use super::{
-    ApiError, DeviceAdded, FirewallView, Manage, NewDevice, NewToken, QueryLogChange,
+    ApiError, DeviceAdded, DeviceDns, FirewallView, Manage, NewDevice, NewToken, QueryLogChange,
     QueryLogState, StatusReport,
 };
 use crate::filter::ListStatus;
@@ -235,5 +235,18 @@ impl Manage for Client {
     fn revoke_token(&self, id: i64) -> Result<(), ApiError> {
         let _: Value = self.call(Method::DELETE, &format!("/v1/tokens/{id}"), None)?;
         Ok(())
+    }
+    fn device_dns(&self, name: &str) -> Result<DeviceDns, ApiError> {
+        self.call(Method::GET, &format!("/v1/devices/{}/dns", enc(name)), None)
+    }
+    fn new_dns_token(&self, name: &str) -> Result<DeviceDns, ApiError> {
+        let path = format!("/v1/devices/{}/dns/token", enc(name));
+        self.call(Method::POST, &path, None)
+    }
+    fn tls(&self) -> Result<crate::certs::TlsStatus, ApiError> {
+        self.call(Method::GET, "/v1/tls", None)
+    }
+    fn renew_certificate(&self) -> Result<crate::certs::TlsStatus, ApiError> {
+        self.call(Method::POST, "/v1/tls/renew", None)
     }
 }

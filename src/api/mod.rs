@@ -16,7 +16,8 @@ pub mod types;
 pub use client::Client;
 pub use serve::{serve, ApiListeners, ServeError, OVERLAY_PORT};
 pub use types::{
-    DeviceAdded, FirewallView, NewDevice, NewToken, QueryLogChange, QueryLogState, StatusReport,
+    DeviceAdded, DeviceDns, FirewallView, NewDevice, NewToken, QueryLogChange, QueryLogState,
+    StatusReport,
 };
 
 use crate::filter::ListStatus;
@@ -52,6 +53,9 @@ pub enum ApiError {
     /// 415: the body is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 502: a server the hub asked on the caller's behalf failed (the ACME CA).
+    #[error("{0}")]
+    BadGateway(String),
     /// 503: the operation needs a running hub (status).
     #[error("{0}")]
     NotRunning(String),
@@ -78,6 +82,7 @@ impl ApiError {
             ApiError::Conflict(_) => 409,
             ApiError::TooLarge(_) => 413,
             ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::BadGateway(_) => 502,
             ApiError::NotRunning(_) => 503,
             ApiError::DiskFull(_) => 507,
             ApiError::Internal(_) | ApiError::Unreachable(_) => 500,
@@ -95,6 +100,7 @@ impl ApiError {
             409 => ApiError::Conflict(message),
             413 => ApiError::TooLarge(message),
             415 => ApiError::UnsupportedMediaType(message),
+            502 => ApiError::BadGateway(message),
             503 => ApiError::NotRunning(message),
             507 => ApiError::DiskFull(message),
             _ => ApiError::Internal(message),
@@ -170,4 +176,12 @@ pub trait Manage {
     fn create_token(&self, name: &str) -> Result<NewToken, ApiError>;
     /// Revokes a token.
     fn revoke_token(&self, id: i64) -> Result<(), ApiError>;
+    /// A device's DNS token and its DoH URL and DoT name.
+    fn device_dns(&self, name: &str) -> Result<DeviceDns, ApiError>;
+    /// Gives a device a new DNS token (the old one stops working at once).
+    fn new_dns_token(&self, name: &str) -> Result<DeviceDns, ApiError>;
+    /// The certificate served (needs a running hub).
+    fn tls(&self) -> Result<crate::certs::TlsStatus, ApiError>;
+    /// Asks the ACME CA for a new certificate now; returns once it is served.
+    fn renew_certificate(&self) -> Result<crate::certs::TlsStatus, ApiError>;
 }

@@ -144,6 +144,10 @@ pub fn router(control: Arc<Control>) -> Router {
             "/v1/devices/{name}/firewall",
             get(device_firewall).patch(set_device_firewall),
         )
+        .route("/v1/devices/{name}/dns", get(device_dns))
+        .route("/v1/devices/{name}/dns/token", post(new_dns_token))
+        .route("/v1/tls", get(tls))
+        .route("/v1/tls/renew", post(renew_certificate))
         .route("/v1/rules/{kind}", get(list_rules).post(add_rule))
         .route("/v1/rules/{kind}/{domain}", delete(remove_rule))
         .route("/v1/internet", get(internet).put(set_internet))
@@ -267,6 +271,28 @@ async fn set_device_firewall(
         StatusCode::OK,
         call(&c, move |c| c.set_device_firewall(&name, &patch)).await?,
     )
+}
+
+async fn device_dns(State(c): State<Arc<Control>>, Path(name): Path<String>) -> Answer {
+    ok(
+        StatusCode::OK,
+        call(&c, move |c| c.device_dns(&name)).await?,
+    )
+}
+
+async fn new_dns_token(State(c): State<Arc<Control>>, Path(name): Path<String>) -> Answer {
+    ok(
+        StatusCode::OK,
+        call(&c, move |c| c.new_dns_token(&name)).await?,
+    )
+}
+
+async fn tls(State(c): State<Arc<Control>>) -> Answer {
+    ok(StatusCode::OK, call(&c, |c| c.tls()).await?)
+}
+
+async fn renew_certificate(State(c): State<Arc<Control>>) -> Answer {
+    ok(StatusCode::OK, call(&c, |c| c.renew_certificate()).await?)
 }
 
 async fn lists(State(c): State<Arc<Control>>) -> Answer {

@@ -84,6 +84,23 @@ pub struct StatusReport {
     pub listen: Vec<String>,
     /// One JSON object per device (hub status plus per-device query and block counts).
     pub devices: Vec<serde_json::Value>,
+    /// The certificate served and, with ACME, how getting it goes.
+    #[serde(default)]
+    pub tls: Option<crate::certs::TlsStatus>,
+}
+
+/// A device's DNS addresses off the tunnel (`GET /v1/devices/{name}/dns`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceDns {
+    pub device: String,
+    /// The device's DNS token (in the DoH path and the DoT name).
+    pub token: String,
+    /// `https://HOST/dns-query/<token>` (`None` without a host name: set `tls.domain`).
+    pub doh_url: Option<String>,
+    /// `<token>.HOST`, for Android's Private DNS and other DoT clients.
+    pub dot_host: Option<String>,
+    /// Whether the public DoT/DoH listeners are on (`dns.public`).
+    pub public: bool,
 }
 
 /// A device's firewall (`GET/PATCH /v1/devices/{name}/firewall`).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use super::{Globals, Manager};
-use crate::api::{FirewallView, NewDevice};
+use crate::api::{DeviceDns, FirewallView, NewDevice};
 use crate::config::Config;
 use crate::enroll::{keys, qr, wgconfig};
 use crate::firewall::FirewallPatch;
@@ -43,6 +43,12 @@ pub enum DeviceCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Print the device's DNS addresses off the tunnel: its DoH URL and DoT host name.
+        #[arg(long)]
+        dns: bool,
+        /// Write an Apple DNS settings profile (.mobileconfig) with the device's DoH URL.
+        #[arg(long, value_name = "FILE")]
+        dns_profile: Option<PathBuf>,
     },
     /// Remove a device; a running hub cuts it off at once.
     #[command(alias = "rm")]
@@ -83,6 +89,9 @@ pub struct AddArgs {
     /// Never log this device's queries, even with the query log on.
     #[arg(long)]
     pub no_log: bool,
+    /// Also write an Apple DNS settings profile (.mobileconfig) with the device's DoH URL.
+    #[arg(long, value_name = "FILE")]
+    pub dns_profile: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -134,6 +143,9 @@ pub struct SetArgs {
     /// Firewall: daily windows with the internet off, comma-separated (21:00-07:00).
     #[arg(long, value_name = "WINDOWS")]
     pub internet_off: Option<String>,
+    /// A new DNS token: the device's old DoH URL and DoT name stop working at once.
+    #[arg(long)]
+    pub new_dns_token: bool,
 }
 
 /// A comma-separated CLI list ("" = empty).
@@ -283,7 +295,27 @@ pub fn device(g: &Globals, c: DeviceCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        DeviceCmd::Show { name, json } => {
+        DeviceCmd::Show {
+            name,
+            json,
+            dns,
+            dns_profile,
+        } => {
+            if let Some(path) = &dns_profile {
+                write_dns_profile(&api.device_dns(&name)?, path)?;
+                if !dns && !json {
+                    return Ok(());
+                }
+            }
+            if dns {
+                let v = api.device_dns(&name)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    print_dns(&m, &v);
+                }
+                return Ok(());
+            }
             let d = api.device(&name)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
@@ -398,6 +430,18 @@ fn add(m: &Manager, a: AddArgs) -> anyhow::Result<()> {
     };
     let added = m.api().add_device(&req)?;
     let (d, text) = (&added.device, &added.config);
+    if let Some(path) = &a.dns_profile {
+        let written = m
+            .api()
+            .device_dns(&d.name)
+            .map_err(anyhow::Error::from)
+            .and_then(|v| write_dns_profile(&v, path));
+        if let Err(e) = written {
+            // The config (and its private key) was not shown: take the registration back.
+            let _ = m.api().remove_device(&d.name);
+            return Err(e.context("the device was not registered"));
+        }
+    }
 
     if let (Some(path), Some(kind)) = (&a.output, &output_kind) {
         let written = match kind {
@@ -480,10 +524,18 @@ fn set(m: &Manager, s: SetArgs) -> anyhow::Result<()> {
         reach: list_arg(&s.reach),
         internet_off: list_arg(&s.internet_off),
     };
-    if patch == DevicePatch::default() && fw.is_empty() {
+    if patch == DevicePatch::default() && fw.is_empty() && !s.new_dns_token {
         bail!(
-            "nothing to change: give --group G, --no-group, --owner, --no-owner, --admin, --no-admin, --log, --no-log, or a firewall setting (--internet, --allow-sites, --deny-sites, --allow, --deny, --reach, --internet-off)"
+            "nothing to change: give --group G, --no-group, --owner, --no-owner, --admin, --no-admin, --log, --no-log, --new-dns-token, or a firewall setting (--internet, --allow-sites, --deny-sites, --allow, --deny, --reach, --internet-off)"
         );
+    }
+    if s.new_dns_token {
+        let v = m.api().new_dns_token(&s.name)?;
+        eprintln!(
+            "Device {:?} has a new DNS token; the old one is refused from now on.",
+            v.device
+        );
+        print_dns(m, &v);
     }
     if patch != DevicePatch::default() {
         let d = m.api().update_device(&s.name, &patch)?;
@@ -496,6 +548,60 @@ fn set(m: &Manager, s: SetArgs) -> anyhow::Result<()> {
             eprintln!("(in force from the next start)");
         }
     }
+    Ok(())
+}
+
+/// Prints a device's DNS addresses off the tunnel, and what they need.
+fn print_dns(m: &Manager, v: &DeviceDns) {
+    let (Some(doh), Some(dot)) = (&v.doh_url, &v.dot_host) else {
+        println!("token: {}", v.token);
+        eprintln!(
+            "No public host name is set: set `domain` in [tls] of the config (or a name in wireguard.endpoint)."
+        );
+        return;
+    };
+    println!("DoH: {doh}");
+    println!("DoT: {dot}");
+    eprintln!("Android: Settings → Network → Private DNS → host name {dot}.");
+    eprintln!(
+        "iOS/macOS: `cloudpc device show {} --dns-profile {}.mobileconfig`; browsers: the DoH URL.",
+        v.device, v.device
+    );
+    if !v.public {
+        eprintln!("The public listeners are off: set `public = true` in [dns] of the config and restart, or these work only from the tunnel.");
+    }
+    if let Ok(t) = m.api().tls() {
+        if let Some(a) = t.acme.filter(|a| !a.device_names) {
+            eprintln!(
+                "The certificate does not cover the DoT name (the CA could not validate *.{}: add a wildcard DNS record): use DoH.",
+                a.domain
+            );
+        } else if t.served.source == crate::certs::CertSource::SelfSigned {
+            eprintln!(
+                "The certificate is self-signed: phones refuse it. Turn on `acme = true` in [tls]."
+            );
+        }
+    }
+}
+
+/// Writes the Apple DNS settings profile of a device.
+fn write_dns_profile(v: &DeviceDns, path: &Path) -> anyhow::Result<()> {
+    let Some(doh) = &v.doh_url else {
+        bail!("a DNS profile needs the Cloud PC's public host name: set `domain` in [tls] of the config");
+    };
+    let host = v
+        .dot_host
+        .as_deref()
+        .and_then(|h| h.split_once('.'))
+        .map(|(_, h)| h)
+        .unwrap_or_default();
+    let xml = crate::enroll::mobileconfig::dns_profile(&v.device, host, doh)?;
+    qr::write_private_file(path, &xml)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "Wrote {} (an Apple DNS settings profile; install it from Files or Settings).",
+        path.display()
+    );
     Ok(())
 }
 

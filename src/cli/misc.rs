@@ -30,6 +30,74 @@ pub struct InternetArgs {
     pub device: Option<String>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum TlsCmd {
+    /// Which certificate is served, until when, and how getting one from the CA goes.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the ACME CA for a new certificate now (open connections keep working).
+    Renew,
+}
+
+/// One line per fact of the TLS status.
+fn tls_lines(t: &crate::certs::TlsStatus) -> Vec<String> {
+    let when = |s: i64| {
+        jiff::Timestamp::from_second(s)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|_| s.to_string())
+    };
+    let c = &t.served;
+    let source = match c.source {
+        crate::certs::CertSource::Acme => "from the ACME CA",
+        crate::certs::CertSource::Configured => "configured (dns.tls_cert)",
+        crate::certs::CertSource::SelfSigned => "self-signed",
+    };
+    let mut v = vec![format!(
+        "tls: {source} certificate for {} name(s) ({}), valid until {}, sha256 {}",
+        c.names.len(),
+        c.names.first().map(String::as_str).unwrap_or("-"),
+        when(c.not_after),
+        &c.sha256[..16.min(c.sha256.len())]
+    )];
+    if let Some(a) = &t.acme {
+        let mut line = format!("acme: {} for {}", a.directory, a.domain);
+        if let Some(e) = &a.last_error {
+            line.push_str(&format!("; the last attempt FAILED: {e}"));
+        }
+        if let Some(n) = a.next_attempt {
+            line.push_str(&format!("; next attempt {}", when(n)));
+        }
+        if !a.device_names {
+            line.push_str("; the devices' DoT names are not covered (no wildcard DNS record?)");
+        }
+        v.push(line);
+    }
+    v
+}
+
+pub fn tls(g: &Globals, c: TlsCmd) -> anyhow::Result<()> {
+    let m = Manager::open(g)?;
+    let (t, json) = match c {
+        TlsCmd::Status { json } => (m.api().tls()?, json),
+        TlsCmd::Renew => {
+            let t = m.api().renew_certificate()?;
+            eprintln!("A new certificate is in force.");
+            (t, false)
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&t)?);
+    } else {
+        for l in tls_lines(&t) {
+            println!("{l}");
+        }
+    }
+    Ok(())
+}
+
 pub fn status(g: &Globals, a: StatusArgs) -> anyhow::Result<()> {
     let r = Manager::open(g)?.api().status()?;
     if a.json {
@@ -48,6 +116,11 @@ pub fn status(g: &Globals, a: StatusArgs) -> anyhow::Result<()> {
         "filter: {} rules ({} list errors), cache: {} answers",
         r.filter_rules, r.list_errors, r.cache_entries
     );
+    if let Some(t) = &r.tls {
+        for l in tls_lines(t) {
+            println!("{l}");
+        }
+    }
     if r.devices.is_empty() {
         println!("devices: none (add one with `cloudpc device add NAME`)");
         return Ok(());

@@ -137,6 +137,9 @@ pub enum Command {
     Device(device::DeviceCmd),
     /// Show live counters from the running hub.
     Status(misc::StatusArgs),
+    /// The hub's TLS certificate: which one is served, and renewing it from the ACME CA.
+    #[command(subcommand)]
+    Tls(misc::TlsCmd),
     /// Block a domain (and its subdomains) for every device.
     #[command(subcommand)]
     Block(misc::RuleCmd),
@@ -168,6 +171,7 @@ pub fn main() -> ExitCode {
         Command::Init(a) => device::init(&g, a),
         Command::Device(c) => device::device(&g, c),
         Command::Status(a) => misc::status(&g, a),
+        Command::Tls(c) => misc::tls(&g, c),
         Command::Block(c) => misc::rule(&g, crate::store::RuleAction::Block, c),
         Command::Allow(c) => misc::rule(&g, crate::store::RuleAction::Allow, c),
         Command::Internet(a) => misc::internet(&g, a),

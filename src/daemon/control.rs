@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use super::firewall::{self as fwplan, FwSettings};
 use super::status;
 use crate::api::{
-    ApiError, DeviceAdded, FirewallView, Manage, NewDevice, NewToken, QueryLogChange,
+    ApiError, DeviceAdded, DeviceDns, FirewallView, Manage, NewDevice, NewToken, QueryLogChange,
     QueryLogState, StatusReport,
 };
 use crate::dns::engine::Resolver;
@@ -50,6 +50,12 @@ pub struct Engines {
     pub list_errors: std::sync::atomic::AtomicUsize,
     /// The devices' firewalls (shared with the resolver and the hub).
     pub firewall: Arc<crate::firewall::Firewall>,
+    /// The certificate every TLS listener serves.
+    pub certs: Arc<crate::certs::Certs>,
+    /// The ACME task, with `tls.acme`.
+    pub acme: Option<crate::certs::acme::AcmeHandle>,
+    /// The devices' DNS tokens in force (shared with the TLS listeners).
+    pub dns_tokens: Arc<crate::dns::tokens::DnsTokens>,
 }
 
 mod views;
@@ -79,6 +85,9 @@ pub struct Control {
     /// When the firewall next changes by itself (Unix seconds), and the task that waits for it.
     fw_next: Mutex<Option<i64>>,
     pub fw_wake: Arc<tokio::sync::Notify>,
+    /// The public host name (`tls.domain`), and whether the public listeners are on.
+    dns_domain: String,
+    dns_public: bool,
 }
 
 /// The settings a `Control` needs, read once from the config.
@@ -88,6 +97,10 @@ pub struct ControlSettings {
     pub internet_default: bool,
     pub retention_days: u32,
     pub firewall: Arc<FwSettings>,
+    /// The public host name the devices' DoH URLs and DoT names are under.
+    pub dns_domain: String,
+    /// `dns.public`.
+    pub dns_public: bool,
 }
 
 /// `cloudpc internet on|off` (stored) overrides `egress.internet` (config).
@@ -115,6 +128,33 @@ pub fn local_data(
         tracing::debug!(error = %e, "zone data skipped");
     }
     data
+}
+
+/// Token → device address, for the TLS listeners (`tokens` by public key, from the store).
+pub fn dns_token_map(
+    tokens: &std::collections::HashMap<String, String>,
+    devices: &[Device],
+) -> std::collections::HashMap<String, std::net::IpAddr> {
+    devices
+        .iter()
+        .filter_map(|d| Some((tokens.get(&d.public_key)?.clone(), d.ipv4.into())))
+        .collect()
+}
+
+/// The devices' DoT names (`<token>.domain`), in registration order.
+pub fn dns_names(
+    domain: &str,
+    tokens: &std::collections::HashMap<String, String>,
+    devices: &[Device],
+) -> Vec<String> {
+    if domain.is_empty() {
+        return vec![];
+    }
+    let mut ds: Vec<&Device> = devices.iter().collect();
+    ds.sort_by_key(|d| d.created_at);
+    ds.iter()
+        .filter_map(|d| Some(format!("{}.{domain}", tokens.get(&d.public_key)?)))
+        .collect()
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -178,6 +218,8 @@ impl Control {
             fw: settings.firewall,
             fw_next: Mutex::new(None),
             fw_wake: Arc::new(tokio::sync::Notify::new()),
+            dns_domain: settings.dns_domain,
+            dns_public: settings.dns_public,
         }
     }
 
@@ -211,6 +253,11 @@ impl Control {
         self.apply_groups(e, &rules, &devices);
         e.querylog.set_devices(&devices);
         self.apply_firewall(store, &devices)?;
+        let tokens = store.dns_tokens()?;
+        e.dns_tokens.publish(dns_token_map(&tokens, &devices));
+        if let Some(a) = &e.acme {
+            a.set_device_names(dns_names(&self.dns_domain, &tokens, &devices));
+        }
         Ok(())
     }
 
@@ -703,11 +750,7 @@ impl Manage for Control {
     }
 
     fn status(&self) -> Result<StatusReport, ApiError> {
-        let Some(e) = &self.engines else {
-            return Err(ApiError::NotRunning(
-                "cloudpc is not running with this state dir; start it with `cloudpc run`".into(),
-            ));
-        };
+        let e = self.engines()?;
         let (devices, stored) = {
             let store = self.store.lock();
             (store.devices()?, store.device_firewalls()?)
@@ -759,9 +802,66 @@ impl Manage for Control {
     fn revoke_token(&self, id: i64) -> Result<(), ApiError> {
         Ok(self.store.lock().revoke_token(id)?)
     }
+
+    fn device_dns(&self, name: &str) -> Result<DeviceDns, ApiError> {
+        let store = self.store.lock();
+        let d = store.device(name)?;
+        let tokens = store.dns_tokens()?;
+        let token = tokens
+            .get(&d.public_key)
+            .cloned()
+            .ok_or_else(|| internal("the device has no DNS token"))?;
+        Ok(self.dns_view(&d.name, token))
+    }
+
+    fn new_dns_token(&self, name: &str) -> Result<DeviceDns, ApiError> {
+        let store = self.store.lock();
+        let d = store.device(name)?;
+        let token = store.new_dns_token(&d.public_key)?;
+        self.apply_devices(&store)?;
+        Ok(self.dns_view(&d.name, token))
+    }
+
+    fn tls(&self) -> Result<crate::certs::TlsStatus, ApiError> {
+        Ok(self.engines()?.certs.status())
+    }
+
+    fn renew_certificate(&self) -> Result<crate::certs::TlsStatus, ApiError> {
+        let e = self.engines()?;
+        let Some(a) = e.acme.clone() else {
+            return Err(bad(
+                "certificates come from a CA only with `acme = true` in [tls] of the config",
+            ));
+        };
+        self.rt
+            .block_on(a.renew())
+            .map_err(|why| ApiError::BadGateway(format!("the CA gave no certificate: {why}")))?;
+        Ok(e.certs.status())
+    }
 }
 
 impl Control {
+    /// The engines, or the error that says the hub is not running.
+    fn engines(&self) -> Result<&Engines, ApiError> {
+        self.engines.as_ref().ok_or_else(|| {
+            ApiError::NotRunning(
+                "cloudpc is not running with this state dir; start it with `cloudpc run`".into(),
+            )
+        })
+    }
+
+    fn dns_view(&self, device: &str, token: String) -> DeviceDns {
+        let d = &self.dns_domain;
+        let named = !d.is_empty();
+        DeviceDns {
+            device: device.to_string(),
+            doh_url: named.then(|| format!("https://{d}{}/{token}", crate::dns::doh::PATH)),
+            dot_host: named.then(|| format!("{token}.{d}")),
+            token,
+            public: self.dns_public,
+        }
+    }
+
     fn check_group(&self, group: &str) -> Result<(), ApiError> {
         if !self.policy.has_group(group) {
             return Err(bad(format!(

@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod firewall;
+mod listeners;
 mod status;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use crate::config::Config;
 use crate::dns::engine::{Resolver, Settings};
 use crate::dns::service::DnsService;
 use crate::dns::stats::Stats;
+use crate::dns::tokens::DnsTokens;
 use crate::dns::upstream::Upstreams;
 use crate::enroll::EnrollSettings;
 use crate::filter::policy::load_lists;
@@ -100,6 +102,8 @@ pub fn control_settings(
         internet_default: cfg.egress.internet,
         retention_days: cfg.querylog.retention_days,
         firewall: Arc::new(firewall::FwSettings::from_config(cfg)),
+        dns_domain: cfg.public_domain(),
+        dns_public: cfg.dns.public,
     })
 }
 
@@ -226,17 +230,34 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
     ));
     querylog.set_devices(&devices);
 
-    let service = DnsService::new(resolver.clone(), upstreams.clone());
+    let mut trusted = overlay.nets().to_vec();
+    trusted.extend(cfg.dns.allow_from.iter().copied());
+    let dns_tokens = Arc::new(DnsTokens::new(&cfg.public_domain(), trusted));
+    dns_tokens.publish(control::dns_token_map(&store.dns_tokens()?, &devices));
+    let service = DnsService::with_tokens(resolver.clone(), upstreams.clone(), dns_tokens.clone());
     let admin_slot = crate::dns::doh::AdminSlot::default();
-    let listen = serve_dns(
-        &cfg,
-        &state_dir,
-        &service,
-        hub.is_some(),
-        &overlay,
-        &admin_slot,
-    )
-    .await?;
+    let certs = listeners::certificates(&cfg, &state_dir, hub.is_some(), &overlay)?;
+    let listen =
+        listeners::serve_dns(&cfg, &service, &certs, hub.is_some(), &overlay, &admin_slot).await?;
+    listeners::check_acme_reachable(&cfg);
+    let acme = cfg.tls.acme.then(|| {
+        let h = crate::certs::acme::spawn(
+            certs.clone(),
+            crate::certs::acme::AcmeSettings {
+                directory: cfg.tls.acme_directory.clone(),
+                email: cfg.tls.acme_email.clone(),
+                ca: (!cfg.tls.acme_ca.is_empty()).then(|| resolve_path(&base, &cfg.tls.acme_ca)),
+                domain: cfg.public_domain(),
+                dir: state_dir.join("tls").join("acme"),
+            },
+        );
+        h.set_device_names(control::dns_names(
+            dns_tokens.domain(),
+            &store.dns_tokens().unwrap_or_default(),
+            &devices,
+        ));
+        h
+    });
 
     // Owner devices fetch the encrypted query log over the tunnel, on the overlay only.
     let _sync = if hub.is_some() {
@@ -264,6 +285,9 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
         listen: listen.clone(),
         list_errors: list_errors.into(),
         firewall: fw,
+        certs: certs.clone(),
+        acme,
+        dns_tokens,
     };
     let control = Arc::new(
         Control::offline(
@@ -290,22 +314,14 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
         ];
     }
     if !api.tls.is_empty() {
-        let m = hub_certificate(&cfg, &state_dir, hub.is_some(), &overlay)?;
         api.tls_acceptor = Some(tokio_rustls::TlsAcceptor::from(
-            crate::dns::tls::server_config(&m, &[b"http/1.1"])?,
+            crate::dns::tls::server_config(&certs, &[b"http/1.1"])?,
         ));
     }
     let api_sock = crate::api::serve(control.clone(), api).await?;
     if cfg.admin.enabled {
-        serve_admin(
-            &cfg,
-            &state_dir,
-            &service,
-            hub.is_some(),
-            &overlay,
-            &admin_slot,
-        )
-        .await?;
+        listeners::serve_admin(&cfg, &service, &certs, hub.is_some(), &overlay, &admin_slot)
+            .await?;
         match crate::admin::Admin::new(control.clone()) {
             Ok(a) => {
                 let _ = admin_slot.set(Arc::new(a));
@@ -395,160 +411,6 @@ async fn save_history(control: Arc<Control>) {
 /// How far the stored last-seen time may lag the live one (a small fraction of
 /// `hub::RECONNECT_WITHIN_SECS`).
 const SEEN_AT_SLACK_SECS: i64 = 60;
-
-/// Plain DNS addresses: the configured ones plus, with the hub, its overlay addresses.
-fn listen_addrs(cfg: &Config, with_hub: bool, overlay: &Overlay) -> Vec<SocketAddr> {
-    let mut listen: Vec<SocketAddr> = cfg.dns.listen.clone();
-    if with_hub {
-        listen.push(SocketAddr::from((overlay.hub_v4(), 53)));
-        listen.push(SocketAddr::from((overlay.hub_v6(), 53)));
-    }
-    listen.dedup();
-    listen
-}
-
-/// The hub's certificate for DoT, DoH, the admin page and the API's TLS listeners: the
-/// configured one, or the self-signed one in the state dir (made on first use).
-fn hub_certificate(
-    cfg: &Config,
-    state_dir: &Path,
-    with_hub: bool,
-    overlay: &Overlay,
-) -> Result<crate::dns::tls::TlsMaterial, DaemonError> {
-    let names = tls_names(cfg, &listen_addrs(cfg, with_hub, overlay));
-    Ok(crate::dns::tls::load_or_create(
-        &cfg.dns.tls_cert,
-        &cfg.dns.tls_key,
-        state_dir,
-        &names,
-    )?)
-}
-
-/// Names the self-signed certificate covers.
-fn tls_names(cfg: &Config, listen: &[SocketAddr]) -> Vec<String> {
-    let mut names = vec![
-        "cloudpc".to_string(),
-        "localhost".to_string(),
-        format!("hub.{}", cfg.dns.zone.trim_end_matches('.')),
-    ];
-    if let Some((host, _)) = cfg.wireguard.endpoint.rsplit_once(':') {
-        names.push(host.trim_matches(['[', ']']).to_string());
-    }
-    names.extend(
-        listen
-            .iter()
-            .chain(&cfg.dns.tls_listen)
-            .chain(&cfg.dns.https_listen)
-            .chain(&cfg.api.listen)
-            .filter(|a| !a.ip().is_unspecified())
-            .map(|a| a.ip().to_string()),
-    );
-    names.sort();
-    names.dedup();
-    names
-}
-
-/// Starts the admin page's own HTTPS listeners (DoH too): `admin.listen` and, with the hub
-/// and `admin.overlay`, port 443 of the hub's overlay addresses. `dns.https_listen` already
-/// serves it. An address that cannot be bound (port 443 taken by a web server of the
-/// owner's) is skipped with a warning.
-async fn serve_admin(
-    cfg: &Config,
-    state_dir: &Path,
-    service: &Arc<DnsService>,
-    with_hub: bool,
-    overlay: &Overlay,
-    admin: &crate::dns::doh::AdminSlot,
-) -> Result<(), DaemonError> {
-    let mut addrs = cfg.admin.listen.clone();
-    if with_hub && cfg.admin.overlay {
-        addrs.push(SocketAddr::from((overlay.hub_v4(), 443)));
-        addrs.push(SocketAddr::from((overlay.hub_v6(), 443)));
-    }
-    addrs.retain(|a| !cfg.dns.https_listen.contains(a));
-    addrs.dedup();
-    if addrs.is_empty() {
-        return Ok(());
-    }
-    let m = hub_certificate(cfg, state_dir, with_hub, overlay)?;
-    let acc =
-        tokio_rustls::TlsAcceptor::from(crate::dns::tls::server_config(&m, &[b"h2", b"http/1.1"])?);
-    let idle = Duration::from_secs(cfg.dns.tcp_idle_timeout.max(1));
-    let slots = crate::dns::slots::ConnSlots::new(
-        crate::dns::server::MAX_CONNECTIONS,
-        crate::dns::slots::PER_ADDRESS,
-    );
-    for a in addrs {
-        match crate::dns::server::bind_tcp(a).await {
-            Ok(l) => crate::dns::doh::serve(
-                service.clone(),
-                l,
-                acc.clone(),
-                idle,
-                slots.clone(),
-                admin.clone(),
-            ),
-            Err(e) => {
-                tracing::warn!(
-                    port = a.port(),
-                    "admin page not served on one address (port in use?)"
-                );
-                tracing::debug!(error = %e, "admin bind failed");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Starts the DNS listeners; returns what they serve, as URLs.
-async fn serve_dns(
-    cfg: &Config,
-    state_dir: &Path,
-    service: &Arc<DnsService>,
-    with_hub: bool,
-    overlay: &Overlay,
-    admin: &crate::dns::doh::AdminSlot,
-) -> Result<Vec<String>, DaemonError> {
-    let listen = listen_addrs(cfg, with_hub, overlay);
-    let idle = Duration::from_secs(cfg.dns.tcp_idle_timeout.max(1));
-    let slots = crate::dns::slots::ConnSlots::new(
-        crate::dns::server::MAX_CONNECTIONS,
-        crate::dns::slots::PER_ADDRESS,
-    );
-    for a in &listen {
-        crate::dns::server::serve_udp(service.clone(), *a, tokio::runtime::Handle::current())?;
-        let l = crate::dns::server::bind_tcp(*a).await?;
-        crate::dns::server::serve_stream(service.clone(), l, None, idle, slots.clone());
-    }
-    if !cfg.dns.tls_listen.is_empty() || !cfg.dns.https_listen.is_empty() {
-        let m = hub_certificate(cfg, state_dir, with_hub, overlay)?;
-        for a in &cfg.dns.tls_listen {
-            let acc =
-                tokio_rustls::TlsAcceptor::from(crate::dns::tls::server_config(&m, &[b"dot"])?);
-            let l = crate::dns::server::bind_tcp(*a).await?;
-            crate::dns::server::serve_stream(service.clone(), l, Some(acc), idle, slots.clone());
-        }
-        for a in &cfg.dns.https_listen {
-            let acc = tokio_rustls::TlsAcceptor::from(crate::dns::tls::server_config(
-                &m,
-                &[b"h2", b"http/1.1"],
-            )?);
-            let l = crate::dns::server::bind_tcp(*a).await?;
-            crate::dns::doh::serve(service.clone(), l, acc, idle, slots.clone(), admin.clone());
-        }
-    }
-    Ok(listen
-        .iter()
-        .map(|a| format!("dns://{a}"))
-        .chain(cfg.dns.tls_listen.iter().map(|a| format!("tls://{a}")))
-        .chain(
-            cfg.dns
-                .https_listen
-                .iter()
-                .map(|a| format!("https://{a}/dns-query")),
-        )
-        .collect())
-}
 
 /// Waits for SIGINT/SIGTERM; reloads lists and zone files on SIGHUP and rebuilds the filter
 /// when the background updater changed a list copy.

@@ -19,6 +19,7 @@ pub fn report(e: &Engines, devices: &[Device]) -> StatusReport {
         list_errors: e.list_errors.load(std::sync::atomic::Ordering::Relaxed),
         listen: e.listen.clone(),
         devices: device_report(devices, &e.resolver.stats, &hub),
+        tls: Some(e.certs.status()),
     }
 }
 

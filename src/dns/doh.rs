@@ -1,5 +1,5 @@
 //! DNS-over-HTTPS (RFC 8484): GET `?dns=` (base64url) and POST `application/dns-message` on
-//! `/dns-query`, over HTTP/1.1 and HTTP/2 (ALPN), with rustls.
+//! `/dns-query` and `/dns-query/<device token>` (see `dns::tokens`), over HTTP/1.1 and HTTP/2 (ALPN), with rustls.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 use super::engine::Transport;
 use super::service::DnsService;
+use super::tokens::Asker;
 
 /// The path DoH is served on.
 pub const PATH: &str = "/dns-query";
@@ -45,15 +46,32 @@ fn get_query(q: &str) -> Result<Vec<u8>, &'static str> {
 /// The admin page, served beside DoH once the daemon has made it.
 pub type AdminSlot = Arc<std::sync::OnceLock<Arc<crate::admin::Admin>>>;
 
-/// Answers one HTTP request: `/dns-query` is DoH, anything else the admin page (when served
-/// on this listener).
+/// Where a DoH request came from: the peer, the token its TLS server name carried, and
+/// whether the listener is a public one (outsiders get DoH with a token and nothing else).
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub peer: SocketAddr,
+    pub sni_token: Option<String>,
+    pub public: bool,
+}
+
+/// Answers one HTTP request: `/dns-query[/<token>]` is DoH, anything else the admin page (when
+/// served on this listener, and not to outsiders on a public listener).
 pub async fn handle_request(
     service: Arc<DnsService>,
-    peer: SocketAddr,
+    origin: &Origin,
     req: Request<hyper::body::Incoming>,
     admin: &AdminSlot,
 ) -> Resp {
-    if req.uri().path() != PATH {
+    let peer = origin.peer;
+    let tokens = service.tokens();
+    let Some(path_token) = super::tokens::doh_path(req.uri().path()) else {
+        if origin.public && !tokens.trusted(peer.ip()) {
+            return plain(
+                StatusCode::NOT_FOUND,
+                "not found; DNS-over-HTTPS is at /dns-query/<your device's token>\n",
+            );
+        }
         return match admin.get() {
             Some(a) => a.handle(peer, req).await,
             None => plain(
@@ -61,6 +79,23 @@ pub async fn handle_request(
                 "not found; DNS-over-HTTPS is at /dns-query\n",
             ),
         };
+    };
+    let asker = tokens.judge(path_token.or(origin.sni_token.as_deref()), peer.ip());
+    match asker {
+        Asker::UnknownToken { .. } => {
+            return plain(
+                StatusCode::FORBIDDEN,
+                "unknown DNS token; `cloudpc device show NAME --dns` prints a device's DoH URL\n",
+            )
+        }
+        Asker::Address(ip) if origin.public && !tokens.trusted(ip) => {
+            return plain(
+                StatusCode::FORBIDDEN,
+                "this resolver answers registered devices only: use your device's DoH URL, \
+                 https://HOST/dns-query/<token>\n",
+            )
+        }
+        _ => {}
     }
     let query: Vec<u8> = match *req.method() {
         Method::GET => match get_query(req.uri().query().unwrap_or("")) {
@@ -90,7 +125,7 @@ pub async fn handle_request(
         .resolver()
         .stats
         .count_protocol(super::stats::Protocol::Https);
-    match service.answer(&query, peer.ip(), Transport::Stream).await {
+    match service.answer_as(&query, asker, Transport::Stream).await {
         Some(ans) => {
             let ttl = super::wire::ttl_fields(&ans)
                 .and_then(|t| t.iter().map(|x| x.1).min())
@@ -105,7 +140,12 @@ pub async fn handle_request(
     }
 }
 
-/// Serves DoH on `listener` with TLS (`acceptor` must offer ALPN h2 and http/1.1).
+/// The ALPN protocol of ACME's TLS-ALPN-01 challenge (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Serves DoH on `listener` with TLS (`acceptor` must offer ALPN h2 and http/1.1; with
+/// `acme-tls/1` too, a CA's validation handshake is answered and the connection closed).
+/// `public`: outsiders (see [`Origin`]) get DoH with a token only.
 pub fn serve(
     service: Arc<DnsService>,
     listener: TcpListener,
@@ -113,6 +153,7 @@ pub fn serve(
     idle: Duration,
     slots: Arc<super::slots::ConnSlots>,
     admin: AdminSlot,
+    public: bool,
 ) {
     super::server::accept_loop(listener, slots, move |tcp, peer| {
         let (r, acc, admin) = (service.clone(), acceptor.clone(), admin.clone());
@@ -120,9 +161,21 @@ pub fn serve(
             let Some(tls) = super::server::tls_handshake(&acc, tcp).await else {
                 return;
             };
+            let conn = tls.get_ref().1;
+            if conn.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                return;
+            }
+            let origin = Arc::new(Origin {
+                peer,
+                sni_token: r
+                    .tokens()
+                    .token_of_sni(conn.server_name())
+                    .map(str::to_string),
+                public,
+            });
             let svc = hyper::service::service_fn(move |req| {
-                let (r, admin) = (r.clone(), admin.clone());
-                async move { Ok::<_, Infallible>(handle_request(r, peer, req, &admin).await) }
+                let (r, admin, origin) = (r.clone(), admin.clone(), origin.clone());
+                async move { Ok::<_, Infallible>(handle_request(r, &origin, req, &admin).await) }
             });
             let mut b =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());

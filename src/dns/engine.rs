@@ -294,6 +294,46 @@ impl Resolver {
         self.settings.overlay.iter().any(|n| n.contains(&ip))
     }
 
+    /// Takes a query as [`handle_query`](Self::handle_query) does, for the asker a TLS
+    /// listener judged: a device named by its DNS token is answered as that device (its
+    /// policy, counters and log), with the rate limit applied to the source address as well;
+    /// an unknown token is refused.
+    pub fn handle_query_as(
+        &self,
+        query: &[u8],
+        asker: super::tokens::Asker,
+        transport: Transport,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Step {
+        use super::tokens::Asker;
+        let refuse = |out: &mut Vec<u8>, counter: &std::sync::atomic::AtomicU64| {
+            Stats::bump(&self.stats.queries);
+            match QueryView::parse(query) {
+                Ok(q) => {
+                    Stats::bump(counter);
+                    wire::error_answer(&q, query, wire::RCODE_REFUSED, false, out);
+                    Step::Answered
+                }
+                Err(_) => {
+                    Stats::bump(&self.stats.malformed);
+                    Step::Drop
+                }
+            }
+        };
+        match asker {
+            Asker::Address(ip) => self.handle_query(query, ip, transport, now, out),
+            Asker::UnknownToken { .. } => refuse(out, &self.stats.refused),
+            Asker::Device { device, source } => {
+                let source = canonical(source);
+                if source != device && !self.limiter.allow(source, now) {
+                    return refuse(out, &self.stats.rate_limited);
+                }
+                self.handle_query(query, device, transport, now, out)
+            }
+        }
+    }
+
     /// Takes a query from `client` at `now`: answers it into `out` when no upstream is
     /// needed (errors, refusals, local names, blocked names, cache hits), or returns the
     /// upstream question to ask.

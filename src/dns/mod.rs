@@ -16,6 +16,7 @@ pub mod service;
 pub mod slots;
 pub mod stats;
 pub mod tls;
+pub mod tokens;
 pub mod udp_batch;
 pub mod udp_client;
 pub mod upstream;

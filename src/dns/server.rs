@@ -13,6 +13,7 @@ use super::engine::Transport;
 use super::service::DnsService;
 use super::slots::ConnSlots;
 use super::stats::Protocol;
+use super::tokens::Asker;
 
 /// Most TCP/DoT/DoH connections served at once (of them at most
 /// [`slots::PER_ADDRESS`](super::slots::PER_ADDRESS) from one address).
@@ -150,10 +151,13 @@ pub fn serve_stream(
         let (r, tls) = (service.clone(), tls.clone());
         async move {
             match tls {
-                None => handle_stream(r, tcp, peer, idle, Protocol::Tcp).await,
+                None => handle_stream(r, tcp, Asker::Address(peer.ip()), idle, Protocol::Tcp).await,
                 Some(acc) => {
                     if let Some(s) = tls_handshake(&acc, tcp).await {
-                        handle_stream(r, s, peer, idle, Protocol::Tls).await
+                        // A token in the server name names the device (DoT off the tunnel).
+                        let sni = s.get_ref().1.server_name();
+                        let asker = r.tokens().judge(r.tokens().token_of_sni(sni), peer.ip());
+                        handle_stream(r, s, asker, idle, Protocol::Tls).await
                     }
                 }
             }
@@ -167,7 +171,7 @@ pub fn serve_stream(
 pub async fn handle_stream<S>(
     service: Arc<DnsService>,
     stream: S,
-    peer: SocketAddr,
+    asker: Asker,
     idle: Duration,
     proto: Protocol,
 ) where
@@ -207,7 +211,7 @@ pub async fn handle_stream<S>(
         let (r, tx) = (service.clone(), tx.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(ans) = r.answer(&msg, peer.ip(), Transport::Stream).await {
+            if let Some(ans) = r.answer_as(&msg, asker, Transport::Stream).await {
                 let _ = tx.send(ans).await;
             }
         });

@@ -10,21 +10,39 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::engine::{Resolver, Step, Transport};
+use super::tokens::{Asker, DnsTokens};
 use super::upstream::Upstreams;
 
 /// The resolver core and the upstream pool it asks.
 pub struct DnsService {
     resolver: Arc<Resolver>,
     upstreams: Arc<Upstreams>,
+    /// The devices' DNS tokens, for the TLS listeners.
+    tokens: Arc<DnsTokens>,
 }
 
 impl DnsService {
     /// The service over `resolver` asking `upstreams`.
     pub fn new(resolver: Arc<Resolver>, upstreams: Arc<Upstreams>) -> Arc<DnsService> {
+        DnsService::with_tokens(resolver, upstreams, Arc::new(DnsTokens::default()))
+    }
+
+    /// The service with the devices' DNS `tokens` (the daemon publishes them).
+    pub fn with_tokens(
+        resolver: Arc<Resolver>,
+        upstreams: Arc<Upstreams>,
+        tokens: Arc<DnsTokens>,
+    ) -> Arc<DnsService> {
         Arc::new(DnsService {
             resolver,
             upstreams,
+            tokens,
         })
+    }
+
+    /// The devices' DNS tokens in force.
+    pub fn tokens(&self) -> &DnsTokens {
+        &self.tokens
     }
 
     /// The resolver core.
@@ -48,6 +66,20 @@ impl DnsService {
         let step = self
             .resolver
             .handle_query(query, client, transport, Instant::now(), &mut out);
+        self.finish(step, out).await
+    }
+
+    /// Answers one query for the asker a TLS listener judged (see [`DnsTokens`]).
+    pub async fn answer_as(
+        &self,
+        query: &[u8],
+        asker: Asker,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(512);
+        let step = self
+            .resolver
+            .handle_query_as(query, asker, transport, Instant::now(), &mut out);
         self.finish(step, out).await
     }
 

@@ -107,9 +107,10 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
     f.write_all(data).map_err(io(path))
 }
 
-/// A rustls server config with the given ALPN protocols.
+/// A rustls server config with the given ALPN protocols, serving the certificate `certs`
+/// has in force at each handshake.
 pub fn server_config(
-    m: &TlsMaterial,
+    certs: &Arc<crate::certs::Certs>,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -117,8 +118,7 @@ pub fn server_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Setup(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(m.certs.clone(), m.key.clone_key())
-        .map_err(|e| TlsError::Setup(e.to_string()))?;
+        .with_cert_resolver(certs.clone());
     c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(c))
 }
@@ -133,7 +133,8 @@ mod tests {
         let a = load_or_create("", "", dir.path(), &["cloudpc".into()]).unwrap();
         let b = load_or_create("", "", dir.path(), &["other".into()]).unwrap();
         assert_eq!(a.certs[0], b.certs[0]);
-        assert!(server_config(&a, &[b"dot"]).is_ok());
+        let certs = crate::certs::Certs::new(&a, false).unwrap();
+        assert!(server_config(&certs, &[b"dot"]).is_ok());
     }
 
     #[test]

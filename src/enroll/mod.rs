@@ -6,6 +6,7 @@
 //! private key: when it makes one, the key lives only in the returned text.
 
 pub mod keys;
+pub mod mobileconfig;
 pub mod qr;
 pub mod wgconfig;
 

@@ -9,6 +9,7 @@
 //! (the CLI goes through its API); without a hub the CLI writes here directly.
 
 mod admin;
+mod dns_tokens;
 mod endpoints;
 mod firewall;
 mod history;
@@ -237,6 +238,7 @@ impl Store {
             conn.execute_batch(tokens::SCHEMA)?;
             conn.execute_batch(admin::SCHEMA)?;
             conn.execute_batch(firewall::SCHEMA)?;
+            conn.execute_batch(dns_tokens::SCHEMA)?;
             conn.execute_batch(history::SCHEMA)?;
             conn.execute_batch(querylog::SCHEMA)?;
             conn.execute_batch(lists::SCHEMA)?;

@@ -48,6 +48,8 @@ edge.cdn-a.test.    1   IN A    192.0.2.80
 other.test.         1   IN A    192.0.2.81
 use-application-dns.net. IN A   192.0.2.99
 dns.google.             IN A    192.0.2.98
+cloudpc.test.           IN A    203.0.113.1
+*.cloudpc.test.         IN A    203.0.113.1
 "#;
 
 /// The list file the tests load (ABP, hosts and plain lines together).
