@@ -179,18 +179,7 @@ fn changes_are_in_force_for_the_next_query_and_packet() {
     assert_eq!(dig1(&w, "d2", &hub4, "runtime.example.test"), "192.0.2.46");
 
     // The query log: on, and the very next query is in the history the owner pulls.
-    let id = age::x25519::Identity::generate();
-    let id_file = w.lab.dir.path().join("owner.key");
-    {
-        use age::secrecy::ExposeSecret;
-        std::fs::write(&id_file, id.to_string().expose_secret()).unwrap();
-    }
-    hub.cli_ok(&[
-        "querylog",
-        "enable",
-        "--recipient",
-        &id.to_public().to_string(),
-    ]);
+    let id_file = hub.enable_querylog(w.lab.dir.path());
     assert_eq!(dig1(&w, "d1", &hub4, "v4only.example.test"), "192.0.2.20");
     let bin = netns::cloudpc_bin();
     let pull_dir = w.lab.dir.path().join("pull-d1");

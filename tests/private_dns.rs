@@ -82,9 +82,22 @@ fn dns_of(hub: &HubRun, name: &str) -> serde_json::Value {
 }
 
 fn kdig(w: &HubWorld, ns: &str, root: &str, sni: &str, name: &str) -> String {
+    kdig_as(w, ns, root, sni, sni, name)
+}
+
+/// kdig over DoT checking the certificate for `host` while sending `sni` (a name the
+/// certificate need not cover, so the question reaches the server; empty: no server name).
+fn kdig_as(w: &HubWorld, ns: &str, root: &str, host: &str, sni: &str, name: &str) -> String {
+    let sni = if sni.is_empty() {
+        "+notls-sni".to_string()
+    } else {
+        format!("+tls-sni={sni}")
+    };
     let o = w.lab.sh(
         ns,
-        &format!("kdig +time=3 +retry=0 +tls-ca={root} +tls-hostname={sni} @{HUB_PUBLIC} {name} A"),
+        &format!(
+            "kdig +time=3 +retry=0 +tls-ca={root} +tls-hostname={host} {sni} @{HUB_PUBLIC} {name} A"
+        ),
     );
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
@@ -93,7 +106,7 @@ fn status_of(answer: &str) -> &str {
     answer
         .split("status: ")
         .nth(1)
-        .and_then(|r| r.split(',').next())
+        .and_then(|r| r.split([',', ';']).next())
         .unwrap_or("(no answer)")
 }
 
@@ -208,7 +221,9 @@ fn certificates_from_pebble_per_device_doh_and_dot_off_the_tunnel() {
     assert_eq!(status_of(&ph), "NOERROR", "{ph}");
     assert!(
         !ph.contains(WEB) && ph.contains("0.0.0.0"),
-        "the phone's group blocks it: {ph}"
+        "the phone's group blocks it: {ph}\n{}\n{}",
+        hub.cli_ok(&["status", "--json"]),
+        hub.log()
     );
     // Counted as those devices.
     let st = json(&hub.cli_ok(&["status", "--json"]));
@@ -248,11 +263,17 @@ fn certificates_from_pebble_per_device_doh_and_dot_off_the_tunnel() {
 
     // --- Never an open resolver: no token or an unknown one is refused (valid one answered).
     let bad_tok = "abcdefghijklmnopqrst";
-    assert_eq!(
-        status_of(&kdig(&w, "d2", &root, &format!("{bad_tok}.{HOST}"), SITE)),
-        "REFUSED"
-    );
-    assert_eq!(status_of(&kdig(&w, "d2", &root, HOST, SITE)), "REFUSED");
+    // An unknown token, a server name for another domain, none at all, and the bare host
+    // name; each checks the certificate for HOST, so the question does reach the hub.
+    for sni in [
+        format!("{bad_tok}.{HOST}"),
+        format!("{laptop_tok}.example.test"),
+        String::new(),
+        HOST.to_string(),
+    ] {
+        let a = kdig_as(&w, "d2", &root, HOST, &sni, SITE);
+        assert_eq!(status_of(&a), "REFUSED", "server name {sni:?}: {a}");
+    }
     assert_eq!(
         doh_code(&w, "d2", &root, &format!("/dns-query/{bad_tok}")),
         "403"
@@ -284,10 +305,11 @@ fn certificates_from_pebble_per_device_doh_and_dot_off_the_tunnel() {
         "403"
     );
     assert_eq!(
-        status_of(&kdig(
+        status_of(&kdig_as(
             &w,
             "d2",
             &root,
+            HOST,
             &format!("{laptop_tok}.{HOST}"),
             SITE
         )),
@@ -329,7 +351,7 @@ fn certificates_from_pebble_per_device_doh_and_dot_off_the_tunnel() {
     );
     assert!(support::eventually(15, || std::fs::read_to_string(&out)
         .unwrap_or_default()
-        .contains("first")));
+        .starts_with("first ")));
     let before = json(&hub.cli_ok(&["tls", "status", "--json"]));
     let renewed = json(&{
         hub.cli_ok(&["tls", "renew"]);
@@ -340,9 +362,16 @@ fn certificates_from_pebble_per_device_doh_and_dot_off_the_tunnel() {
         "{renewed}"
     );
     std::fs::write(&go, "").unwrap();
-    assert!(support::eventually(20, || std::fs::read_to_string(&out)
-        .unwrap_or_default()
-        .contains("new ")));
+    let done = support::eventually(20, || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("new ")
+    });
+    assert!(
+        done,
+        "the DoT client did not finish: {}",
+        std::fs::read_to_string(&out).unwrap_or_default()
+    );
     w.lab.stop(client);
     let text = std::fs::read_to_string(&out).unwrap();
     let line = |tag: &str| {
@@ -384,6 +413,42 @@ fn certificates_from_pebble_per_device_doh_and_dot_off_the_tunnel() {
     assert!(after["acme"]["last_error"].is_string(), "{after}");
     let lap = kdig(&w, "d2", &root, &new_sni, SITE);
     assert!(lap.contains(WEB), "still served: {lap}");
+
+    // --- With the history on, an off-tunnel query is logged as its device: an owner device
+    // (tunnel up) pulls it. Before `enable` nothing of the phone's queries is stored.
+    w.add_device_ns(3, false);
+    let conf = hub.add_device("owner", true, &["--owner"]);
+    let (hub4, _) = netns::conf_addrs(&conf, "DNS");
+    w.lab.wg_up("d3", &conf);
+    let id_file = hub.enable_querylog(w.lab.dir.path());
+    let logged = "v4only.example.test";
+    let ph = kdig(&w, "d1", &root, &format!("{phone_tok}.{HOST}"), logged);
+    assert_eq!(status_of(&ph), "NOERROR", "{ph}");
+    let pull = format!(
+        "{} --state-dir {} querylog pull --hub {hub4} --identity {} --json",
+        netns::cloudpc_bin(),
+        w.lab.dir.path().join("pull-d3").display(),
+        id_file.display()
+    );
+    // The log writer batches its writes: pull (each pull fetches what is new) for at most 2 s.
+    let mut history = String::new();
+    let end = std::time::Instant::now() + Duration::from_secs(2);
+    while !history.contains(logged) && std::time::Instant::now() < end {
+        let o = w.lab.sh_timeout("d3", &pull, 5);
+        assert!(o.status.success(), "pull: {o:?}\n{}", hub.log());
+        history.push_str(&String::from_utf8_lossy(&o.stdout));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let entry = history
+        .lines()
+        .map(json)
+        .find(|e| e["name"] == logged)
+        .unwrap_or_else(|| panic!("the phone's DoT query is not in the history: {history}"));
+    assert_eq!(entry["device"], "phone", "{entry}");
+    assert!(
+        !history.contains(SITE),
+        "a query asked before `querylog enable` was stored: {history}"
+    );
 
     // --- The Apple profile: valid XML, the DoH URL, the right payload types.
     let profile = w.lab.dir.path().join("laptop.mobileconfig");

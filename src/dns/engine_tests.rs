@@ -707,3 +707,56 @@ mod fuzz {
         });
     }
 }
+
+/// The answer to a query from a TLS listener's asker (a device named by its DNS token, an
+/// unknown token, or a plain address).
+fn answered_as(
+    r: &Resolver,
+    q: &[u8],
+    asker: super::super::tokens::Asker,
+    now: Instant,
+) -> Message {
+    let mut out = Vec::new();
+    match r.handle_query_as(q, asker, Transport::Stream, now, &mut out) {
+        Step::Answered => Message::from_vec(&out).expect("a readable answer"),
+        other => panic!("expected an answer, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_token_asks_as_its_device_and_is_limited_per_token_and_per_source() {
+    use super::super::tokens::Asker;
+    let mut s = settings();
+    s.rate_limit = 1;
+    let r = resolver_with(s, policy(&["ads.example"], &[], BlockedAnswer::Null));
+    let now = Instant::now();
+    let laptop: IpAddr = "100.100.0.2".parse().unwrap();
+    let (a, b): (IpAddr, IpAddr) = (
+        "203.0.113.7".parse().unwrap(),
+        "203.0.113.8".parse().unwrap(),
+    );
+    let q = query("laptop.mesh.", RecordType::A);
+    let token_from = |source| Asker::Device {
+        device: laptop,
+        source,
+    };
+    let rcode = |asker, at| answered_as(&r, &q, asker, at).metadata.response_code;
+    // A stranger's address with the laptop's token gets the laptop's local names.
+    let m = answered_as(&r, &q, token_from(a), now);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(m.answers.len(), 1);
+    // The same address without a token is a stranger: refused.
+    assert_eq!(rcode(Asker::Address(a), now), ResponseCode::Refused);
+    // An unknown token is refused, whatever the source.
+    let unknown = Asker::UnknownToken { source: laptop };
+    assert_eq!(rcode(unknown, now), ResponseCode::Refused);
+    // Rate 1/s, burst 2: source `a` has spent 1; one more passes, then `a` is refused even
+    // with a valid token...
+    assert_eq!(rcode(token_from(a), now), ResponseCode::NoError);
+    assert_eq!(rcode(token_from(a), now), ResponseCode::Refused);
+    // ...and the token itself has spent its burst, so a fresh source with it is refused too.
+    assert_eq!(rcode(token_from(b), now), ResponseCode::Refused);
+    // Both come back with time.
+    let later = now + Duration::from_secs(3);
+    assert_eq!(rcode(token_from(b), later), ResponseCode::NoError);
+}

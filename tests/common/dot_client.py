@@ -17,12 +17,20 @@ def query(qid):
     return struct.pack(">H", len(q) + 5) + q + b"\0" + struct.pack(">HH", 1, 1)
 
 
+def read(s, n):
+    b = b""
+    while len(b) < n:
+        chunk = s.recv(n - len(b))
+        if not chunk:
+            raise EOFError("connection closed")
+        b += chunk
+    return b
+
+
 def ask(s, qid):
     s.sendall(query(qid))
-    n = struct.unpack(">H", s.recv(2, socket.MSG_WAITALL))[0]
-    a = b""
-    while len(a) < n:
-        a += s.recv(n - len(a))
+    n = struct.unpack(">H", read(s, 2))[0]
+    a = read(s, n)
     rcode = a[3] & 15
     ancount = struct.unpack(">H", a[6:8])[0]
     return "ok" if rcode == 0 and ancount > 0 and a[:2] == struct.pack(">H", qid) else f"rcode={rcode}"

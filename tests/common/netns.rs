@@ -761,6 +761,18 @@ impl HubRun {
         conf
     }
 
+    /// Turns the query log on for a fresh owner key written under `dir`; returns the key's
+    /// file (for `querylog pull --identity`).
+    pub fn enable_querylog(&self, dir: &Path) -> PathBuf {
+        use age::secrecy::ExposeSecret;
+        let id = age::x25519::Identity::generate();
+        let file = dir.join("owner.key");
+        std::fs::write(&file, id.to_string().expose_secret()).unwrap();
+        let recipient = id.to_public().to_string();
+        self.cli_ok(&["querylog", "enable", "--recipient", &recipient]);
+        file
+    }
+
     /// Runs a CLI command that must succeed; returns stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli().args(args).output().expect("run cloudpc");
