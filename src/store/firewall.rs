@@ -8,8 +8,7 @@ use rusqlite::params;
 use super::{Store, StoreError};
 use crate::firewall::{FirewallSpec, InternetMode, Timer};
 
-/// The table, and the move of the earlier per-device internet switch into it (`off` became
-/// `internet = "off"`).
+/// The table.
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS device_firewall (
     public_key TEXT PRIMARY KEY,
@@ -17,11 +16,25 @@ CREATE TABLE IF NOT EXISTS device_firewall (
     timer_internet TEXT,
     timer_until INTEGER
 );
-CREATE TABLE IF NOT EXISTS device_internet_off (public_key TEXT PRIMARY KEY);
-INSERT OR IGNORE INTO device_firewall(public_key, spec)
-    SELECT public_key, '{"internet":"off"}' FROM device_internet_off;
-DROP TABLE device_internet_off;
 "#;
+
+/// Moves the earlier per-device internet switch, in a database that still has it, into the
+/// firewall (`off` became `internet = "off"`).
+pub(super) fn migrate(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let old = conn
+        .prepare(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'device_internet_off'",
+        )?
+        .exists([])?;
+    if old {
+        conn.execute_batch(
+            r#"INSERT OR IGNORE INTO device_firewall(public_key, spec)
+                   SELECT public_key, '{"internet":"off"}' FROM device_internet_off;
+               DROP TABLE device_internet_off;"#,
+        )?;
+    }
+    Ok(())
+}
 
 /// A device's stored firewall: its own settings and a running timer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

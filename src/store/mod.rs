@@ -234,6 +234,10 @@ impl Store {
         let init = || -> rusqlite::Result<()> {
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
             conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")?;
+            // One write transaction for the whole schema: CLI commands started together each
+            // open the store, and a move between tables (create, copy, drop) run by two of
+            // them at once would otherwise see the other's half-done steps.
+            let tx = begin_write(&conn)?;
             conn.execute_batch(SCHEMA)?;
             conn.execute_batch(tokens::SCHEMA)?;
             conn.execute_batch(admin::SCHEMA)?;
@@ -242,7 +246,8 @@ impl Store {
             conn.execute_batch(history::SCHEMA)?;
             conn.execute_batch(querylog::SCHEMA)?;
             conn.execute_batch(lists::SCHEMA)?;
-            migrate(&conn)
+            migrate(&conn)?;
+            tx.commit()
         };
         if let Err(e) = init() {
             if !existed {
@@ -619,7 +624,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_admin {
         conn.execute_batch("ALTER TABLE devices ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;")?;
     }
-    Ok(())
+    firewall::migrate(conn)
 }
 
 impl RuleAction {
@@ -665,6 +670,29 @@ mod tests {
             v4: "100.96.0.0/16".parse().unwrap(),
             v6: "fd00:1:2::/48".parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn stores_opened_at_the_same_time_all_open() {
+        // CLI commands started together each open (and bring up to date) the same database.
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(dir.path()).unwrap();
+        let errors: Vec<String> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..25)
+                            .filter_map(|_| Store::open(dir.path()).err().map(|e| e.to_string()))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        assert!(errors.is_empty(), "{errors:?}");
     }
 
     #[test]
