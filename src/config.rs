@@ -371,6 +371,9 @@ pub struct WireguardConfig {
     pub mtu: u16,
     /// Name of the hub's TUN interface.
     pub interface: String,
+    /// Where devices may carry WireGuard over TLS (port 443, shared with DoH and the admin
+    /// page; `[]` = off).
+    pub tls_listen: Vec<SocketAddr>,
 }
 
 impl Default for WireguardConfig {
@@ -383,6 +386,10 @@ impl Default for WireguardConfig {
             ipv6: String::new(),
             mtu: 1420,
             interface: "cloudpc0".into(),
+            tls_listen: vec![
+                SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 443)),
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 443)),
+            ],
         }
     }
 }

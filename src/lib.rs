@@ -6,6 +6,7 @@ pub mod api;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod daemon;
 pub mod dns;
 pub mod egress;

@@ -139,6 +139,10 @@ pub fn status(g: &Globals, a: StatusArgs) -> anyhow::Result<()> {
             Some(n) => format!("{n}s ago"),
             None => "never".into(),
         };
+        let mut endpoint = s("endpoint");
+        if s("transport") == "tls" {
+            endpoint = format!("tls/{endpoint}");
+        }
         let mut internet = s("internet");
         if let Some(src) = dev.get("internet_source").and_then(|v| v.as_str()) {
             if src != "default" {
@@ -157,7 +161,7 @@ pub fn status(g: &Globals, a: StatusArgs) -> anyhow::Result<()> {
             s("name"),
             s("ipv4"),
             s("ipv6"),
-            s("endpoint"),
+            endpoint,
             hs,
             s("rx_bytes"),
             s("tx_bytes"),

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod admin;
 mod api;
+mod connect;
 mod device;
 mod lists;
 mod misc;
@@ -58,6 +59,8 @@ pub enum Manager {
     Remote(crate::api::Client),
     Local {
         control: Box<crate::daemon::Control>,
+        // Keeps a hub from starting while this command writes the store.
+        _lock: crate::paths::RunLock,
         // Keeps the runtime the local control downloads lists with.
         _rt: tokio::runtime::Runtime,
     },
@@ -67,9 +70,26 @@ impl Manager {
     /// Connects to the running hub, or opens the store when none runs.
     pub fn open(g: &Globals) -> anyhow::Result<Manager> {
         let state_dir = g.state_dir();
-        if let Some(c) = crate::api::Client::connect(&state_dir)? {
-            return Ok(Manager::Remote(c));
-        }
+        // A hub that is starting (or stopping) holds the lock but does not answer yet (any
+        // more): wait for it to answer, or to be gone.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let lock = loop {
+            if let Some(c) = crate::api::Client::connect(&state_dir)? {
+                return Ok(Manager::Remote(c));
+            }
+            if let Some(l) = crate::paths::RunLock::try_take(&state_dir, false)
+                .map_err(|e| anyhow::anyhow!("cannot lock {}: {e}", state_dir.display()))?
+            {
+                break l;
+            }
+            if std::time::Instant::now() > end {
+                anyhow::bail!(
+                    "a cloudpc run holds {} but its API does not answer; nothing was changed",
+                    crate::paths::run_lock(&state_dir).display()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
         let cfg = g.config()?;
         let store = crate::store::Store::open(&state_dir)?;
         let overlay = store.overlay(&cfg.wireguard)?;
@@ -97,6 +117,7 @@ impl Manager {
             rt.handle().clone(),
         );
         Ok(Manager::Local {
+            _lock: lock,
             control: Box::new(control),
             _rt: rt,
         })
@@ -137,6 +158,9 @@ pub enum Command {
     Device(device::DeviceCmd),
     /// Show live counters from the running hub.
     Status(misc::StatusArgs),
+    /// On a Linux device: join the network with the config `device add` printed (UDP, or
+    /// TLS on port 443 where UDP is blocked).
+    Connect(connect::ConnectArgs),
     /// The hub's TLS certificate: which one is served, and renewing it from the ACME CA.
     #[command(subcommand)]
     Tls(misc::TlsCmd),
@@ -171,6 +195,7 @@ pub fn main() -> ExitCode {
         Command::Init(a) => device::init(&g, a),
         Command::Device(c) => device::device(&g, c),
         Command::Status(a) => misc::status(&g, a),
+        Command::Connect(a) => connect::connect(a),
         Command::Tls(c) => misc::tls(&g, c),
         Command::Block(c) => misc::rule(&g, crate::store::RuleAction::Block, c),
         Command::Allow(c) => misc::rule(&g, crate::store::RuleAction::Allow, c),

@@ -16,9 +16,10 @@ use std::time::Duration;
 use super::DaemonError;
 use crate::certs::Certs;
 use crate::config::Config;
-use crate::dns::doh::{AdminSlot, ACME_TLS_ALPN};
+use crate::dns::doh::{AdminSlot, Listener, ACME_TLS_ALPN};
 use crate::dns::service::DnsService;
 use crate::dns::slots::ConnSlots;
+use crate::hub::tls::WgTls;
 use crate::store::Overlay;
 
 /// Plain DNS addresses: the configured ones plus, with the hub, its overlay addresses.
@@ -74,8 +75,9 @@ fn tls_names(cfg: &Config, listen: &[SocketAddr]) -> Vec<String> {
     names
 }
 
-/// ALPN of the HTTPS listeners (port 443 answers the CA's TLS-ALPN-01 validation too).
-const HTTPS_ALPN: &[&[u8]] = &[b"h2", b"http/1.1", ACME_TLS_ALPN];
+/// ALPN of the HTTPS listeners (port 443 answers the CA's TLS-ALPN-01 validation too, and
+/// carries the hub's TLS transport).
+const HTTPS_ALPN: &[&[u8]] = &[b"h2", b"http/1.1", ACME_TLS_ALPN, crate::hub::tls::ALPN];
 
 /// The public listeners in force (`dns.public`): DoT, DoH.
 fn public(cfg: &Config) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
@@ -106,14 +108,14 @@ struct Https<'a> {
     admin: &'a AdminSlot,
 }
 
-/// Binds and serves one DoH (+ admin page) listener; a port that cannot be bound is skipped
-/// with a warning when `optional`.
+/// Binds and serves one DoH (+ admin page) listener; true when it is served. A port that
+/// cannot be bound is skipped with a warning when `optional`.
 async fn serve_https(
     h: &Https<'_>,
     a: SocketAddr,
-    public: bool,
+    role: Listener,
     optional: bool,
-) -> Result<(), DaemonError> {
+) -> Result<bool, DaemonError> {
     match crate::dns::server::bind_tcp(a).await {
         Ok(l) => {
             crate::dns::doh::serve(
@@ -123,26 +125,26 @@ async fn serve_https(
                 h.idle,
                 h.slots.clone(),
                 h.admin.clone(),
-                public,
+                role,
             );
-            Ok(())
+            Ok(true)
         }
         Err(e) if optional => {
             tracing::warn!(
                 port = a.port(),
-                "admin page not served on one address (port in use?)"
+                "HTTPS (admin page, TLS transport) not served on one address (port in use?)"
             );
-            tracing::debug!(error = %e, "admin bind failed");
-            Ok(())
+            tracing::debug!(error = %e, "HTTPS bind failed");
+            Ok(false)
         }
         Err(e) => Err(e.into()),
     }
 }
 
 /// Starts the admin page's own HTTPS listeners (DoH too): `admin.listen` and, with the hub
-/// and `admin.overlay`, port 443 of the hub's overlay addresses. `dns.https_listen` and the
-/// public listeners already serve it. An address that cannot be bound (port 443 taken by a
-/// web server of the owner's) is skipped with a warning.
+/// and `admin.overlay`, port 443 of the hub's overlay addresses. The HTTPS listeners
+/// [`serve_dns`] bound (`bound`) already serve it. An address that cannot be bound (port 443
+/// taken by a web server of the owner's) is skipped with a warning.
 pub async fn serve_admin(
     cfg: &Config,
     service: &Arc<DnsService>,
@@ -150,14 +152,14 @@ pub async fn serve_admin(
     with_hub: bool,
     overlay: &Overlay,
     admin: &AdminSlot,
+    bound: &[SocketAddr],
 ) -> Result<(), DaemonError> {
     let mut addrs = cfg.admin.listen.clone();
     if with_hub && cfg.admin.overlay {
         addrs.push(SocketAddr::from((overlay.hub_v4(), 443)));
         addrs.push(SocketAddr::from((overlay.hub_v6(), 443)));
     }
-    let (_, public_https) = public(cfg);
-    addrs.retain(|a| !cfg.dns.https_listen.contains(a) && !covered(a, &public_https));
+    addrs.retain(|a| !covered(a, bound));
     addrs.dedup();
     if addrs.is_empty() {
         return Ok(());
@@ -174,12 +176,74 @@ pub async fn serve_admin(
         admin,
     };
     for a in addrs {
-        serve_https(&h, a, false, true).await?;
+        serve_https(&h, a, Listener::default(), true).await?;
     }
     Ok(())
 }
 
-/// Starts the DNS listeners; returns what they serve, as URLs.
+/// What [`serve_dns`] started.
+pub struct Served {
+    /// What the DNS listeners serve, as URLs.
+    pub urls: Vec<String>,
+    /// Every HTTPS listener bound (DoH, public, TLS transport).
+    pub https: Vec<SocketAddr>,
+}
+
+/// The HTTPS listeners: `dns.https_listen`, the public ones (`dns.public`) and, with the hub
+/// (`wg`), `wireguard.tls_listen` — an address a public or DoH listener covers gets the TLS
+/// transport there; the others get a listener of their own that gives outsiders nothing
+/// else. The bool says whether a failed bind is only a warning.
+fn https_listeners(
+    cfg: &Config,
+    public_https: &[SocketAddr],
+    wg: Option<&WgTls>,
+) -> Vec<(SocketAddr, Listener, bool)> {
+    let wg_addrs: &[SocketAddr] = if wg.is_some() {
+        &cfg.wireguard.tls_listen
+    } else {
+        &[]
+    };
+    let with_wg = |a: &SocketAddr| {
+        wg_addrs
+            .iter()
+            .any(|w| covered(w, std::slice::from_ref(a)))
+            .then(|| wg.cloned())
+            .flatten()
+    };
+    let mut v: Vec<(SocketAddr, Listener, bool)> = cfg
+        .dns
+        .https_listen
+        .iter()
+        .filter(|a| !covered(a, public_https))
+        .map(|a| {
+            let role = Listener {
+                wg: with_wg(a),
+                ..Listener::default()
+            };
+            (*a, role, false)
+        })
+        .chain(public_https.iter().map(|a| {
+            let role = Listener {
+                public: true,
+                outsider_dns: true,
+                wg: with_wg(a),
+            };
+            (*a, role, false)
+        }))
+        .collect();
+    let taken: Vec<SocketAddr> = v.iter().map(|(a, _, _)| *a).collect();
+    for w in wg_addrs.iter().filter(|w| !covered(w, &taken)) {
+        let role = Listener {
+            public: true,
+            outsider_dns: false,
+            wg: wg.cloned(),
+        };
+        v.push((*w, role, true));
+    }
+    v
+}
+
+/// Starts the DNS listeners (and the TLS transport's, with the hub: `wg`).
 pub async fn serve_dns(
     cfg: &Config,
     service: &Arc<DnsService>,
@@ -187,7 +251,8 @@ pub async fn serve_dns(
     with_hub: bool,
     overlay: &Overlay,
     admin: &AdminSlot,
-) -> Result<Vec<String>, DaemonError> {
+    wg: Option<&WgTls>,
+) -> Result<Served, DaemonError> {
     let (public_tls, public_https) = public(cfg);
     let listen = listen_addrs(cfg, with_hub, overlay);
     let idle = Duration::from_secs(cfg.dns.tcp_idle_timeout.max(1));
@@ -208,14 +273,7 @@ pub async fn serve_dns(
         .chain(&public_tls)
         .copied()
         .collect();
-    let https: Vec<(SocketAddr, bool)> = cfg
-        .dns
-        .https_listen
-        .iter()
-        .filter(|a| !covered(a, &public_https))
-        .map(|a| (*a, false))
-        .chain(public_https.iter().map(|a| (*a, true)))
-        .collect();
+    let https = https_listeners(cfg, &public_https, wg);
     if !tls.is_empty() {
         let acc =
             tokio_rustls::TlsAcceptor::from(crate::dns::tls::server_config(certs, &[b"dot"])?);
@@ -230,6 +288,7 @@ pub async fn serve_dns(
             );
         }
     }
+    let mut bound = Vec::new();
     if !https.is_empty() {
         let h = Https {
             service,
@@ -240,16 +299,24 @@ pub async fn serve_dns(
             slots: &slots,
             admin,
         };
-        for (a, public) in &https {
-            serve_https(&h, *a, *public, false).await?;
+        for (a, role, optional) in &https {
+            if serve_https(&h, *a, role.clone(), *optional).await? {
+                bound.push(*a);
+            }
         }
     }
-    Ok(listen
+    let urls = listen
         .iter()
         .map(|a| format!("dns://{a}"))
         .chain(tls.iter().map(|a| format!("tls://{a}")))
-        .chain(https.iter().map(|(a, _)| format!("https://{a}/dns-query")))
-        .collect())
+        .chain(
+            https
+                .iter()
+                .filter(|(a, role, _)| bound.contains(a) && (!role.public || role.outsider_dns))
+                .map(|(a, _, _)| format!("https://{a}/dns-query")),
+        )
+        .collect();
+    Ok(Served { urls, https: bound })
 }
 
 /// Warns when ACME is on but nothing answers the CA's validation on port 443.
@@ -258,13 +325,19 @@ pub fn check_acme_reachable(cfg: &Config) {
         return;
     }
     let (_, public_https) = public(cfg);
+    let wg = if cfg.wireguard.enabled {
+        &cfg.wireguard.tls_listen[..]
+    } else {
+        &[]
+    };
     let on_443 = public_https
         .iter()
+        .chain(wg)
         .chain(&cfg.dns.https_listen)
         .chain(&cfg.admin.listen)
         .any(|a| a.port() == 443 && !a.ip().is_loopback());
     if !on_443 {
-        tracing::warn!("tls.acme is on, but no HTTPS listener is on port 443 of a public address: the CA cannot validate (set dns.public = true)");
+        tracing::warn!("tls.acme is on, but no HTTPS listener is on port 443 of a public address: the CA cannot validate (set dns.public = true, or keep wireguard.tls_listen on port 443)");
     }
 }
 

@@ -55,6 +55,30 @@ pub enum DaemonError {
     Key(#[from] crate::enroll::keys::KeyError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("{0}")]
+    Locked(String),
+}
+
+/// Takes the state dir's run lock for the hub's lifetime, waiting (bounded) for CLI commands
+/// that write the store to finish.
+fn take_run_lock(state_dir: &std::path::Path) -> Result<crate::paths::RunLock, DaemonError> {
+    let lock_err = |e: std::io::Error| {
+        DaemonError::Locked(format!("cannot lock {}: {e}", state_dir.display()))
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(l) = crate::paths::RunLock::try_take(state_dir, true).map_err(lock_err)? {
+            return Ok(l);
+        }
+        if Instant::now() > end {
+            return Err(DaemonError::Locked(format!(
+                "{} is in use: another `cloudpc run` serves this state dir (or a CLI command \
+                 has not finished); stop it first",
+                crate::paths::run_lock(state_dir).display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// How often the devices' endpoints are saved for the next start (only changed ones are
@@ -153,6 +177,7 @@ pub fn run(cfg: Config, state_dir: PathBuf, base: PathBuf) -> Result<(), DaemonE
 
 async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), DaemonError> {
     let started = Instant::now();
+    let _run_lock = take_run_lock(&state_dir)?;
     let store = Store::open(&state_dir)?;
     let overlay = store.overlay(&cfg.wireguard)?;
     let devices = store.devices()?;
@@ -237,8 +262,20 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
     let service = DnsService::with_tokens(resolver.clone(), upstreams.clone(), dns_tokens.clone());
     let admin_slot = crate::dns::doh::AdminSlot::default();
     let certs = listeners::certificates(&cfg, &state_dir, hub.is_some(), &overlay)?;
-    let listen =
-        listeners::serve_dns(&cfg, &service, &certs, hub.is_some(), &overlay, &admin_slot).await?;
+    let wg_tls = hub.as_ref().map(|h| h.tls_transport());
+    let listeners::Served {
+        urls: listen,
+        https: https_bound,
+    } = listeners::serve_dns(
+        &cfg,
+        &service,
+        &certs,
+        hub.is_some(),
+        &overlay,
+        &admin_slot,
+        wg_tls.as_ref(),
+    )
+    .await?;
     listeners::check_acme_reachable(&cfg);
     let acme = cfg.tls.acme.then(|| {
         let h = crate::certs::acme::spawn(
@@ -320,8 +357,16 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
     }
     let api_sock = crate::api::serve(control.clone(), api).await?;
     if cfg.admin.enabled {
-        listeners::serve_admin(&cfg, &service, &certs, hub.is_some(), &overlay, &admin_slot)
-            .await?;
+        listeners::serve_admin(
+            &cfg,
+            &service,
+            &certs,
+            hub.is_some(),
+            &overlay,
+            &admin_slot,
+            &https_bound,
+        )
+        .await?;
         match crate::admin::Admin::new(control.clone()) {
             Ok(a) => {
                 let _ = admin_slot.set(Arc::new(a));

@@ -53,6 +53,20 @@ pub struct Origin {
     pub peer: SocketAddr,
     pub sni_token: Option<String>,
     pub public: bool,
+    /// On a public listener: whether outsiders get DoH (with a token) at all; a listener
+    /// that is public only for the TLS transport gives them nothing.
+    pub outsider_dns: bool,
+}
+
+/// What one HTTPS listener serves besides DoH for trusted askers and the admin page.
+#[derive(Clone, Default)]
+pub struct Listener {
+    /// Outsiders get DoH with a token and nothing else (`dns.public`).
+    pub public: bool,
+    /// Outsiders get DoH at all (false: a listener opened for the TLS transport only).
+    pub outsider_dns: bool,
+    /// Streams with the TLS transport's ALPN go to the hub.
+    pub wg: Option<crate::hub::tls::WgTls>,
 }
 
 /// Answers one HTTP request: `/dns-query[/<token>]` is DoH, anything else the admin page (when
@@ -65,6 +79,9 @@ pub async fn handle_request(
 ) -> Resp {
     let peer = origin.peer;
     let tokens = service.tokens();
+    if origin.public && !origin.outsider_dns && !tokens.trusted(peer.ip()) {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    }
     let Some(path_token) = super::tokens::doh_path(req.uri().path()) else {
         if origin.public && !tokens.trusted(peer.ip()) {
             return plain(
@@ -145,7 +162,7 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// Serves DoH on `listener` with TLS (`acceptor` must offer ALPN h2 and http/1.1; with
 /// `acme-tls/1` too, a CA's validation handshake is answered and the connection closed).
-/// `public`: outsiders (see [`Origin`]) get DoH with a token only.
+/// `role`: what outsiders get (see [`Listener`]), and where TLS-transport streams go.
 pub fn serve(
     service: Arc<DnsService>,
     listener: TcpListener,
@@ -153,10 +170,15 @@ pub fn serve(
     idle: Duration,
     slots: Arc<super::slots::ConnSlots>,
     admin: AdminSlot,
-    public: bool,
+    role: Listener,
 ) {
     super::server::accept_loop(listener, slots, move |tcp, peer| {
-        let (r, acc, admin) = (service.clone(), acceptor.clone(), admin.clone());
+        let (r, acc, admin, role) = (
+            service.clone(),
+            acceptor.clone(),
+            admin.clone(),
+            role.clone(),
+        );
         async move {
             let Some(tls) = super::server::tls_handshake(&acc, tcp).await else {
                 return;
@@ -165,13 +187,20 @@ pub fn serve(
             if conn.alpn_protocol() == Some(ACME_TLS_ALPN) {
                 return;
             }
+            if conn.alpn_protocol() == Some(crate::hub::tls::ALPN) {
+                if let Some(wg) = &role.wg {
+                    wg.serve(tls, peer).await;
+                }
+                return;
+            }
             let origin = Arc::new(Origin {
                 peer,
                 sni_token: r
                     .tokens()
                     .token_of_sni(conn.server_name())
                     .map(str::to_string),
-                public,
+                public: role.public,
+                outsider_dns: role.outsider_dns,
             });
             let svc = hyper::service::service_fn(move |req| {
                 let (r, admin, origin) = (r.clone(), admin.clone(), origin.clone());

@@ -82,10 +82,52 @@ struct UdpQueue {
     runs: Vec<GsoRun>,
 }
 
-struct TunQueue {
+/// Packets for the TUN, written together with GRO coalescing (the client's TUN uses it too).
+pub struct TunQueue {
     bufs: Vec<Vec<u8>>,
     used: usize,
     gro: GROTable,
+}
+
+impl Default for TunQueue {
+    fn default() -> TunQueue {
+        TunQueue {
+            bufs: Vec::new(),
+            used: 0,
+            gro: GROTable::new(),
+        }
+    }
+}
+
+impl TunQueue {
+    /// Queues one IP packet.
+    pub fn push(&mut self, pkt: &[u8]) {
+        let i = self.used;
+        if i == self.bufs.len() {
+            // Room for a whole coalesced super-packet: tun-rs only merges a segment into a
+            // buffer whose capacity already holds the result (it never reallocates), so an
+            // MTU-sized buffer would silently turn GRO off and cost one write per packet.
+            self.bufs.push(Vec::with_capacity(TUN_BUF_CAPACITY));
+        }
+        let b = &mut self.bufs[i];
+        b.clear();
+        // Headroom for the virtio-net header `send_multiple` writes in front.
+        b.resize(VIRTIO_NET_HDR_LEN, 0);
+        b.extend_from_slice(pkt);
+        self.used += 1;
+    }
+
+    /// Writes what is queued; false when the write failed.
+    pub async fn flush(&mut self, tun: &tun_rs::AsyncDevice) -> bool {
+        if self.used == 0 {
+            return true;
+        }
+        let n = self.used;
+        self.used = 0;
+        tun.send_multiple(&mut self.gro, &mut self.bufs[..n], VIRTIO_NET_HDR_LEN)
+            .await
+            .is_ok()
+    }
 }
 
 /// A [`Sink`] that queues; see the module docs.
@@ -101,11 +143,7 @@ impl<'a> BatchSink<'a> {
         BatchSink {
             net,
             udp: RefCell::new(UdpQueue::default()),
-            tun: RefCell::new(TunQueue {
-                bufs: Vec::new(),
-                used: 0,
-                gro: GROTable::new(),
-            }),
+            tun: RefCell::new(TunQueue::default()),
         }
     }
 
@@ -135,19 +173,7 @@ impl<'a> BatchSink<'a> {
     }
 
     async fn flush_tun(&mut self) {
-        let q = self.tun.get_mut();
-        if q.used == 0 {
-            return;
-        }
-        let n = q.used;
-        q.used = 0;
-        if self
-            .net
-            .tun
-            .send_multiple(&mut q.gro, &mut q.bufs[..n], VIRTIO_NET_HDR_LEN)
-            .await
-            .is_err()
-        {
+        if !self.tun.get_mut().flush(&self.net.tun).await {
             self.net.send_drops.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -166,20 +192,7 @@ impl Sink for BatchSink<'_> {
     }
 
     fn write_tun(&self, pkt: &[u8]) {
-        let mut q = self.tun.borrow_mut();
-        let i = q.used;
-        if i == q.bufs.len() {
-            // Room for a whole coalesced super-packet: tun-rs only merges a segment into a
-            // buffer whose capacity already holds the result (it never reallocates), so an
-            // MTU-sized buffer would silently turn GRO off and cost one write per packet.
-            q.bufs.push(Vec::with_capacity(TUN_BUF_CAPACITY));
-        }
-        let b = &mut q.bufs[i];
-        b.clear();
-        // Headroom for the virtio-net header `send_multiple` writes in front.
-        b.resize(VIRTIO_NET_HDR_LEN, 0);
-        b.extend_from_slice(pkt);
-        q.used += 1;
+        self.tun.borrow_mut().push(pkt);
     }
 }
 

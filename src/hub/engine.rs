@@ -21,7 +21,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use parking_lot::RwLock;
 
-use super::peers::{Endpoint, Peer, PeerTable};
+use super::peers::{Endpoint, Peer, PeerTable, Via};
 use super::route::{route_from_device, route_from_tun, DropReason, RouteCtx, Verdict};
 
 /// Largest datagram or inner packet handled (IPv4/IPv6 maximum without jumbograms).
@@ -161,7 +161,7 @@ pub struct Engine {
     /// initiation from such an address goes straight to that device's session, which skips
     /// the anonymous decryption of the initiator's static key: one X25519 of the five a
     /// responder otherwise spends (`benches/hub_scale.rs` measures the difference).
-    endpoints: RwLock<HashMap<SocketAddr, [u8; 32]>>,
+    endpoints: RwLock<HashMap<(SocketAddr, Via), [u8; 32]>>,
     pub counters: Counters,
     /// Each device's firewall (empty: every packet routes as it is).
     firewall: Arc<crate::firewall::Firewall>,
@@ -282,9 +282,14 @@ impl Engine {
 
     /// The device whose latest authenticated packet came from `from`, if it still does.
     fn by_endpoint(&self, table: &PeerTable, from: Endpoint) -> Option<Arc<Peer>> {
-        let key = *self.endpoints.read().get(&from.addr)?;
+        let key = *self.endpoints.read().get(&(from.addr, from.via))?;
         let p = table.by_key(&key)?;
-        (p.endpoint().map(|e| e.addr) == Some(from.addr)).then(|| p.clone())
+        (p.endpoint().map(|e| (e.addr, e.via)) == Some((from.addr, from.via))).then(|| p.clone())
+    }
+
+    /// True when a device's latest authenticated packet came from `ep`.
+    pub fn knows_endpoint(&self, ep: Endpoint) -> bool {
+        self.endpoints.read().contains_key(&(ep.addr, ep.via))
     }
 
     /// The device an initiation is from, by decrypting its static key (one X25519).
@@ -312,11 +317,11 @@ impl Engine {
             }
             let mut m = self.endpoints.write();
             if let Some(b) = before {
-                if m.get(&b.addr) == Some(&peer.public_key) {
-                    m.remove(&b.addr);
+                if m.get(&(b.addr, b.via)) == Some(&peer.public_key) {
+                    m.remove(&(b.addr, b.via));
                 }
             }
-            m.insert(from.addr, peer.public_key);
+            m.insert((from.addr, from.via), peer.public_key);
         }
     }
 

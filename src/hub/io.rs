@@ -22,7 +22,7 @@ use tun_rs::{AsyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::batch::BatchSink;
 use super::engine::{Bufs, Engine, Sink, MAX_PACKET};
-use super::peers::Endpoint;
+use super::peers::{Endpoint, Via};
 use crate::store::Overlay;
 use crate::udp::BATCH_SIZE;
 
@@ -48,6 +48,8 @@ pub struct NetSink {
     pub offload: bool,
     /// Packets dropped because a queue was full or a send failed.
     pub send_drops: AtomicU64,
+    /// The open streams of the TLS transport.
+    pub tls: Arc<super::tls::TlsStreams>,
 }
 
 impl NetSink {
@@ -67,6 +69,11 @@ impl NetSink {
     /// one `sendmsg` when GSO allows, waiting while the socket buffer is full. False when
     /// the send failed.
     pub async fn send_gso(&self, to: Endpoint, data: &[u8], segment: usize) -> bool {
+        if let Via::Tls(id) = to.via {
+            // Every segment is queued even when an earlier one was dropped.
+            let queued = data.chunks(segment.max(1)).filter(|d| self.tls.send(id, d));
+            return queued.count() == data.len().div_ceil(segment.max(1));
+        }
         let Some(port) = self.port(to.addr) else {
             return false;
         };
@@ -115,6 +122,12 @@ async fn send_on(
 /// Unbatched sends, for the timer task (handshake retries and keepalives).
 impl Sink for NetSink {
     fn send_udp(&self, to: Endpoint, datagram: &[u8]) {
+        if let Via::Tls(id) = to.via {
+            if !self.tls.send(id, datagram) {
+                self.send_drops.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
         let ok = self.port(to.addr).is_some_and(|p| {
             crate::udp::try_send(
                 &p.state,
@@ -219,6 +232,7 @@ pub async fn udp_task(v6: bool, net: Arc<NetSink>, engine: Arc<Engine>) {
             let from = Endpoint {
                 addr: d.from,
                 local: d.local,
+                via: Via::Udp,
             };
             engine.handle_datagram(from, d.data, now, &mut bufs, &sink);
         }

@@ -21,6 +21,7 @@ pub mod nat64;
 pub mod packet;
 pub mod peers;
 pub mod route;
+pub mod tls;
 pub mod uapi;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -100,6 +101,8 @@ pub struct DeviceStatus {
     pub ipv6: Ipv6Addr,
     /// Where the device's latest authenticated packet came from.
     pub endpoint: Option<SocketAddr>,
+    /// How: `udp`, or `tls` (the TLS transport on port 443).
+    pub transport: Option<&'static str>,
     pub last_handshake_secs_ago: Option<u64>,
     /// Bytes of inner packets received from the device.
     pub rx_bytes: u64,
@@ -258,6 +261,7 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
         tun,
         offload,
         send_drops: Default::default(),
+        tls: Default::default(),
     });
     let mut tasks = vec![
         tokio::spawn(io::udp_task(false, sink.clone(), engine.clone())),
@@ -326,6 +330,7 @@ fn reconnect(
         let to = peers::Endpoint {
             addr: ep.addr,
             local: ep.local,
+            via: peers::Via::Udp,
         };
         if engine.initiate(&key, to, std::time::Instant::now(), &mut bufs, sink) {
             sent += 1;
@@ -350,6 +355,7 @@ impl HubHandle {
                     ipv4: p.addrs.v4,
                     ipv6: p.addrs.v6,
                     endpoint: p.endpoint().map(|e| e.addr),
+                    transport: p.endpoint().map(|e| e.via.name()),
                     last_handshake_secs_ago: st.since_handshake.map(|d| d.as_secs()),
                     rx_bytes: st.rx_bytes,
                     tx_bytes: st.tx_bytes,
@@ -412,7 +418,8 @@ impl HubHandle {
         table
             .peers()
             .filter_map(|p| {
-                let ep = p.endpoint()?;
+                // A TLS stream cannot be dialled back after a restart; the device reconnects.
+                let ep = p.endpoint().filter(|e| e.via == peers::Via::Udp)?;
                 let since = p.stats(now).since_handshake?;
                 Some((
                     base64::engine::general_purpose::STANDARD.encode(p.public_key),
@@ -424,6 +431,19 @@ impl HubHandle {
                 ))
             })
             .collect()
+    }
+
+    /// The TLS transport's side of the hub, for the HTTPS listeners on port 443.
+    pub fn tls_transport(&self) -> tls::WgTls {
+        tls::WgTls {
+            engine: self.engine.clone(),
+            net: self.sink.clone(),
+        }
+    }
+
+    /// The TLS transport's open streams and counters.
+    pub fn tls_streams(&self) -> &tls::TlsStreams {
+        &self.sink.tls
     }
 
     /// Counters of dropped and refused input.

@@ -31,15 +31,40 @@ const INDEX_MASK: u32 = 0x00ff_ffff;
 /// Where a device is reached: its address and port as the hub saw them, and the hub's own
 /// address the device sent to, used as the source of replies (a hub with several addresses,
 /// e.g. IPv6 privacy addresses, must answer from the one the device dialled).
+/// `via` says which transport: a datagram on the WireGuard port, or one of the TLS streams
+/// of the hub's TLS transport (`hub::tls`), whose `addr` is the stream's TCP peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub local: Option<IpAddr>,
+    pub via: Via,
+}
+
+/// The transport an endpoint is reached by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Via {
+    Udp,
+    /// The TLS stream with this id.
+    Tls(u32),
+}
+
+impl Via {
+    /// `udp` or `tls`, as `status` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::Udp => "udp",
+            Via::Tls(_) => "tls",
+        }
+    }
 }
 
 impl From<SocketAddr> for Endpoint {
     fn from(addr: SocketAddr) -> Endpoint {
-        Endpoint { addr, local: None }
+        Endpoint {
+            addr,
+            local: None,
+            via: Via::Udp,
+        }
     }
 }
 

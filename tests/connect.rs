@@ -1,0 +1,299 @@
+//! `cloudpc connect` and the hub's TLS transport, with namespaces as hosts (root only).
+//!
+//! A device behind a router that drops all UDP and lets only TCP 443 out: the client gets
+//! online over TLS, reaches another device, `*.mesh` names and the test internet; when the
+//! block is lifted it moves to UDP, when it comes back to TLS, while an iperf3 stream keeps
+//! going. A stock wg-quick device behind the same block gets through with `--relay`. Streams
+//! from strangers are closed.
+
+#[path = "common/netns.rs"]
+mod netns;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use netns::{conf_addrs, HubWorld, HUB_PUBLIC, WEB};
+
+/// Drops UDP (and TCP to any port but 443) forwarded for the device on `lan` (home router).
+fn block_udp(w: &HubWorld, lan: &str) {
+    w.lab.sh_ok(
+        "home",
+        &format!(
+            "nft add table inet block_{lan} && \
+             nft add chain inet block_{lan} filt '{{ type filter hook forward priority 0; }}' && \
+             nft add rule inet block_{lan} filt iifname {lan} meta l4proto udp drop && \
+             nft add rule inet block_{lan} filt oifname {lan} meta l4proto udp drop && \
+             nft add rule inet block_{lan} filt iifname {lan} tcp dport != 443 drop"
+        ),
+    );
+}
+
+fn unblock_udp(w: &HubWorld, lan: &str) {
+    w.lab
+        .sh_ok("home", &format!("nft delete table inet block_{lan}"));
+}
+
+/// `cloudpc connect --status --json` for the client of `dev`, as JSON.
+fn status(w: &HubWorld, ns: &str, dev: &str) -> serde_json::Value {
+    let bin = netns::cloudpc_bin();
+    let o = w.lab.sh(
+        ns,
+        &format!("{bin} connect --status --json --interface {dev}"),
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Waits until the client's transport is `want`; returns how long that took.
+fn wait_transport(
+    w: &HubWorld,
+    ns: &str,
+    dev: &str,
+    want: &str,
+    within: Duration,
+) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < within {
+        if status(w, ns, dev)["transport"] == want {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
+/// Removes `/etc/netns/NS` (where the client's resolv.conf of a namespace lives) on drop.
+struct NetnsEtc(PathBuf);
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn netns_resolv_conf(w: &HubWorld, ns: &str) -> NetnsEtc {
+    let dir = Path::new("/etc/netns").join(w.lab.ns(ns));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("resolv.conf"), "nameserver 192.0.2.53\n").unwrap();
+    NetnsEtc(dir)
+}
+
+#[test]
+fn connect_gets_through_a_udp_block_over_tls_and_moves_back_and_forth() {
+    if !netns::root_or_skip("connect") {
+        return;
+    }
+    let mut w = HubWorld::new("cpk");
+    let mut hub = w.hub("");
+    for n in 1..=3 {
+        w.add_device_ns(n, false);
+    }
+    let laptop = hub.add_device("laptop", true, &[]);
+    let (desk, _) = w.register(&hub, "desk");
+    let (desk_v4, _) = conf_addrs(&desk, "Address");
+    let (hub_v4, _) = conf_addrs(&laptop, "DNS");
+    w.start_hub(&mut hub);
+    w.lab.wg_up("d2", &desk);
+    let _etc = netns_resolv_conf(&w, "d1");
+
+    block_udp(&w, "lan1");
+    // The block holds: a stock WireGuard behind it gets nothing through ...
+    let relayed = hub.add_device("relayed", true, &["--split"]);
+    block_udp(&w, "lan3");
+    let wg3 = w.lab.wg_up("d3", &relayed);
+    assert!(
+        !w.lab.ping("d3", &hub_v4, 3),
+        "UDP should be blocked for d3:\n{}",
+        w.lab.diag("home")
+    );
+    // ... while TCP 443 to the hub gets out.
+    assert!(w.lab.sh_succeeds(
+        "d1",
+        &format!("curl -sk -m 3 -o /dev/null https://{HUB_PUBLIC}/"),
+        5
+    ));
+
+    let conf = w.lab.dir.path().join("laptop.conf");
+    std::fs::write(&conf, &laptop).unwrap();
+    let dev = netns::unique("cpc");
+    let bin = netns::cloudpc_bin();
+    let log = w.lab.dir.path().join("connect.log");
+    let t0 = Instant::now();
+    w.lab.spawn(
+        "d1",
+        &format!(
+            "env CLOUDPC_LOG=cloudpc=debug {bin} connect {} --interface {dev}",
+            conf.display()
+        ),
+        &log,
+    );
+    let online = w
+        .lab
+        .eventually("d1", &w.lab.ping_cmd(&desk_v4, 1), Duration::from_secs(5));
+    let took = t0.elapsed();
+    let clog = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        online,
+        "not online over TLS within 5 s:\n{}\n{}\n{}",
+        clog(),
+        hub.log(),
+        w.lab.diag("d1")
+    );
+    eprintln!("online over TLS after {took:?}");
+    let st = status(&w, "d1", &dev);
+    assert_eq!(st["transport"], "tls", "{st}");
+    assert!(st["last_handshake_secs_ago"].is_u64(), "{st}");
+    let hub_status =
+        String::from_utf8_lossy(&hub.cli().arg("status").output().unwrap().stdout).into_owned();
+    assert!(
+        hub_status
+            .lines()
+            .any(|l| l.starts_with("laptop") && l.contains("tls/")),
+        "{hub_status}"
+    );
+    // Names under .mesh, by the resolver the client put in place, and the internet.
+    let resolved = w.lab.sh_ok("d1", "getent ahostsv4 desk.mesh");
+    assert!(resolved.contains(&desk_v4), "{resolved}");
+    assert!(w.lab.sh_ok("d1", "cat /etc/resolv.conf").contains(&hub_v4));
+    let page = w
+        .lab
+        .sh_ok("d1", &format!("curl -sf -m 5 http://{WEB}/hello"));
+    assert_eq!(page, "hello from the internet\n");
+
+    // An iperf3 stream through the hub to the internet, across both switches.
+    w.lab.spawn(
+        "inet",
+        &format!("iperf3 -s -B {WEB} -1"),
+        &w.lab.dir.path().join("iperf-s.log"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let iperf_log = w.lab.dir.path().join("iperf.json");
+    let iperf = w.lab.spawn(
+        "d1",
+        &format!("iperf3 -c {WEB} -t 60 -b 20M -J --connect-timeout 3000"),
+        &iperf_log,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    unblock_udp(&w, "lan1");
+    let back = wait_transport(&w, "d1", &dev, "udp", Duration::from_secs(35));
+    assert!(back.is_some(), "not back on UDP within 35 s:\n{}", clog());
+    eprintln!("back on UDP after {:?}", back.unwrap());
+    std::thread::sleep(Duration::from_secs(3));
+    block_udp(&w, "lan1");
+    let again = wait_transport(&w, "d1", &dev, "tls", Duration::from_secs(10));
+    assert!(
+        again.is_some(),
+        "not on TLS within 10 s of the block:\n{}",
+        clog()
+    );
+    eprintln!("on TLS again after {:?}", again.unwrap());
+
+    // The stock WireGuard of d3 through the relay: the same device, the same hub.
+    let conf3 = w.lab.dir.path().join("relayed.conf");
+    std::fs::write(&conf3, &relayed).unwrap();
+    let dev3 = netns::unique("cpr");
+    w.lab.spawn(
+        "d3",
+        &format!(
+            "{bin} connect {} --interface {dev3} --relay 127.0.0.1:51820",
+            conf3.display()
+        ),
+        &w.lab.dir.path().join("relay.log"),
+    );
+    let key = w.lab.sh_ok("d3", &format!("wg show {wg3} peers"));
+    w.lab.sh_ok(
+        "d3",
+        &format!("wg set {wg3} peer {} endpoint 127.0.0.1:51820", key.trim()),
+    );
+    assert!(
+        w.lab
+            .eventually("d3", &w.lab.ping_cmd(&hub_v4, 1), Duration::from_secs(15)),
+        "the relayed stock WireGuard did not get through:\n{}",
+        std::fs::read_to_string(w.lab.dir.path().join("relay.log")).unwrap_or_default()
+    );
+    assert_eq!(status(&w, "d3", &dev3)["transport"], "tls");
+
+    // The stream kept going through both switches.
+    let end = Instant::now() + Duration::from_secs(70);
+    let mut report = serde_json::Value::Null;
+    while Instant::now() < end {
+        let text = std::fs::read_to_string(&iperf_log).unwrap_or_default();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            report = v;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = iperf;
+    assert!(report["error"].is_null(), "iperf3 failed: {report}");
+    let intervals = report["intervals"].as_array().cloned().unwrap_or_default();
+    assert!(
+        intervals.len() >= 55,
+        "the stream ended early: {}",
+        intervals.len()
+    );
+    let tail: f64 = intervals[intervals.len() - 5..]
+        .iter()
+        .map(|i| i["sum"]["bytes"].as_f64().unwrap_or(0.0))
+        .sum();
+    assert!(tail > 1e6, "the stream was not moving at the end: {tail}");
+    let stalled = intervals
+        .iter()
+        .filter(|i| i["sum"]["bytes"].as_f64().unwrap_or(0.0) == 0.0)
+        .count();
+    let per_second: Vec<String> = intervals
+        .iter()
+        .map(|i| format!("{:.0}", i["sum"]["bytes"].as_f64().unwrap_or(0.0) / 1e3))
+        .collect();
+    eprintln!(
+        "iperf3: {} intervals, {stalled} without data; kB/s: {}",
+        intervals.len(),
+        per_second.join(" ")
+    );
+    assert!(stalled <= 10, "the stream stalled for {stalled} s");
+}
+
+#[test]
+fn strangers_streams_on_443_are_closed() {
+    if !netns::root_or_skip("connect") {
+        return;
+    }
+    let mut w = HubWorld::new("cps");
+    let mut hub = w.hub("");
+    w.start_hub(&mut hub);
+    // A stream with the transport's ALPN that says nothing is closed after the
+    // authentication window; one that sends garbage at once; plain HTTPS gets a 404.
+    let script = format!(
+        r#"
+import socket, ssl, time, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["cloudpc-wg/1"])
+def stream():
+    s = ctx.wrap_socket(socket.create_connection(("{HUB_PUBLIC}", 443), timeout=15))
+    assert s.selected_alpn_protocol() == "cloudpc-wg/1", s.selected_alpn_protocol()
+    return s
+s = stream(); t = time.time()
+assert s.recv(10) == b""
+silent = time.time() - t
+s = stream(); s.sendall(b"\x00\x05hello"); t = time.time()
+assert s.recv(10) == b""
+garbage = time.time() - t
+print(f"{{silent:.1f}} {{garbage:.1f}}")
+"#
+    );
+    let out = w.lab.sh_ok("home", &format!("python3 -c '{script}'"));
+    let v: Vec<f64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert!(
+        (4.0..8.0).contains(&v[0]),
+        "a silent stream lasted {} s",
+        v[0]
+    );
+    assert!(v[1] < 1.0, "a garbage stream lasted {} s", v[1]);
+    let code = w.lab.sh_ok(
+        "home",
+        &format!("curl -sk -o /dev/null -w '%{{http_code}}' -m 5 https://{HUB_PUBLIC}/dns-query?dns=AAABAAABAAAAAAAAAAABAAE"),
+    );
+    assert_eq!(
+        code, "404",
+        "outsiders get no DoH on the transport's listener"
+    );
+}
