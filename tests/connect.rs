@@ -211,6 +211,13 @@ fn connect_gets_through_a_udp_block_over_tls_and_moves_back_and_forth() {
         std::fs::read_to_string(w.lab.dir.path().join("relay.log")).unwrap_or_default()
     );
     assert_eq!(status(&w, "d3", &dev3)["transport"], "tls");
+    // Two TLS streams at once: each device still gets its own packets.
+    assert_eq!(status(&w, "d1", &dev)["transport"], "tls");
+    assert!(
+        w.lab.ping("d1", &desk_v4, 3),
+        "the laptop lost its path when a second TLS stream opened:\n{}",
+        clog()
+    );
 
     // The stream kept going through both switches.
     let end = Instant::now() + Duration::from_secs(70);

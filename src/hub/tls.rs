@@ -155,9 +155,19 @@ impl TlsStreams {
         }
         *n += 1;
         drop(per);
-        let id = self.next.fetch_add(1, Ordering::Relaxed).max(1);
         let out = Outbox::new();
-        self.streams.write().insert(id, out.clone());
+        let id = {
+            let mut streams = self.streams.write();
+            // Ids are never 0 and never those of a stream still open (after a wrap).
+            let id = loop {
+                let id = self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+                if id != 0 && !streams.contains_key(&id) {
+                    break id;
+                }
+            };
+            streams.insert(id, out.clone());
+            id
+        };
         self.counters.opened.fetch_add(1, Ordering::Relaxed);
         Some(Admitted {
             streams: self.clone(),
@@ -313,6 +323,23 @@ mod tests {
         let mut junk = Vec::new();
         push_frame(&mut junk, b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(next_frame(&junk), Err(BadFrame::NotWireGuard));
+    }
+
+    #[test]
+    fn every_open_stream_has_its_own_id_and_gets_only_its_own_datagrams() {
+        let s = Arc::new(TlsStreams::default());
+        let a = s.admit("192.0.2.1".parse().unwrap()).unwrap();
+        let b = s.admit("192.0.2.2".parse().unwrap()).unwrap();
+        assert_ne!(a.id, b.id);
+        assert!(s.send(a.id, b"to a"));
+        assert!(a.out.buf.lock().ends_with(b"to a"));
+        assert!(b.out.buf.lock().is_empty(), "b got a's datagram");
+        // Closing one leaves the other in place; a wrapped counter skips 0 and open ids.
+        s.next.store(u32::MAX, Ordering::Relaxed);
+        let c = s.admit("192.0.2.3".parse().unwrap()).unwrap();
+        assert!(c.id != 0 && c.id != a.id && c.id != b.id);
+        drop(a);
+        assert!(s.send(b.id, b"to b"));
     }
 
     #[test]
