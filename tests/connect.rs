@@ -4,7 +4,8 @@
 //! online over TLS, reaches another device, `*.mesh` names and the test internet; when the
 //! block is lifted it moves to UDP, when it comes back to TLS, while an iperf3 stream keeps
 //! going. A stock wg-quick device behind the same block gets through with `--relay`. Streams
-//! from strangers are closed.
+//! from strangers are closed. The client recovers by itself from a captive portal on 443, a
+//! middlebox that resets the stream, a hub restart and a dead network.
 
 #[path = "common/netns.rs"]
 mod netns;
@@ -303,4 +304,168 @@ print(f"{{silent:.1f}} {{garbage:.1f}}")
         code, "404",
         "outsiders get no DoH on the transport's listener"
     );
+}
+
+/// A device on TLS (UDP blocked) through a captive portal on 443, a middlebox that resets the
+/// stream, a hub restart and a network dead for a minute: each time the client says what it is
+/// doing and is back online by itself once the fault is gone.
+#[test]
+fn connect_recovers_from_a_portal_resets_a_hub_restart_and_a_dead_network() {
+    if !netns::root_or_skip("connect") {
+        return;
+    }
+    let mut w = HubWorld::new("cpf");
+    let mut hub = w.hub("");
+    for n in 1..=2 {
+        w.add_device_ns(n, false);
+    }
+    let laptop = hub.add_device("laptop", true, &["--split"]);
+    let (desk, _) = w.register(&hub, "desk");
+    let (desk_v4, _) = conf_addrs(&desk, "Address");
+    w.start_hub(&mut hub);
+    w.lab.wg_up("d2", &desk);
+    block_udp(&w, "lan1");
+
+    // A captive portal: the home router sends the device's 443 to its own TLS web server.
+    let dir = w.lab.dir.path().to_path_buf();
+    w.lab.sh_ok(
+        "home",
+        &format!(
+            "cd {} && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+             -subj /CN=portal -keyout portal.key -out portal.crt -days 1 2>/dev/null",
+            dir.display()
+        ),
+    );
+    w.lab.spawn(
+        "home",
+        &format!(
+            "openssl s_server -quiet -www -accept 8443 -cert {0}/portal.crt -key {0}/portal.key",
+            dir.display()
+        ),
+        &dir.join("portal.log"),
+    );
+    w.lab.sh_ok(
+        "home",
+        "nft add table ip portal && \
+         nft add chain ip portal pre '{ type nat hook prerouting priority -100; }' && \
+         nft add rule ip portal pre iifname lan1 tcp dport 443 dnat to 192.168.1.1:8443",
+    );
+    assert!(
+        w.lab.eventually(
+            "d1",
+            &format!("curl -sk -m 2 https://{HUB_PUBLIC}/ | grep -qi '<html'"),
+            Duration::from_secs(10)
+        ),
+        "the portal does not answer:\n{}",
+        std::fs::read_to_string(dir.join("portal.log")).unwrap_or_default()
+    );
+
+    let conf = dir.join("laptop.conf");
+    std::fs::write(&conf, &laptop).unwrap();
+    let dev = netns::unique("cpf");
+    let bin = netns::cloudpc_bin();
+    let log = dir.join("connect.log");
+    w.lab.spawn(
+        "d1",
+        &format!(
+            "env CLOUDPC_LOG=cloudpc=debug {bin} connect {} --interface {dev}",
+            conf.display()
+        ),
+        &log,
+    );
+    let clog = || std::fs::read_to_string(&log).unwrap_or_default();
+    // The portal: not online, and the status says why.
+    assert!(
+        says(&w, &dev, "not a cloudpc hub", Duration::from_secs(10)),
+        "{}\n{}",
+        status(&w, "d1", &dev),
+        clog()
+    );
+    assert!(!w.lab.ping("d1", &desk_v4, 2), "online through a portal?");
+    w.lab.sh_ok("home", "nft delete table ip portal");
+    assert!(
+        online(&w, &desk_v4, Duration::from_secs(15)),
+        "not online within 15 s of the portal going away:\n{}",
+        clog()
+    );
+    assert_eq!(status(&w, "d1", &dev)["transport"], "tls");
+
+    // A middlebox resets the stream (and every new one) for a while.
+    w.lab.sh_ok(
+        "home",
+        "nft add table inet rst && \
+         nft add chain inet rst f '{ type filter hook forward priority -10; }' && \
+         nft add rule inet rst f iifname lan1 tcp dport 443 reject with tcp reset",
+    );
+    w.lab.sh("d1", &w.lab.ping_cmd(&desk_v4, 1));
+    assert!(
+        says(&w, &dev, "TLS stream down", Duration::from_secs(10)),
+        "{}\n{}",
+        status(&w, "d1", &dev),
+        clog()
+    );
+    assert!(!w.lab.ping("d1", &desk_v4, 2), "online through the resets?");
+    w.lab.sh_ok("home", "nft delete table inet rst");
+    assert!(
+        online(&w, &desk_v4, Duration::from_secs(15)),
+        "not online within 15 s of the resets ending:\n{}",
+        clog()
+    );
+
+    // The hub restarts.
+    w.stop_hub(&mut hub);
+    assert!(!w.lab.ping("d1", &desk_v4, 1), "online without a hub?");
+    w.start_hub(&mut hub);
+    assert!(
+        online(&w, &desk_v4, Duration::from_secs(15)),
+        "not online within 15 s of the hub's restart:\n{}\n{}",
+        clog(),
+        hub.log()
+    );
+
+    // The network is dead for a minute.
+    w.lab.sh_ok(
+        "home",
+        "nft add table inet dead && \
+         nft add chain inet dead f '{ type filter hook forward priority -10; }' && \
+         nft add rule inet dead f iifname lan1 drop && nft add rule inet dead f oifname lan1 drop",
+    );
+    let dead = Instant::now();
+    assert!(
+        !w.lab.ping("d1", &desk_v4, 2),
+        "online through a dead network?"
+    );
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(dead.elapsed()));
+    w.lab.sh_ok("home", "nft delete table inet dead");
+    let t0 = Instant::now();
+    assert!(
+        online(&w, &desk_v4, Duration::from_secs(20)),
+        "not online within 20 s of the network coming back:\n{}",
+        clog()
+    );
+    eprintln!("back after the dead minute in {:?}", t0.elapsed());
+    assert!(
+        w.lab
+            .sh_ok("d1", &format!("{bin} connect --status --interface {dev}"))
+            .contains("transport:      tls"),
+        "UDP is still blocked"
+    );
+}
+
+/// True once the client of `dev` in d1 says (in `--status`) something containing `what`.
+fn says(w: &HubWorld, dev: &str, what: &str, within: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < within {
+        let st = status(w, "d1", dev);
+        if st["doing"].as_str().is_some_and(|d| d.contains(what)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// True once d1 pings `dst` within `within`.
+fn online(w: &HubWorld, dst: &str, within: Duration) -> bool {
+    w.lab.eventually("d1", &w.lab.ping_cmd(dst, 1), within)
 }

@@ -88,6 +88,10 @@ struct Link {
     switches: AtomicU64,
     /// Relay mode: the next datagram also goes on UDP (the probe).
     probe_next: std::sync::atomic::AtomicBool,
+    /// Why the TLS stream last failed or closed (for `--status`); cleared when one opens.
+    tls_problem: Mutex<Option<String>>,
+    /// The task of the current TLS stream (aborted when the stream is closed on purpose).
+    tls_task: Mutex<Option<tokio::task::AbortHandle>>,
     /// Relay mode: bytes each way.
     relay_rx: AtomicU64,
     relay_tx: AtomicU64,
@@ -351,6 +355,7 @@ async fn tls_session(
                 *slot = Some((out.clone(), writer.abort_handle()));
             }
             link.path.lock().tls_opened();
+            *link.tls_problem.lock() = None;
             tracing::info!("TLS stream to port {} open", link.hub_tls.port());
             on_open();
             let mut buf = vec![0u8; 4 * 65_537];
@@ -383,6 +388,8 @@ async fn tls_session(
                 if bad {
                     // Not our hub (a captive portal answering 443?).
                     tracing::info!("the TLS stream carried something else than WireGuard");
+                    *link.tls_problem.lock() =
+                        Some("the stream carried something else than WireGuard".into());
                     break;
                 }
                 buf.copy_within(pos..filled, 0);
@@ -395,8 +402,14 @@ async fn tls_session(
             }
             drop(slot);
             tracing::info!("TLS stream closed");
+            link.tls_problem
+                .lock()
+                .get_or_insert_with(|| "the stream was closed".into());
         }
-        Err(e) => tracing::info!(error = %e, "cannot open TLS to the hub"),
+        Err(e) => {
+            tracing::info!(error = %e, "cannot open TLS to the hub");
+            *link.tls_problem.lock() = Some(e.to_string());
+        }
     }
     link.path.lock().tls_failed(Instant::now());
 }
@@ -530,6 +543,8 @@ fn make_link(
         connector: connector()?,
         switches: AtomicU64::new(0),
         probe_next: Default::default(),
+        tls_problem: Mutex::new(None),
+        tls_task: Mutex::new(None),
         relay_rx: AtomicU64::new(0),
         relay_tx: AtomicU64::new(0),
     })
@@ -685,12 +700,23 @@ async fn serve_inner(
                             c.handshake_on(Mode::Tls);
                         }
                     });
-                    tokio::spawn(tls_session(link.clone(), inbound.clone(), on_open));
+                    let task = tokio::spawn(tls_session(link.clone(), inbound.clone(), on_open));
+                    if let Some(old) = link.tls_task.lock().replace(task.abort_handle()) {
+                        old.abort();
+                    }
                 }
                 Action::CloseTls => {
                     if let Some((o, h)) = link.tls.lock().take() {
                         o.close();
                         h.abort();
+                    }
+                    if let Some(t) = link.tls_task.lock().take() {
+                        t.abort();
+                    }
+                }
+                Action::ProbeTls => {
+                    if let Some(c) = &client {
+                        c.handshake_on(Mode::Tls);
                     }
                 }
             }
@@ -802,7 +828,10 @@ fn status_of(link: &Link, client: Option<&Client>, dev: &str, relay: bool) -> St
             Mode::Tls => "tls".into(),
         },
         endpoint: endpoint.to_string(),
-        doing: p.doing(now),
+        doing: match (p.mode(), p.tls_up(), link.tls_problem.lock().as_deref()) {
+            (Mode::Tls, false, Some(why)) => format!("{} (last: {why})", p.doing(now)),
+            _ => p.doing(now),
+        },
         last_handshake_secs_ago: hs.map(|d| d.as_secs()),
         rx_bytes: rx,
         tx_bytes: tx,

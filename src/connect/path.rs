@@ -43,6 +43,8 @@ pub enum Action {
     OpenTls,
     /// Close the TLS stream.
     CloseTls,
+    /// Send a fresh handshake initiation over the TLS stream (it went quiet).
+    ProbeTls,
 }
 
 /// The state of the TLS stream.
@@ -70,6 +72,8 @@ pub struct Path {
     want_tls: bool,
     /// The wait before the next reopening of a broken stream.
     backoff: Duration,
+    /// The quiet TLS stream was probed then; no answer within [`UDP_WAIT`] = it is dead.
+    tls_probe: Option<Instant>,
 }
 
 impl Path {
@@ -86,6 +90,7 @@ impl Path {
             backoff: Duration::ZERO,
             close_at: None,
             want_tls: false,
+            tls_probe: None,
         }
     }
 
@@ -124,6 +129,7 @@ impl Path {
     /// A datagram came in on `via` at `now`.
     pub fn received(&mut self, via: Mode, now: Instant) {
         self.last_rx = Some(now);
+        self.tls_probe = None;
         if via == Mode::Udp {
             self.last_rx_udp = Some(now);
             self.trial = None;
@@ -151,6 +157,7 @@ impl Path {
     /// The TLS stream opened.
     pub fn tls_opened(&mut self) {
         self.stream = Stream::Up;
+        self.tls_probe = None;
         self.backoff = Duration::ZERO;
     }
 
@@ -170,6 +177,12 @@ impl Path {
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
         let mut v = Vec::new();
         let since = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t));
+        let quiet = since(self.last_rx).is_none_or(|d| d >= QUIET);
+        let sent_since = match (self.last_tx, self.last_rx) {
+            (Some(tx), Some(rx)) => tx > rx,
+            (Some(_), None) => true,
+            _ => false,
+        };
         match self.mode {
             Mode::Udp => {
                 if let Some(t) = self.trial {
@@ -177,12 +190,6 @@ impl Path {
                         self.fall_back(now);
                     }
                 } else {
-                    let quiet = since(self.last_rx).is_none_or(|d| d >= QUIET);
-                    let sent_since = match (self.last_tx, self.last_rx) {
-                        (Some(tx), Some(rx)) => tx > rx,
-                        (Some(_), None) => true,
-                        _ => false,
-                    };
                     if quiet && sent_since {
                         self.trial = Some(now);
                         v.push(Action::ProbeUdp);
@@ -199,6 +206,24 @@ impl Path {
                     self.next_probe = now + PROBE_EVERY;
                     self.trial = Some(now);
                     v.push(Action::ProbeUdp);
+                }
+                // A stream whose packets get no answer is probed, and if the hub does not
+                // answer the handshake either, it is dead (a network that went away under
+                // an open TCP connection): reopen it at once.
+                if self.stream == Stream::Up {
+                    match self.tls_probe {
+                        Some(p) if now.saturating_duration_since(p) >= UDP_WAIT => {
+                            self.tls_probe = None;
+                            self.stream = Stream::Down { retry_at: now };
+                            v.push(Action::CloseTls);
+                        }
+                        Some(_) => {}
+                        None if quiet && sent_since => {
+                            self.tls_probe = Some(now);
+                            v.push(Action::ProbeTls);
+                        }
+                        None => {}
+                    }
                 }
             }
         }
@@ -322,5 +347,37 @@ mod tests {
         let acts = p.network_changed(at(t0, 10_000));
         assert_eq!(acts, vec![Action::ProbeUdp, Action::CloseTls]);
         assert_eq!(p.tick(at(t0, 10_250)), vec![Action::OpenTls]);
+    }
+
+    #[test]
+    fn a_stream_that_goes_dead_is_probed_then_reopened() {
+        let t0 = Instant::now();
+        let mut p = Path::new(t0);
+        assert_eq!(p.tick(at(t0, 3000)), vec![Action::OpenTls]);
+        p.tls_opened();
+        p.received(Mode::Tls, at(t0, 3100));
+        // Traffic that is answered: nothing to do.
+        p.sent(at(t0, 3200));
+        p.received(Mode::Tls, at(t0, 3300));
+        assert!(
+            p.tick(at(t0, 6000)).is_empty(),
+            "a quiet link with nothing sent"
+        );
+        // Sent after 2 s without anything received: a handshake over the stream.
+        p.sent(at(t0, 6100));
+        assert_eq!(p.tick(at(t0, 6200)), vec![Action::ProbeTls]);
+        assert!(p.tick(at(t0, 8000)).is_empty(), "probed once");
+        // The hub answers: the stream stays.
+        p.received(Mode::Tls, at(t0, 8100));
+        assert!(p.tick(at(t0, 12_000)).is_empty());
+        // Sent again, no answer to the data nor to the probe: closed and reopened at once.
+        p.sent(at(t0, 12_100));
+        assert_eq!(p.tick(at(t0, 12_200)), vec![Action::ProbeTls]);
+        assert!(p.tick(at(t0, 15_100)).is_empty(), "the probe has 3 s");
+        assert_eq!(
+            p.tick(at(t0, 15_300)),
+            vec![Action::CloseTls, Action::OpenTls]
+        );
+        assert_eq!(p.mode(), Mode::Tls);
     }
 }
