@@ -17,21 +17,57 @@ use netns::{conf_addrs, HubWorld, HUB_PUBLIC, WEB};
 
 /// Drops UDP (and TCP to any port but 443) forwarded for the device on `lan` (home router).
 fn block_udp(w: &HubWorld, lan: &str) {
-    w.lab.sh_ok(
-        "home",
-        &format!(
-            "nft add table inet block_{lan} && \
-             nft add chain inet block_{lan} filt '{{ type filter hook forward priority 0; }}' && \
-             nft add rule inet block_{lan} filt iifname {lan} meta l4proto udp drop && \
-             nft add rule inet block_{lan} filt oifname {lan} meta l4proto udp drop && \
-             nft add rule inet block_{lan} filt iifname {lan} tcp dport != 443 drop"
-        ),
+    home_table(
+        w,
+        &format!("inet block_{lan}"),
+        "type filter hook forward priority 0",
+        &[
+            &format!("iifname {lan} meta l4proto udp drop"),
+            &format!("oifname {lan} meta l4proto udp drop"),
+            &format!("iifname {lan} tcp dport != 443 drop"),
+        ],
     );
 }
 
 fn unblock_udp(w: &HubWorld, lan: &str) {
-    w.lab
-        .sh_ok("home", &format!("nft delete table inet block_{lan}"));
+    home_table_delete(w, &format!("inet block_{lan}"));
+}
+
+/// Adds nftables table `table` ("FAMILY NAME") to the home router: one chain of `hook`
+/// ("type filter hook forward priority 0") with `rules`.
+fn home_table(w: &HubWorld, table: &str, hook: &str, rules: &[&str]) {
+    w.lab.sh_ok(
+        "home",
+        &format!(
+            "nft -f - <<'NFT'\ntable {table} {{\n  chain c {{\n    {hook};\n    {}\n  }}\n}}\nNFT",
+            rules.join("\n    ")
+        ),
+    );
+}
+
+fn home_table_delete(w: &HubWorld, table: &str) {
+    w.lab.sh_ok("home", &format!("nft delete table {table}"));
+}
+
+/// A fault on the home router (its nftables `table`, in place) while the client of `dev` in d1
+/// is on TLS: the client says `says_what` in `--status` and does not reach `dst`; once the
+/// table is deleted it is back within 15 s by itself.
+fn recovers_from(w: &HubWorld, dev: &str, dst: &str, log: &Path, table: &str, says_what: &str) {
+    let clog = || std::fs::read_to_string(log).unwrap_or_default();
+    w.lab.sh("d1", &w.lab.ping_cmd(dst, 1));
+    assert!(
+        says(w, dev, says_what, Duration::from_secs(10)),
+        "{}\n{}",
+        status(w, "d1", dev),
+        clog()
+    );
+    assert!(!w.lab.ping("d1", dst, 2), "online through {table}?");
+    home_table_delete(w, table);
+    assert!(
+        online(w, dst, Duration::from_secs(15)),
+        "not online within 15 s of {table} going away:\n{}",
+        clog()
+    );
 }
 
 /// `cloudpc connect --status --json` for the client of `dev`, as JSON.
@@ -344,11 +380,11 @@ fn connect_recovers_from_a_portal_resets_a_hub_restart_and_a_dead_network() {
         ),
         &dir.join("portal.log"),
     );
-    w.lab.sh_ok(
-        "home",
-        "nft add table ip portal && \
-         nft add chain ip portal pre '{ type nat hook prerouting priority -100; }' && \
-         nft add rule ip portal pre iifname lan1 tcp dport 443 dnat to 192.168.1.1:8443",
+    home_table(
+        &w,
+        "ip portal",
+        "type nat hook prerouting priority -100",
+        &["iifname lan1 tcp dport 443 dnat to 192.168.1.1:8443"],
     );
     assert!(
         w.lab.eventually(
@@ -374,43 +410,18 @@ fn connect_recovers_from_a_portal_resets_a_hub_restart_and_a_dead_network() {
         &log,
     );
     let clog = || std::fs::read_to_string(&log).unwrap_or_default();
-    // The portal: not online, and the status says why.
-    assert!(
-        says(&w, &dev, "not a cloudpc hub", Duration::from_secs(10)),
-        "{}\n{}",
-        status(&w, "d1", &dev),
-        clog()
-    );
-    assert!(!w.lab.ping("d1", &desk_v4, 2), "online through a portal?");
-    w.lab.sh_ok("home", "nft delete table ip portal");
-    assert!(
-        online(&w, &desk_v4, Duration::from_secs(15)),
-        "not online within 15 s of the portal going away:\n{}",
-        clog()
-    );
+    // The portal (already in place): not online, and the status says why.
+    recovers_from(&w, &dev, &desk_v4, &log, "ip portal", "not a cloudpc hub");
     assert_eq!(status(&w, "d1", &dev)["transport"], "tls");
-
     // A middlebox resets the stream (and every new one) for a while.
-    w.lab.sh_ok(
-        "home",
-        "nft add table inet rst && \
-         nft add chain inet rst f '{ type filter hook forward priority -10; }' && \
-         nft add rule inet rst f iifname lan1 tcp dport 443 reject with tcp reset",
+    let filter = "type filter hook forward priority -10";
+    home_table(
+        &w,
+        "inet rst",
+        filter,
+        &["iifname lan1 tcp dport 443 reject with tcp reset"],
     );
-    w.lab.sh("d1", &w.lab.ping_cmd(&desk_v4, 1));
-    assert!(
-        says(&w, &dev, "TLS stream down", Duration::from_secs(10)),
-        "{}\n{}",
-        status(&w, "d1", &dev),
-        clog()
-    );
-    assert!(!w.lab.ping("d1", &desk_v4, 2), "online through the resets?");
-    w.lab.sh_ok("home", "nft delete table inet rst");
-    assert!(
-        online(&w, &desk_v4, Duration::from_secs(15)),
-        "not online within 15 s of the resets ending:\n{}",
-        clog()
-    );
+    recovers_from(&w, &dev, &desk_v4, &log, "inet rst", "TLS stream down");
 
     // The hub restarts.
     w.stop_hub(&mut hub);
@@ -424,11 +435,11 @@ fn connect_recovers_from_a_portal_resets_a_hub_restart_and_a_dead_network() {
     );
 
     // The network is dead for a minute.
-    w.lab.sh_ok(
-        "home",
-        "nft add table inet dead && \
-         nft add chain inet dead f '{ type filter hook forward priority -10; }' && \
-         nft add rule inet dead f iifname lan1 drop && nft add rule inet dead f oifname lan1 drop",
+    home_table(
+        &w,
+        "inet dead",
+        filter,
+        &["iifname lan1 drop", "oifname lan1 drop"],
     );
     let dead = Instant::now();
     assert!(
@@ -436,7 +447,7 @@ fn connect_recovers_from_a_portal_resets_a_hub_restart_and_a_dead_network() {
         "online through a dead network?"
     );
     std::thread::sleep(Duration::from_secs(60).saturating_sub(dead.elapsed()));
-    w.lab.sh_ok("home", "nft delete table inet dead");
+    home_table_delete(&w, "inet dead");
     let t0 = Instant::now();
     assert!(
         online(&w, &desk_v4, Duration::from_secs(20)),

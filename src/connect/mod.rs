@@ -21,7 +21,9 @@
 
 pub mod config;
 pub mod path;
+pub mod status;
 pub mod system;
+mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -32,21 +34,18 @@ use std::time::{Duration, Instant};
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
 use crate::hub::batch::{gso_runs, GsoRun, Queued, TunQueue};
-use crate::hub::tls::{next_frame, write_loop, Outbox};
+use crate::hub::tls::Outbox;
 use config::ClientConfig;
 use path::{Action, Mode, Path};
+use status::status_server;
+pub use status::{print_status, status_socket, Status};
+use tls::{connector, tls_session};
 
 /// The firewall mark wg-quick gives its own socket (its first table number).
 const WG_QUICK_MARK: u32 = 51820;
-
-/// Where the status socket of the client of interface `dev` is.
-pub fn status_socket(dev: &str) -> PathBuf {
-    PathBuf::from(format!("/run/cloudpc/connect-{dev}.sock"))
-}
 
 /// What `cloudpc connect` was asked to do.
 #[derive(Debug, Clone)]
@@ -58,20 +57,6 @@ pub struct Options {
     pub tls_port: u16,
     /// Relay only: the local UDP address a stock WireGuard dials.
     pub relay: Option<SocketAddr>,
-}
-
-/// What `--status` prints (JSON over the status socket).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Status {
-    pub interface: String,
-    pub relay: bool,
-    pub transport: String,
-    pub endpoint: String,
-    pub doing: String,
-    pub last_handshake_secs_ago: Option<u64>,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub switches: u64,
 }
 
 /// The transports to the hub, shared by every task.
@@ -334,162 +319,6 @@ async fn udp_reader(link: Arc<Link>, inbound: Arc<dyn Inbound>) {
         let mut it = batch.datagrams().filter(|d| d.from == hub).map(|d| d.data);
         inbound.handle(Mode::Udp, &mut it, &mut out).await;
     }
-}
-
-/// Opens the TLS stream and reads it until it breaks.
-async fn tls_session(
-    link: Arc<Link>,
-    inbound: Arc<dyn Inbound>,
-    on_open: Arc<dyn Fn() + Send + Sync>,
-) {
-    match open_tls(&link).await {
-        Ok(stream) => {
-            let (mut r, w) = tokio::io::split(stream);
-            let out = Outbox::new();
-            let writer = tokio::spawn(write_loop(out.clone(), w));
-            {
-                let mut slot = link.tls.lock();
-                if let Some((old, _)) = slot.take() {
-                    old.close();
-                }
-                *slot = Some((out.clone(), writer.abort_handle()));
-            }
-            link.path.lock().tls_opened();
-            *link.tls_problem.lock() = None;
-            tracing::info!("TLS stream to port {} open", link.hub_tls.port());
-            on_open();
-            let mut buf = vec![0u8; 4 * 65_537];
-            let mut filled = 0;
-            let mut scratch = Scratch::new();
-            loop {
-                let n = match r.read(&mut buf[filled..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                filled += n;
-                let mut frames = Vec::new();
-                let mut pos = 0;
-                let mut bad = false;
-                loop {
-                    match next_frame(&buf[pos..filled]) {
-                        Ok(Some(len)) => {
-                            frames.push((pos + 2, len));
-                            pos += 2 + len;
-                        }
-                        Ok(None) => break,
-                        Err(_) => {
-                            bad = true;
-                            break;
-                        }
-                    }
-                }
-                let mut it = frames.iter().map(|&(s, l)| &buf[s..s + l]);
-                inbound.handle(Mode::Tls, &mut it, &mut scratch).await;
-                if bad {
-                    // Not our hub (a captive portal answering 443?).
-                    tracing::info!("the TLS stream carried something else than WireGuard");
-                    *link.tls_problem.lock() =
-                        Some("the stream carried something else than WireGuard".into());
-                    break;
-                }
-                buf.copy_within(pos..filled, 0);
-                filled -= pos;
-            }
-            out.close();
-            let mut slot = link.tls.lock();
-            if slot.as_ref().is_some_and(|(o, _)| Arc::ptr_eq(o, &out)) {
-                *slot = None;
-            }
-            drop(slot);
-            tracing::info!("TLS stream closed");
-            link.tls_problem
-                .lock()
-                .get_or_insert_with(|| "the stream was closed".into());
-        }
-        Err(e) => {
-            tracing::info!(error = %e, "cannot open TLS to the hub");
-            *link.tls_problem.lock() = Some(e.to_string());
-        }
-    }
-    link.path.lock().tls_failed(Instant::now());
-}
-
-async fn open_tls(
-    link: &Link,
-) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let sock = if link.hub_tls.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    if let Some(m) = link.mark {
-        system::set_mark(&sock, m)?;
-    }
-    sock.set_nodelay(true)?;
-    let tcp = tokio::time::timeout(Duration::from_secs(5), sock.connect(link.hub_tls))
-        .await
-        .map_err(|_| anyhow::anyhow!("TCP connect timed out"))??;
-    let tls = tokio::time::timeout(
-        Duration::from_secs(5),
-        link.connector.connect(link.server_name.clone(), tcp),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("TLS handshake timed out"))??;
-    if tls.get_ref().1.alpn_protocol() != Some(crate::hub::tls::ALPN) {
-        anyhow::bail!(
-            "port {} is not a cloudpc hub's TLS transport",
-            link.hub_tls.port()
-        );
-    }
-    Ok(tls)
-}
-
-/// TLS that takes any certificate: the WireGuard handshake inside authenticates the hub;
-/// TLS only makes the stream look like HTTPS (and a self-signed hub works the same).
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn connector() -> anyhow::Result<tokio_rustls::TlsConnector> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![crate::hub::tls::ALPN.to_vec()];
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
 }
 
 /// Resolves the config's endpoint (once, before the tunnel's DNS is in place).
@@ -800,103 +629,4 @@ async fn relay_local(r: Arc<Relay>) {
         }
         r.link.send(d);
     }
-}
-
-fn status_of(link: &Link, client: Option<&Client>, dev: &str, relay: bool) -> Status {
-    let now = Instant::now();
-    let p = link.path.lock().clone();
-    let (hs, tx, rx) = match client {
-        Some(c) => {
-            let (hs, tx, rx, _, _) = c.tunn.lock().stats();
-            (hs, tx as u64, rx as u64)
-        }
-        None => (
-            None,
-            link.relay_tx.load(Ordering::Relaxed),
-            link.relay_rx.load(Ordering::Relaxed),
-        ),
-    };
-    let endpoint = match p.mode() {
-        Mode::Udp => link.hub_udp,
-        Mode::Tls => link.hub_tls,
-    };
-    Status {
-        interface: dev.to_string(),
-        relay,
-        transport: match p.mode() {
-            Mode::Udp => "udp".into(),
-            Mode::Tls => "tls".into(),
-        },
-        endpoint: endpoint.to_string(),
-        doing: match (p.mode(), p.tls_up(), link.tls_problem.lock().as_deref()) {
-            (Mode::Tls, false, Some(why)) => format!("{} (last: {why})", p.doing(now)),
-            _ => p.doing(now),
-        },
-        last_handshake_secs_ago: hs.map(|d| d.as_secs()),
-        rx_bytes: rx,
-        tx_bytes: tx,
-        switches: link.switches.load(Ordering::Relaxed),
-    }
-}
-
-/// Answers `--status` on the status socket.
-fn status_server(
-    dev: String,
-    relay: bool,
-    link: Arc<Link>,
-    client: Option<Arc<Client>>,
-) -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    let path = status_socket(&dev);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let _ = std::fs::remove_file(&path);
-    let l = tokio::net::UnixListener::bind(&path)
-        .map_err(|e| anyhow::anyhow!("cannot serve status on {}: {e}", path.display()))?;
-    Ok(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            let st = status_of(&link, client.as_deref(), &dev, relay);
-            let mut body = serde_json::to_vec(&st).unwrap_or_default();
-            body.push(b'\n');
-            let _ = s.write_all(&body).await;
-        }
-    })
-}
-
-/// `cloudpc connect --status`: what the client of `dev` is doing.
-pub fn print_status(dev: &str, json: bool) -> anyhow::Result<()> {
-    use std::io::Read;
-    let path = status_socket(dev);
-    let mut s = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
-        anyhow::anyhow!(
-            "no cloudpc connect runs for {dev} ({}: {e}); start it with `cloudpc connect CONFIG`",
-            path.display()
-        )
-    })?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    if json {
-        print!("{text}");
-        return Ok(());
-    }
-    let st: Status = serde_json::from_str(&text)?;
-    println!(
-        "interface:      {}{}",
-        st.interface,
-        if st.relay { " (relay)" } else { "" }
-    );
-    println!("transport:      {}", st.transport);
-    println!("endpoint:       {}", st.endpoint);
-    println!("doing:          {}", st.doing);
-    match st.last_handshake_secs_ago {
-        Some(s) => println!("last handshake: {s}s ago"),
-        None => println!("last handshake: never"),
-    }
-    println!("received:       {} bytes", st.rx_bytes);
-    println!("sent:           {} bytes", st.tx_bytes);
-    println!("switches:       {}", st.switches);
-    Ok(())
 }
