@@ -86,6 +86,8 @@ pub struct GroupConfig {
     pub reach: Option<Vec<String>>,
     /// Firewall: daily windows with the internet off, `"21:00-07:00"` (hub's local time).
     pub internet_off: Vec<String>,
+    /// How these devices' internet traffic leaves: `hub` (default) or `temporary`.
+    pub egress: Option<crate::egress::EgressMode>,
 }
 
 impl GroupConfig {
@@ -118,6 +120,7 @@ impl GroupConfig {
             deny: self.deny.clone(),
             reach: self.reach.clone(),
             internet_off: self.internet_off.clone(),
+            egress: self.egress,
         }
     }
 }
@@ -401,6 +404,18 @@ pub struct EgressConfig {
     pub internet: bool,
     /// Interface towards the internet; `auto` = the default route's.
     pub interface: String,
+    /// Where `temporary` devices' IPv6 addresses come from: `auto` (the egress interface's
+    /// global /64), `off`, or a prefix of at least 2^32 addresses (/96 or shorter).
+    pub ipv6_prefix: String,
+    /// `ipv6_prefix` is routed to the VM (a `local` route) rather than on its link.
+    pub ipv6_routed: bool,
+    /// Extra IPv4 addresses of the VM for `temporary` devices (one device each at a time).
+    pub ipv4_pool: Vec<std::net::Ipv4Addr>,
+    /// How often a temporary address changes by itself (`"1h"`; `"0"` = only on demand;
+    /// at least 1 min).
+    pub rotate: String,
+    /// How long an old address keeps its open connections before they are cut.
+    pub drain: String,
 }
 
 impl Default for EgressConfig {
@@ -408,7 +423,20 @@ impl Default for EgressConfig {
         EgressConfig {
             internet: true,
             interface: "auto".into(),
+            ipv6_prefix: "auto".into(),
+            ipv6_routed: false,
+            ipv4_pool: vec![],
+            rotate: "1h".into(),
+            drain: "10m".into(),
         }
+    }
+}
+
+impl EgressConfig {
+    /// The temporary-address settings, checked (the error names the key).
+    pub fn temp_settings(&self) -> Result<crate::egress::host::TempSettings, ConfigError> {
+        crate::egress::host::TempSettings::parse(self)
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })
     }
 }
 
@@ -577,6 +605,7 @@ impl Config {
                 }
             }
         }
+        self.egress.temp_settings()?;
         for (name, g) in &self.groups {
             if !crate::dns::name::is_valid_label(name) {
                 return inv(

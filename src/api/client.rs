@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use tokio::net::UnixStream;
 
 use super::{
-    ApiError, DeviceAdded, DeviceDns, FirewallView, Manage, NewDevice, NewToken, QueryLogChange,
-    QueryLogState, StatusReport,
+    ApiError, DeviceAdded, DeviceDns, EgressView, FirewallView, Manage, NewDevice, NewToken,
+    QueryLogChange, QueryLogState, StatusReport,
 };
 use crate::filter::ListStatus;
 use crate::store::{ApiToken, Device, DevicePatch, RuleAction};
@@ -241,6 +241,17 @@ impl Manage for Client {
     }
     fn new_dns_token(&self, name: &str) -> Result<DeviceDns, ApiError> {
         let path = format!("/v1/devices/{}/dns/token", enc(name));
+        self.call(Method::POST, &path, None)
+    }
+    fn device_egress(&self, name: &str) -> Result<EgressView, ApiError> {
+        self.call(
+            Method::GET,
+            &format!("/v1/devices/{}/egress", enc(name)),
+            None,
+        )
+    }
+    fn new_egress_address(&self, name: &str) -> Result<EgressView, ApiError> {
+        let path = format!("/v1/devices/{}/egress/address", enc(name));
         self.call(Method::POST, &path, None)
     }
     fn tls(&self) -> Result<crate::certs::TlsStatus, ApiError> {

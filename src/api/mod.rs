@@ -16,8 +16,8 @@ pub mod types;
 pub use client::Client;
 pub use serve::{serve, ApiListeners, ServeError, OVERLAY_PORT};
 pub use types::{
-    DeviceAdded, DeviceDns, FirewallView, NewDevice, NewToken, QueryLogChange, QueryLogState,
-    StatusReport,
+    DeviceAdded, DeviceDns, EgressView, FirewallView, NewDevice, NewToken, QueryLogChange,
+    QueryLogState, StatusReport,
 };
 
 use crate::filter::ListStatus;
@@ -180,6 +180,10 @@ pub trait Manage {
     fn device_dns(&self, name: &str) -> Result<DeviceDns, ApiError>;
     /// Gives a device a new DNS token (the old one stops working at once).
     fn new_dns_token(&self, name: &str) -> Result<DeviceDns, ApiError>;
+    /// A device's egress mode and, while the hub runs, its temporary addresses.
+    fn device_egress(&self, name: &str) -> Result<EgressView, ApiError>;
+    /// New temporary addresses for a device at once (the old ones drain).
+    fn new_egress_address(&self, name: &str) -> Result<EgressView, ApiError>;
     /// The certificate served (needs a running hub).
     fn tls(&self) -> Result<crate::certs::TlsStatus, ApiError>;
     /// Asks the ACME CA for a new certificate now; returns once it is served.

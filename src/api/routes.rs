@@ -146,6 +146,11 @@ pub fn router(control: Arc<Control>) -> Router {
         )
         .route("/v1/devices/{name}/dns", get(device_dns))
         .route("/v1/devices/{name}/dns/token", post(new_dns_token))
+        .route("/v1/devices/{name}/egress", get(device_egress))
+        .route(
+            "/v1/devices/{name}/egress/address",
+            post(new_egress_address),
+        )
         .route("/v1/tls", get(tls))
         .route("/v1/tls/renew", post(renew_certificate))
         .route("/v1/rules/{kind}", get(list_rules).post(add_rule))
@@ -284,6 +289,20 @@ async fn new_dns_token(State(c): State<Arc<Control>>, Path(name): Path<String>) 
     ok(
         StatusCode::OK,
         call(&c, move |c| c.new_dns_token(&name)).await?,
+    )
+}
+
+async fn device_egress(State(c): State<Arc<Control>>, Path(name): Path<String>) -> Answer {
+    ok(
+        StatusCode::OK,
+        call(&c, move |c| c.device_egress(&name)).await?,
+    )
+}
+
+async fn new_egress_address(State(c): State<Arc<Control>>, Path(name): Path<String>) -> Answer {
+    ok(
+        StatusCode::OK,
+        call(&c, move |c| c.new_egress_address(&name)).await?,
     )
 }
 

@@ -87,6 +87,9 @@ pub struct StatusReport {
     /// The certificate served and, with ACME, how getting it goes.
     #[serde(default)]
     pub tls: Option<crate::certs::TlsStatus>,
+    /// Where temporary egress addresses come from, and how many are in use.
+    #[serde(default)]
+    pub egress: Option<crate::egress::live::EgressReport>,
 }
 
 /// A device's DNS addresses off the tunnel (`GET /v1/devices/{name}/dns`).
@@ -116,4 +119,18 @@ pub struct FirewallView {
     pub effective: crate::firewall::Effective,
     /// Connection attempts the firewall dropped since the hub started.
     pub dropped: u64,
+    /// The egress mode in force (the device's own, else its group's).
+    #[serde(default)]
+    pub egress: crate::egress::EgressMode,
+}
+
+/// A device's egress (`GET /v1/devices/{name}/egress`, `POST /v1/devices/{name}/egress/address`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressView {
+    pub device: String,
+    /// The mode in force (the device's own, else its group's).
+    pub mode: crate::egress::EgressMode,
+    /// The temporary addresses its new connections use now (while the hub runs, in
+    /// `temporary` mode; kept in memory only).
+    pub lease: Option<crate::egress::temporary::Lease>,
 }

@@ -146,6 +146,14 @@ pub struct SetArgs {
     /// A new DNS token: the device's old DoH URL and DoT name stop working at once.
     #[arg(long)]
     pub new_dns_token: bool,
+    /// Egress: hub (the Cloud PC's address), temporary (an address of its own that changes),
+    /// or default (follow the group).
+    #[arg(long, value_name = "MODE")]
+    pub egress: Option<String>,
+    /// A new temporary egress address at once: new connections use it, open ones keep the
+    /// old one until they end or `egress.drain` is over.
+    #[arg(long)]
+    pub new_address: bool,
 }
 
 /// A comma-separated CLI list ("" = empty).
@@ -335,6 +343,7 @@ pub fn device(g: &Globals, c: DeviceCmd) -> anyhow::Result<()> {
                 );
                 let v = api.device_firewall(&name)?;
                 println!("firewall:    {}", firewall_line(&v));
+                println!("{}", egress_line(&api.device_egress(&name)?));
                 let f = &v.settings;
                 let join = |l: &[String]| l.join(", ");
                 for (label, l) in [
@@ -523,10 +532,11 @@ fn set(m: &Manager, s: SetArgs) -> anyhow::Result<()> {
         deny: list_arg(&s.deny),
         reach: list_arg(&s.reach),
         internet_off: list_arg(&s.internet_off),
+        egress: s.egress.clone(),
     };
-    if patch == DevicePatch::default() && fw.is_empty() && !s.new_dns_token {
+    if patch == DevicePatch::default() && fw.is_empty() && !s.new_dns_token && !s.new_address {
         bail!(
-            "nothing to change: give --group G, --no-group, --owner, --no-owner, --admin, --no-admin, --log, --no-log, --new-dns-token, or a firewall setting (--internet, --allow-sites, --deny-sites, --allow, --deny, --reach, --internet-off)"
+            "nothing to change: give --group G, --no-group, --owner, --no-owner, --admin, --no-admin, --log, --no-log, --new-dns-token, --egress MODE, --new-address, or a firewall setting (--internet, --allow-sites, --deny-sites, --allow, --deny, --reach, --internet-off)"
         );
     }
     if s.new_dns_token {
@@ -548,7 +558,38 @@ fn set(m: &Manager, s: SetArgs) -> anyhow::Result<()> {
             eprintln!("(in force from the next start)");
         }
     }
+    if s.new_address || (s.egress.is_some() && m.is_running()) {
+        let v = if s.new_address {
+            m.api().new_egress_address(&s.name)?
+        } else {
+            m.api().device_egress(&s.name)?
+        };
+        println!("{}", egress_line(&v));
+    }
     Ok(())
+}
+
+/// `egress: temporary, IPv6 …, IPv4 …` for a device.
+fn egress_line(v: &crate::api::EgressView) -> String {
+    let mut out = format!("egress:      {}", v.mode.as_str());
+    if let Some(l) = &v.lease {
+        let or_hub = |a: Option<String>| a.unwrap_or_else(|| "the hub's address".into());
+        out.push_str(&format!(
+            ", IPv6 {}, IPv4 {}",
+            or_hub(l.ipv6.map(|a| a.to_string())),
+            or_hub(l.ipv4.map(|a| a.to_string()))
+        ));
+        if let Some(t) = l
+            .next_rotation
+            .and_then(|t| jiff::Timestamp::from_second(t).ok())
+        {
+            out.push_str(&format!(", next change {t}"));
+        }
+        if let Some(n) = &l.note {
+            out.push_str(&format!(" ({n})"));
+        }
+    }
+    out
 }
 
 /// Prints a device's DNS addresses off the tunnel, and what they need.

@@ -169,7 +169,74 @@ pub fn status(g: &Globals, a: StatusArgs) -> anyhow::Result<()> {
             s("blocked")
         );
     }
+    for l in egress_lines(&r) {
+        println!("{l}");
+    }
     Ok(())
+}
+
+/// `status` lines about temporary egress addresses: where they come from, what is missing,
+/// and each `temporary` device's addresses now (live; kept in memory only).
+fn egress_lines(r: &crate::api::StatusReport) -> Vec<String> {
+    let mut out = Vec::new();
+    let temp: Vec<&serde_json::Value> = r
+        .devices
+        .iter()
+        .filter(|d| d["egress"]["mode"] == "temporary")
+        .collect();
+    let Some(e) = &r.egress else { return out };
+    let h = &e.host;
+    if temp.is_empty() && h.problems.is_empty() {
+        return out;
+    }
+    let v6 = match (h.ipv6_prefix, h.ipv6_kind) {
+        (Some(p), Some(k)) => format!(
+            "IPv6 from {p} ({})",
+            serde_json::to_value(k)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        ),
+        _ => "IPv6 via the hub's address".into(),
+    };
+    let v4 = if h.ipv4_pool.is_empty() {
+        "IPv4 via the hub's address".to_string()
+    } else {
+        let pool: Vec<String> = h.ipv4_pool.iter().map(|a| a.to_string()).collect();
+        format!("IPv4 pool {}", pool.join(", "))
+    };
+    let rotate = h
+        .rotate_secs
+        .map_or("on demand".to_string(), |s| format!("every {s}s"));
+    out.push(format!(
+        "egress: temporary addresses: {v6}; {v4}; rotate {rotate}, drain {}s; {} devices, {} old addresses draining",
+        h.drain_secs, e.devices, e.draining
+    ));
+    for p in &h.problems {
+        out.push(format!("  problem: {p}"));
+    }
+    let ts = |v: &serde_json::Value| {
+        v.as_i64()
+            .and_then(|t| jiff::Timestamp::from_second(t).ok())
+            .map_or("-".to_string(), |t| t.to_string())
+    };
+    for d in temp {
+        let g = &d["egress"];
+        let addr = |k: &str| g[k].as_str().unwrap_or("hub address").to_string();
+        out.push(format!(
+            "  {:<16} {:<40} {:<15} since {}, next {}{}",
+            d["name"].as_str().unwrap_or("-"),
+            addr("ipv6"),
+            addr("ipv4"),
+            ts(&g["since"]),
+            ts(&g["next_rotation"]),
+            g["note"]
+                .as_str()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        ));
+    }
+    out
 }
 
 pub fn rule(g: &Globals, action: RuleAction, c: RuleCmd) -> anyhow::Result<()> {

@@ -19,8 +19,8 @@ use parking_lot::Mutex;
 use super::firewall::{self as fwplan, FwSettings};
 use super::status;
 use crate::api::{
-    ApiError, DeviceAdded, DeviceDns, FirewallView, Manage, NewDevice, NewToken, QueryLogChange,
-    QueryLogState, StatusReport,
+    ApiError, DeviceAdded, DeviceDns, EgressView, FirewallView, Manage, NewDevice, NewToken,
+    QueryLogChange, QueryLogState, StatusReport,
 };
 use crate::dns::engine::Resolver;
 use crate::dns::local::{read_zone_files, LocalData};
@@ -273,6 +273,9 @@ impl Control {
         if let Some(hub) = &e.hub {
             hub.set_device_egress(plan.no_internet.clone(), plan.dns_redirect.clone())
                 .map_err(|e| internal(format!("cannot apply the device firewall: {e}")))?;
+            hub.egress()
+                .set_temporary(&plan.temporary)
+                .map_err(|e| internal(format!("cannot apply the egress modes: {e}")))?;
         }
         e.firewall.publish(plan.devices);
         *self.fw_next.lock() = plan.next_change;
@@ -322,7 +325,24 @@ impl Control {
                 .filter(|t| t.until > now.timestamp().as_second()),
             effective: eff,
             dropped,
+            egress: fwplan::egress_mode(&self.fw, d, stored),
         }
+    }
+
+    /// A device's egress as it stands (`store` locked by the caller).
+    fn egress_view(&self, store: &Store, d: &Device) -> Result<EgressView, ApiError> {
+        let stored = store.device_firewalls()?;
+        let mode = fwplan::egress_mode(&self.fw, d, stored.get(&d.public_key));
+        let lease = self
+            .engines
+            .as_ref()
+            .and_then(|e| e.hub.as_ref())
+            .and_then(|h| h.egress().lease(&d.public_key));
+        Ok(EgressView {
+            device: d.name.clone(),
+            mode,
+            lease,
+        })
     }
 
     /// Changes a device's own firewall settings; in force when this returns.
@@ -820,6 +840,39 @@ impl Manage for Control {
         let token = store.new_dns_token(&d.public_key)?;
         self.apply_devices(&store)?;
         Ok(self.dns_view(&d.name, token))
+    }
+
+    fn device_egress(&self, name: &str) -> Result<EgressView, ApiError> {
+        let store = self.store.lock();
+        let d = store.device(name)?;
+        self.egress_view(&store, &d)
+    }
+
+    fn new_egress_address(&self, name: &str) -> Result<EgressView, ApiError> {
+        let store = self.store.lock();
+        let d = store.device(name)?;
+        let view = self.egress_view(&store, &d)?;
+        if view.mode != crate::egress::EgressMode::Temporary {
+            return Err(bad(format!(
+                "{name:?} leaves with the hub's address (egress hub); give it its own first: cloudpc device set {name} --egress temporary"
+            )));
+        }
+        let Some(hub) = self.engines.as_ref().and_then(|e| e.hub.as_ref()) else {
+            return Err(ApiError::NotRunning(
+                "no hub runs: a device gets fresh temporary addresses whenever the hub starts"
+                    .into(),
+            ));
+        };
+        let lease = hub
+            .egress()
+            .renew(&d.public_key)
+            .map_err(|e| internal(format!("cannot apply the new address: {e}")))?
+            .map_err(|_| internal("the device holds no temporary address"))?;
+        tracing::debug!(device = %d.name, ipv6 = ?lease.ipv6, ipv4 = ?lease.ipv4, "new temporary egress address");
+        Ok(EgressView {
+            lease: Some(lease),
+            ..view
+        })
     }
 
     fn tls(&self) -> Result<crate::certs::TlsStatus, ApiError> {

@@ -12,6 +12,8 @@ use jiff::ZonedDateTime;
 use rustc_hash::FxHashMap;
 
 use crate::config::Config;
+use crate::egress::temporary::Want;
+use crate::egress::EgressMode;
 use crate::firewall::{
     self, Compiled, DeviceFw, Effective, FirewallSpec, InternetMode, PacketRule, Reach, ReachAddr,
     ReachTarget, Sites,
@@ -93,6 +95,20 @@ pub struct Plan {
     pub next_change: Option<i64>,
     /// Each device's effective mode, by public key.
     pub effective: HashMap<String, Effective>,
+    /// Devices in `temporary` egress mode (their own setting, else their group's).
+    pub temporary: Vec<Want>,
+}
+
+/// A device's egress mode: its own setting, else its group's, else `hub`.
+pub fn egress_mode(s: &FwSettings, d: &Device, own: Option<&DeviceFirewall>) -> EgressMode {
+    own.and_then(|o| o.spec.egress)
+        .or_else(|| {
+            d.group
+                .as_deref()
+                .and_then(|g| s.groups.get(g))
+                .and_then(|g| g.spec.egress)
+        })
+        .unwrap_or_default()
 }
 
 /// Builds every device's firewall; `current` keeps what a device's firewall learned (sites,
@@ -112,6 +128,13 @@ pub fn plan(
             out.next_change = Some(out.next_change.map_or(t, |n| n.min(t)));
         }
         out.effective.insert(d.public_key.clone(), eff);
+        if egress_mode(s, d, own) == EgressMode::Temporary {
+            out.temporary.push(Want {
+                key: d.public_key.clone(),
+                overlay4: d.ipv4,
+                overlay6: d.ipv6,
+            });
+        }
         let group = d.group.as_deref().and_then(|g| s.groups.get(g));
         let empty = FirewallSpec::default();
         let spec = own.map_or(&empty, |o| &o.spec);

@@ -53,6 +53,9 @@ pub enum DaemonError {
     Api(#[from] crate::api::ServeError),
     #[error(transparent)]
     Key(#[from] crate::enroll::keys::KeyError),
+    /// The config was validated when read; this is a second check of the same values.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("{0}")]
@@ -208,6 +211,8 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
             endpoints: store.endpoints()?,
             no_internet: plan.no_internet,
             dns_redirect: plan.dns_redirect,
+            temp_egress: cfg.egress.temp_settings()?,
+            temporary: plan.temporary,
             firewall: fw.clone(),
         })
         .await?;

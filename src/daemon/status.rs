@@ -18,8 +18,9 @@ pub fn report(e: &Engines, devices: &[Device]) -> StatusReport {
         filter_rules: e.resolver.policy.lists.load().len() + e.resolver.policy.rules.load().len(),
         list_errors: e.list_errors.load(std::sync::atomic::Ordering::Relaxed),
         listen: e.listen.clone(),
-        devices: device_report(devices, &e.resolver.stats, &hub),
+        devices: device_report(devices, &e.resolver.stats, &hub, e.hub.as_deref()),
         tls: Some(e.certs.status()),
+        egress: e.hub.as_ref().map(|h| h.egress().report()),
     }
 }
 
@@ -27,6 +28,7 @@ fn device_report(
     devices: &[Device],
     stats: &Stats,
     hub: &[crate::hub::DeviceStatus],
+    handle: Option<&crate::hub::HubHandle>,
 ) -> Vec<serde_json::Value> {
     devices
         .iter()
@@ -44,6 +46,17 @@ fn device_report(
                 o.insert("ipv6".into(), d.ipv6.to_string().into());
                 o.insert("queries".into(), (c4.queries + c6.queries).into());
                 o.insert("blocked".into(), (c4.blocked + c6.blocked).into());
+                // The live temporary addresses (memory only); a device holds a lease exactly
+                // when it is in `temporary` mode.
+                let lease = handle.and_then(|h| h.egress().lease(&d.public_key));
+                let mut eg =
+                    serde_json::json!({"mode": if lease.is_some() { "temporary" } else { "hub" }});
+                if let (Some(l), Some(m)) = (lease, eg.as_object_mut()) {
+                    if let Ok(serde_json::Value::Object(lo)) = serde_json::to_value(l) {
+                        m.extend(lo);
+                    }
+                }
+                o.insert("egress".into(), eg);
             }
             v
         })

@@ -73,6 +73,9 @@ pub struct FirewallSpec {
     pub reach: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub internet_off: Vec<String>,
+    /// How the device's internet traffic leaves the Cloud PC (`hub` or `temporary`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::egress::EgressMode>,
 }
 
 impl FirewallSpec {
@@ -106,6 +109,9 @@ pub struct FirewallPatch {
     pub reach: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub internet_off: Option<Vec<String>>,
+    /// `hub`, `temporary`, or `default` (follow the group).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<String>,
 }
 
 impl FirewallPatch {
@@ -544,6 +550,12 @@ pub fn apply_patch(
     }
     if let Some(v) = &patch.internet_off {
         next.internet_off = v.clone();
+    }
+    if let Some(m) = &patch.egress {
+        next.egress = match m.as_str() {
+            "default" => None,
+            m => Some(crate::egress::EgressMode::parse(m)?),
+        };
     }
     check(&next)?;
     Ok((next, timer))

@@ -8,7 +8,8 @@
 //! owns the handle and applies changes with [`HubHandle::set_devices`] and
 //! [`HubHandle::set_internet`], both in force when they return; [`HubHandle::status`] reads
 //! live counters, [`HubHandle::endpoints`] what to keep for the next start;
-//! [`HubHandle::shutdown`] removes the nftables table, the UAPI socket and the TUN.
+//! [`HubHandle::shutdown`] removes the nftables table (and the temporary egress addresses'
+//! neighbour proxy entries or route), the UAPI socket and the TUN.
 //!
 //! Parts: `packet` (checked IP header view), `route` (where a packet goes), `peers` (device
 //! table), `engine` (WireGuard messages in, packets out, no I/O), `io` (sockets, TUN, tasks),
@@ -53,6 +54,10 @@ pub struct HubParams {
     pub no_internet: Vec<std::net::IpAddr>,
     /// Overlay addresses of devices whose DNS is redirected to the hub (firewall).
     pub dns_redirect: Vec<std::net::IpAddr>,
+    /// Where temporary egress addresses come from, and how often they change.
+    pub temp_egress: crate::egress::host::TempSettings,
+    /// The devices in `temporary` egress mode at start.
+    pub temporary: Vec<crate::egress::temporary::Want>,
     /// The devices' firewalls (shared with the resolver).
     pub firewall: Arc<crate::firewall::Firewall>,
 }
@@ -117,8 +122,8 @@ pub struct HubHandle {
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Session indexes for new devices (kept so a rebuilt table never reuses a live one).
     next_index: parking_lot::Mutex<u32>,
-    /// The egress table as installed.
-    egress: parking_lot::Mutex<crate::egress::EgressSpec>,
+    /// The egress table and the temporary addresses in force.
+    egress: Arc<crate::egress::live::Egress>,
     uapi_path: parking_lot::Mutex<Option<PathBuf>>,
 }
 
@@ -237,9 +242,15 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
         internet: p.internet,
         no_internet: p.no_internet.clone(),
         dns_redirect: p.dns_redirect.clone(),
+        snat: vec![],
+        cut: vec![],
     };
     crate::egress::enable_forwarding(egress_out.as_deref())?;
-    crate::egress::install(&spec)?;
+    let egress = Arc::new(crate::egress::live::Egress::install(
+        spec,
+        &p.temp_egress,
+        &p.temporary,
+    )?);
     if egress_out.is_none() {
         tracing::warn!("no default route found; masquerading out of every interface but the TUN");
     }
@@ -247,7 +258,7 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
     let uapi = match uapi::bind(&wg.interface) {
         Ok(u) => u,
         Err(source) => {
-            let _ = crate::egress::remove();
+            let _ = egress.remove();
             return Err(HubError::Uapi {
                 path: uapi::socket_path(&wg.interface),
                 source,
@@ -268,6 +279,7 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
         tokio::spawn(io::tun_task(sink.clone(), engine.clone(), wg.mtu)),
         tokio::spawn(io::timer_task(engine.clone(), sink.clone())),
         tokio::spawn(uapi::serve(uapi.0, engine.clone(), wg.listen_port)),
+        tokio::spawn(egress.clone().run_clock()),
     ];
     if sink.v6.is_some() {
         tasks.push(tokio::spawn(io::udp_task(
@@ -292,7 +304,7 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
         sink,
         tasks: parking_lot::Mutex::new(tasks),
         next_index: parking_lot::Mutex::new(next_index),
-        egress: parking_lot::Mutex::new(spec),
+        egress,
         uapi_path: parking_lot::Mutex::new(Some(uapi.1)),
     })
 }
@@ -374,15 +386,9 @@ impl HubHandle {
 
     /// Switches internet egress through the hub on or off (in force when this returns).
     pub fn set_internet(&self, on: bool) -> Result<(), crate::egress::EgressError> {
-        let mut spec = self.egress.lock();
-        if spec.internet == on {
-            return Ok(());
+        if self.egress.set_internet(on)? {
+            tracing::info!(internet = on, "internet switched");
         }
-        let mut next = spec.clone();
-        next.internet = on;
-        crate::egress::install(&next)?;
-        *spec = next;
-        tracing::info!(internet = on, "internet switched");
         Ok(())
     }
 
@@ -396,16 +402,12 @@ impl HubHandle {
     ) -> Result<(), crate::egress::EgressError> {
         no_internet.sort();
         dns_redirect.sort();
-        let mut spec = self.egress.lock();
-        if spec.no_internet == no_internet && spec.dns_redirect == dns_redirect {
-            return Ok(());
-        }
-        let mut next = spec.clone();
-        next.no_internet = no_internet;
-        next.dns_redirect = dns_redirect;
-        crate::egress::install(&next)?;
-        *spec = next;
-        Ok(())
+        self.egress.set_device_filters(no_internet, dns_redirect)
+    }
+
+    /// The egress table and temporary addresses (`set_temporary`, `renew`, leases, report).
+    pub fn egress(&self) -> &crate::egress::live::Egress {
+        &self.egress
     }
 
     /// Where each device that has been heard from was last seen, by public key (base64),
@@ -468,7 +470,7 @@ impl HubHandle {
         for t in tasks {
             let _ = t.await;
         }
-        if let Err(e) = crate::egress::remove() {
+        if let Err(e) = self.egress.remove() {
             tracing::warn!(error = %e, "could not remove the nftables table");
         }
         if let Some(p) = self.uapi_path.lock().take() {

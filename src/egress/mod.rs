@@ -12,8 +12,20 @@
 //! else from the overlay is dropped (the hub's own services are `input`, not
 //! `forward`, so DNS keeps working); replies to the overlay are allowed and unsolicited
 //! connections into it are dropped.
+//!
+//! Temporary egress addresses ([`temporary`], [`host`]): a device in `temporary` mode gets a
+//! source NAT of its own in `postrouting`, before the masquerade (new connections only: the
+//! kernel's conntrack keeps an open connection's address), and the connections of an address
+//! whose drain ended are reset at the top of `forward`, matched by their conntrack tuple.
 
+pub mod host;
+pub mod live;
+pub mod temporary;
+
+use std::net::IpAddr;
 use std::path::PathBuf;
+
+pub use temporary::EgressMode;
 
 use ipnet::{IpAdd, Ipv4Net, Ipv6Net};
 use serde_json::{json, Value};
@@ -27,6 +39,10 @@ pub enum EgressError {
     /// `nft` failed or is missing.
     #[error("nftables: {0} (is the `nft` command installed? Debian/Ubuntu: apt install nftables)")]
     Nft(String),
+    /// What temporary addresses need on the host (neighbour proxy entries, a local route)
+    /// could not be installed.
+    #[error("temporary egress addresses: {0}")]
+    Host(String),
     /// A forwarding sysctl could not be written.
     #[error("cannot enable forwarding ({path}: {source}); run as root or set it yourself: sysctl -w {sysctl}=1")]
     Sysctl {
@@ -52,6 +68,10 @@ pub struct EgressSpec {
     /// Overlay addresses of devices whose DNS (TCP/UDP 53) to any address is answered by the
     /// hub's resolver (the firewall's no-bypass rule).
     pub dns_redirect: Vec<std::net::IpAddr>,
+    /// Temporary addresses: (overlay address, public address) for new connections.
+    pub snat: Vec<(IpAddr, IpAddr)>,
+    /// (overlay address, old public address) pairs whose connections are cut.
+    pub cut: Vec<(IpAddr, IpAddr)>,
 }
 
 fn meta_eq(key: &str, v: &str) -> Value {
@@ -102,6 +122,32 @@ pub fn ruleset(s: &EgressSpec) -> Value {
             ],
         ),
     ];
+    // Connections on a temporary address whose drain ended: reset (TCP) or dropped, in both
+    // directions, by the conntrack tuple (the device's address, the old public address).
+    for (family, proto) in [("ip", false), ("ip6", true)] {
+        let pairs: Vec<Value> = s
+            .cut
+            .iter()
+            .filter(|(o, _)| o.is_ipv6() == proto)
+            .map(|(o, p)| json!({"concat": [o.to_string(), p.to_string()]}))
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let tuple = json!({"match": {"op": "==", "left": {"concat": [
+            {"ct": {"key": format!("{family} saddr"), "dir": "original"}},
+            {"ct": {"key": format!("{family} daddr"), "dir": "reply"}}]},
+            "right": {"set": pairs}}});
+        cmds.push(rule(
+            "forward",
+            vec![
+                tuple.clone(),
+                json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}),
+                json!({"reject": {"type": "tcp reset"}}),
+            ],
+        ));
+        cmds.push(rule("forward", vec![tuple, drop.clone()]));
+    }
     // Link-local destinations are never forwarded: on a cloud VM that is the metadata
     // service (169.254.169.254), which holds the VM's credentials.
     cmds.push(rule(
@@ -204,6 +250,27 @@ pub fn ruleset(s: &EgressSpec) -> Value {
         ],
     ));
     cmds.push(rule("forward", vec![meta_eq("oifname", &s.tun), drop]));
+    // Temporary addresses before the masquerade (the nat chain sees only a connection's first
+    // packet, so an open connection keeps the address it started with).
+    for (overlay, public) in &s.snat {
+        let (proto, family) = if overlay.is_ipv4() {
+            ("ip", "ip")
+        } else {
+            ("ip6", "ip6")
+        };
+        if overlay.is_ipv4() != public.is_ipv4() {
+            continue;
+        }
+        cmds.push(rule(
+            "postrouting",
+            vec![
+                json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "saddr"}},
+                    "right": overlay.to_string()}}),
+                out_match(true),
+                json!({"snat": {"family": family, "addr": public.to_string()}}),
+            ],
+        ));
+    }
     cmds.push(rule(
         "postrouting",
         vec![
@@ -328,6 +395,8 @@ mod tests {
             internet,
             no_internet: vec![],
             dns_redirect: vec![],
+            snat: vec![],
+            cut: vec![],
         }
     }
 
@@ -371,6 +440,38 @@ mod tests {
         assert!(
             text.contains("\"addr\":\"100.96.0.1\"") && text.contains("\"addr\":\"fd00:1::1\"")
         );
+    }
+
+    #[test]
+    fn temporary_addresses_are_source_nat_before_the_masquerade_and_cut_pairs_reset_first() {
+        let mut s = spec(true);
+        s.snat = vec![
+            (
+                "100.96.0.2".parse().unwrap(),
+                "203.0.113.3".parse().unwrap(),
+            ),
+            (
+                "fd00:1::2".parse().unwrap(),
+                "2001:db8:1::abcd".parse().unwrap(),
+            ),
+        ];
+        s.cut = vec![(
+            "fd00:1::2".parse().unwrap(),
+            "2001:db8:1::99".parse().unwrap(),
+        )];
+        let rules = ruleset(&s)["nftables"].as_array().unwrap().clone();
+        let pos = |needle: &str| rules.iter().position(|r| r.to_string().contains(needle));
+        let snat4 = pos("\"203.0.113.3\"").expect("an IPv4 source NAT");
+        let snat6 = pos("2001:db8:1::abcd").expect("an IPv6 source NAT");
+        let masq = pos("masquerade").unwrap();
+        assert!(snat4 < masq && snat6 < masq, "{rules:?}");
+        assert!(rules[snat4].to_string().contains("100.96.0.2"));
+        let cut = pos("2001:db8:1::99").expect("a cut rule");
+        assert!(rules[cut].to_string().contains("tcp reset"));
+        // The reset comes before the replies' accept, or an open connection would go on.
+        let replies = pos("established").unwrap();
+        assert!(cut < replies);
+        assert!(!ruleset(&spec(true)).to_string().contains("snat"));
     }
 
     #[test]

@@ -1,0 +1,191 @@
+//! The egress in force while the hub runs: the nftables table and the temporary addresses,
+//! changed under one lock, so that every change (internet on/off, a device's filter, a device
+//! switched to `temporary`, a new address) is installed when the call returns. A clock task
+//! ([`Egress::run_clock`]) rotates addresses and ends drains at the times
+//! [`TempEgress::next_change`] names; nothing polls.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rand::SeedableRng;
+
+use super::host::{HostEgress, HostReport, TempSettings};
+use super::temporary::{Lease, NotTemporary, TempEgress, Want};
+use super::{EgressError, EgressSpec};
+
+struct Inner {
+    spec: EgressSpec,
+    temp: TempEgress,
+    host: HostEgress,
+    report: HostReport,
+    rng: rand::rngs::StdRng,
+}
+
+/// The egress in force (see the module docs).
+pub struct Egress {
+    inner: Mutex<Inner>,
+    wake: tokio::sync::Notify,
+}
+
+/// Live temporary-address state for `status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EgressReport {
+    #[serde(flatten)]
+    pub host: HostReport,
+    /// Devices holding temporary addresses now.
+    pub devices: usize,
+    /// Old addresses whose open connections may still finish.
+    pub draining: usize,
+}
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+impl Egress {
+    /// Reads the host for temporary addresses, installs `spec` with `wanted` holding theirs.
+    pub fn install(
+        mut spec: EgressSpec,
+        temp: &TempSettings,
+        wanted: &[Want],
+    ) -> Result<Egress, EgressError> {
+        let (pool, report) = super::host::resolve(temp, spec.out.as_deref());
+        for p in &report.problems {
+            tracing::warn!("temporary egress addresses: {p}");
+        }
+        let prefix = report.ipv6_prefix.zip(report.ipv6_kind);
+        let mut host = HostEgress::new(spec.out.as_deref(), prefix);
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let mut t = TempEgress::new(pool);
+        t.set_wanted(wanted, now(), &mut rng);
+        host.sync(&t.in_use6()).map_err(EgressError::Host)?;
+        spec.snat = t.snat();
+        spec.cut = t.cut();
+        super::install(&spec)?;
+        Ok(Egress {
+            inner: Mutex::new(Inner {
+                spec,
+                temp: t,
+                host,
+                report,
+                rng,
+            }),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Changes the table with `f` and installs it when it differs.
+    fn change(&self, f: impl FnOnce(&mut EgressSpec)) -> Result<bool, EgressError> {
+        let mut i = self.inner.lock();
+        let mut next = i.spec.clone();
+        f(&mut next);
+        if next == i.spec {
+            return Ok(false);
+        }
+        super::install(&next)?;
+        i.spec = next;
+        Ok(true)
+    }
+
+    /// Switches internet egress through the hub on or off; returns whether it changed.
+    pub fn set_internet(&self, on: bool) -> Result<bool, EgressError> {
+        self.change(|s| s.internet = on)
+    }
+
+    /// The devices whose internet is off and those whose DNS goes to the hub.
+    pub fn set_device_filters(
+        &self,
+        no_internet: Vec<std::net::IpAddr>,
+        dns_redirect: Vec<std::net::IpAddr>,
+    ) -> Result<(), EgressError> {
+        self.change(|s| {
+            s.no_internet = no_internet;
+            s.dns_redirect = dns_redirect;
+        })
+        .map(|_| ())
+    }
+
+    /// Puts the temporary addresses in force after `f` changed them: the host first (so that
+    /// the first reply to a new address finds the hub), then the table.
+    fn apply_temp<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> Result<T, EgressError> {
+        let mut guard = self.inner.lock();
+        let i = &mut *guard;
+        let out = f(i);
+        i.host.sync(&i.temp.in_use6()).map_err(EgressError::Host)?;
+        let mut next = i.spec.clone();
+        next.snat = i.temp.snat();
+        next.cut = i.temp.cut();
+        if next != i.spec {
+            super::install(&next)?;
+            i.spec = next;
+        }
+        drop(guard);
+        self.wake.notify_one();
+        Ok(out)
+    }
+
+    /// Makes exactly the devices of `wanted` hold temporary addresses (others drain theirs).
+    pub fn set_temporary(&self, wanted: &[Want]) -> Result<(), EgressError> {
+        self.apply_temp(|i| {
+            let Inner { temp, rng, .. } = i;
+            temp.set_wanted(wanted, now(), rng);
+        })
+    }
+
+    /// New addresses for the device with public key `key`, in force when this returns.
+    pub fn renew(&self, key: &str) -> Result<Result<Lease, NotTemporary>, EgressError> {
+        self.apply_temp(|i| {
+            let Inner { temp, rng, .. } = i;
+            temp.renew(key, now(), rng)
+        })
+    }
+
+    /// The lease of the device with public key `key`.
+    pub fn lease(&self, key: &str) -> Option<Lease> {
+        self.inner.lock().temp.lease(key).cloned()
+    }
+
+    /// What the host offers and how many addresses are held and draining.
+    pub fn report(&self) -> EgressReport {
+        let i = self.inner.lock();
+        EgressReport {
+            host: i.report.clone(),
+            devices: i.temp.held(),
+            draining: i.temp.draining(),
+        }
+    }
+
+    /// Rotates addresses and ends drains when their time comes; runs until aborted.
+    pub async fn run_clock(self: Arc<Self>) {
+        loop {
+            let next = self.inner.lock().temp.next_change();
+            let wait = match next {
+                Some(at) => {
+                    let ms = at * 1000 - jiff::Timestamp::now().as_millisecond();
+                    std::time::Duration::from_millis(ms.max(0) as u64)
+                }
+                None => std::time::Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {
+                    let r = self.apply_temp(|i| {
+                        let Inner { temp, rng, .. } = i;
+                        temp.tick(now(), rng)
+                    });
+                    match r {
+                        Ok(true) => tracing::debug!("temporary egress addresses rotated or drained"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(error = %e, "temporary egress addresses: the scheduled change failed"),
+                    }
+                }
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Removes the table and what was installed on the host (on exit).
+    pub fn remove(&self) -> Result<(), EgressError> {
+        self.inner.lock().host.remove();
+        super::remove()
+    }
+}

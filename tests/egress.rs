@@ -1,0 +1,348 @@
+//! Temporary egress addresses end to end (root only): a hub whose uplink has an on-link /64
+//! (2001:db8:1::/64, as a cloud VM's) and extra IPv4 addresses, stock WireGuard devices
+//! (wireguard-go + wg-quick), and the test internet's web server on IPv4 and IPv6, whose log
+//! names the address each request came from.
+//!
+//! Every "gets a temporary address" is paired with the `hub` device on the same path, which
+//! the web server sees with the hub's own address.
+
+#[path = "common/netns.rs"]
+mod netns;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use netns::{conf_addrs, HubRun, HubWorld, HUB_PUBLIC, HUB_PUBLIC6, WEB, WEB6};
+
+const POOL: [&str; 3] = ["203.0.113.3", "203.0.113.4", "203.0.113.5"];
+const PREFIX: &str = "2001:db8:1::/64";
+/// Size of the file the long downloads fetch.
+const BIG: usize = 4_000_000;
+
+/// The address the web server saw for the request tagged `tag`.
+fn peer_of(w: &HubWorld, tag: &str) -> Option<IpAddr> {
+    let needle = format!("GET /hello?{tag} ");
+    let big = format!("GET /big?{tag} ");
+    w.web_log()
+        .lines()
+        .find(|l| l.contains(&needle) || l.contains(&big))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+}
+
+/// Fetches a page over IPv6 (`v6`) or IPv4 from `ns`; returns the address the server saw.
+fn fetch(w: &HubWorld, ns: &str, v6: bool, tag: &str) -> IpAddr {
+    let url = if v6 {
+        format!("http://[{WEB6}]/hello?{tag}")
+    } else {
+        format!("http://{WEB}/hello?{tag}")
+    };
+    w.lab
+        .sh_ok(ns, &format!("curl -sf -m 5 -o /dev/null '{url}'"));
+    peer_of(w, tag).unwrap_or_else(|| panic!("no request {tag} in the log:\n{}", w.web_log()))
+}
+
+/// A device's live egress in `status --json`: (mode, IPv6, IPv4, next rotation).
+fn egress_of(hub: &HubRun, name: &str) -> serde_json::Value {
+    let s: serde_json::Value =
+        serde_json::from_str(&hub.cli_ok(&["status", "--json"])).expect("status json");
+    s["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == name))
+        .map(|d| d["egress"].clone())
+        .unwrap_or_else(|| panic!("no device {name} in {s}"))
+}
+
+fn addr(v: &serde_json::Value, k: &str) -> Option<IpAddr> {
+    v[k].as_str().and_then(|a| a.parse().ok())
+}
+
+fn in_prefix(a: IpAddr) -> bool {
+    let net: ipnet::IpNet = PREFIX.parse().unwrap();
+    net.contains(&a) && a != HUB_PUBLIC6.parse::<IpAddr>().unwrap()
+}
+
+fn in_pool(a: IpAddr) -> bool {
+    POOL.iter().any(|p| p.parse::<IpAddr>().unwrap() == a)
+}
+
+/// Starts a rate-limited download of the big file from `ns`; its log gets
+/// `<bytes> <exit code>` when it ends. Returns the log's path once the server logged it.
+/// A download that makes no progress for 5 s ends (a cut connection may get no reset when
+/// the device sends nothing).
+fn start_download(
+    w: &mut HubWorld,
+    ns: &str,
+    v6: bool,
+    rate: &str,
+    tag: &str,
+) -> std::path::PathBuf {
+    let url = if v6 {
+        format!("http://[{WEB6}]/big?{tag}")
+    } else {
+        format!("http://{WEB}/big?{tag}")
+    };
+    let log = w.lab.dir.path().join(format!("download-{tag}.log"));
+    w.lab.spawn(
+        ns,
+        &format!(
+            "sh -c \"curl -s -m 90 -Y 1 -y 5 --limit-rate {rate} -o /dev/null -w '%{{size_download}} ' '{url}'; echo \\$?\""
+        ),
+        &log,
+    );
+    let t0 = Instant::now();
+    while peer_of(w, tag).is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "download {tag} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    log
+}
+
+/// Waits up to `secs` for a download's `<bytes> <exit code>`.
+fn download_result(log: &std::path::Path, secs: u64) -> (usize, i32) {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let f: Vec<&str> = text.split_whitespace().collect();
+        if f.len() >= 2 {
+            return (f[0].parse().unwrap_or(0), f[1].parse().unwrap_or(-1));
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "download did not end: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn temporary_addresses_per_device_rotate_drain_and_go_away_with_the_hub() {
+    if !netns::root_or_skip("egress") {
+        return;
+    }
+    let mut w = HubWorld::new("cpeg");
+    // The VM's extra IPv4 addresses.
+    w.lab.sh_ok(
+        "hub",
+        &POOL
+            .iter()
+            .map(|a| format!("ip addr add {a}/24 dev eth0"))
+            .collect::<Vec<_>>()
+            .join(" && "),
+    );
+    std::fs::write(w.web_root.join("big"), vec![b'x'; BIG]).unwrap();
+    let pool = POOL.map(|a| format!("\"{a}\"")).join(", ");
+    let mut hub = w.hub(&format!(
+        "ipv4_pool = [{pool}]\nrotate = \"1m\"\ndrain = \"15s\"\n"
+    ));
+    for n in 1..=3 {
+        w.add_device_ns(n, false);
+    }
+    let phone = hub.add_device("phone", true, &[]);
+    let laptop = hub.add_device("laptop", true, &[]);
+    let desk = hub.add_device("desk", true, &[]);
+    // Stored without a hub, in force from the start.
+    hub.cli_ok(&["device", "set", "phone", "--egress", "temporary"]);
+    w.start_hub(&mut hub);
+    // Set while the hub runs: in force when the command returns.
+    let out = hub.cli_ok(&["device", "set", "laptop", "--egress", "temporary"]);
+    assert!(
+        out.contains("egress:      temporary, IPv6 2001:db8:1:"),
+        "{out}"
+    );
+    for (ns, conf) in [("d1", &phone), ("d2", &laptop), ("d3", &desk)] {
+        w.lab.wg_up(ns, conf);
+    }
+    let (hub4, _) = conf_addrs(&phone, "DNS");
+    for ns in ["d1", "d2", "d3"] {
+        assert!(
+            w.lab
+                .eventually(ns, &w.lab.ping_cmd(&hub4, 1), Duration::from_secs(15)),
+            "{ns} is not online:\n{}",
+            w.lab.diag(ns)
+        );
+    }
+
+    // --- Two temporary devices, two addresses of the prefix and two of the pool; the hub
+    // device leaves with the hub's addresses.
+    let p6 = fetch(&w, "d1", true, "p6");
+    let p4 = fetch(&w, "d1", false, "p4");
+    let l6 = fetch(&w, "d2", true, "l6");
+    let l4 = fetch(&w, "d2", false, "l4");
+    let d6 = fetch(&w, "d3", true, "d6");
+    let d4 = fetch(&w, "d3", false, "d4");
+    assert!(in_prefix(p6) && in_prefix(l6) && p6 != l6, "{p6} {l6}");
+    assert!(in_pool(p4) && in_pool(l4) && p4 != l4, "{p4} {l4}");
+    assert_eq!(d6, HUB_PUBLIC6.parse::<IpAddr>().unwrap());
+    assert_eq!(d4, HUB_PUBLIC.parse::<IpAddr>().unwrap());
+    let pe = egress_of(&hub, "phone");
+    assert_eq!(pe["mode"], "temporary");
+    assert_eq!((addr(&pe, "ipv6"), addr(&pe, "ipv4")), (Some(p6), Some(p4)));
+    assert_eq!(egress_of(&hub, "desk")["mode"], "hub");
+    // The hub answers neighbour discovery for exactly the addresses in use.
+    let proxies = w.lab.sh_ok("hub", "ip -6 neigh show proxy");
+    assert!(
+        proxies.contains(&p6.to_string()) && proxies.contains(&l6.to_string()),
+        "{proxies}"
+    );
+    let status = hub.cli_ok(&["status"]);
+    assert!(
+        status.contains(&format!("IPv6 from {PREFIX} (on-link)")),
+        "{status}"
+    );
+
+    // --- A new address: a download started before keeps its old address to its end, while
+    // a new connection gets the new address at once.
+    let keep = start_download(&mut w, "d1", true, "800k", "keep");
+    assert_eq!(peer_of(&w, "keep"), Some(p6));
+    let out = hub.cli_ok(&["device", "set", "phone", "--new-address"]);
+    let p6b = fetch(&w, "d1", true, "p6b");
+    let p4b = fetch(&w, "d1", false, "p4b");
+    assert!(in_prefix(p6b) && p6b != p6 && p6b != l6, "{p6b} {out}");
+    assert!(in_pool(p4b) && p4b != p4 && p4b != l4, "{p4b} {out}");
+    assert!(out.contains(&p6b.to_string()), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&keep).unwrap_or_default(),
+        "",
+        "the download ended before the new address"
+    );
+    assert_eq!(download_result(&keep, 20), (BIG, 0));
+
+    // --- An old address's connections are cut when its drain ends (15 s here), while its
+    // new connections carry on.
+    let cut = start_download(&mut w, "d2", true, "100k", "cut");
+    assert_eq!(peer_of(&w, "cut"), Some(l6));
+    let renewed = Instant::now();
+    hub.cli_ok(&["device", "set", "laptop", "--new-address"]);
+    let (bytes, code) = download_result(&cut, 40);
+    assert!(
+        bytes < BIG && code != 0 && renewed.elapsed() >= Duration::from_secs(14),
+        "the draining download went on: {bytes} bytes, exit {code} after {:?}",
+        renewed.elapsed()
+    );
+    let l6b = fetch(&w, "d2", true, "l6b");
+    assert!(in_prefix(l6b) && l6b != l6, "{l6b}");
+    let proxies = w.lab.sh_ok("hub", "ip -6 neigh show proxy");
+    assert!(!proxies.contains(&l6.to_string()), "{proxies}");
+
+    // --- Bad input is refused and changes nothing.
+    let o = hub
+        .cli()
+        .args(["device", "set", "phone", "--egress", "sometimes"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("hub or temporary"),
+        "{err}"
+    );
+    let o = hub
+        .cli()
+        .args(["device", "set", "desk", "--new-address"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--egress temporary"),
+        "{err}"
+    );
+    assert_eq!(egress_of(&hub, "phone")["mode"], "temporary");
+    assert_eq!(fetch(&w, "d3", true, "d6b"), d6);
+
+    // --- The rotation comes by itself (rotate = 1m): the phone's address changes at its
+    // next_rotation without a command.
+    let pe = egress_of(&hub, "phone");
+    let next = pe["next_rotation"].as_i64().expect("a next rotation");
+    let now = jiff::Timestamp::now().as_second();
+    assert!(next > now && next <= now + 60, "{pe}");
+    let t0 = Instant::now();
+    let wait = Duration::from_secs((next - now) as u64 + 5);
+    let rotated = loop {
+        let e = egress_of(&hub, "phone");
+        if addr(&e, "ipv6") != Some(p6b) {
+            break e;
+        }
+        assert!(t0.elapsed() < wait, "no rotation by {next}: {e}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let p6c = fetch(&w, "d1", true, "p6c");
+    assert_eq!(Some(p6c), addr(&rotated, "ipv6"));
+    assert!(in_prefix(p6c) && ![p6, p6b, l6, l6b].contains(&p6c));
+
+    // --- No request showed a device's own address (overlay, ULA or home router's).
+    let log = w.web_log();
+    let (v4, v6) = conf_addrs(&phone, "Address");
+    for never in [
+        v4.as_str(),
+        v6.as_str(),
+        "100.96.",
+        "fd",
+        netns::HOME_PUBLIC,
+    ] {
+        assert!(
+            !log.lines().any(|l| l.starts_with(never)),
+            "{never} in the web log:\n{log}"
+        );
+    }
+
+    // --- On exit the hub takes its proxy entries and its table with it.
+    assert_eq!(
+        w.lab
+            .sh_ok("hub", "sysctl -n net.ipv6.conf.eth0.proxy_ndp")
+            .trim(),
+        "1"
+    );
+    let exit = w.stop_hub(&mut hub);
+    assert!(exit.is_some_and(|s| s.success()), "{exit:?}\n{}", hub.log());
+    assert_eq!(w.lab.sh_ok("hub", "ip -6 neigh show proxy").trim(), "");
+    assert_eq!(
+        w.lab
+            .sh_ok("hub", "sysctl -n net.ipv6.conf.eth0.proxy_ndp")
+            .trim(),
+        "0"
+    );
+    assert!(!w.lab.sh_succeeds("hub", "nft list table inet cloudpc", 5));
+
+    // --- A prefix that is not the VM's and a pool address it does not have: the hub says so
+    // at start and in status, and leaves with its own IPv6 address rather than a wrong one.
+    let text = std::fs::read_to_string(&hub.config).unwrap();
+    std::fs::write(
+        &hub.config,
+        text.replace(
+            "ipv4_pool = [",
+            "ipv6_prefix = \"2001:db8:77::/64\"\nipv4_pool = [\"203.0.113.9\", ",
+        ),
+    )
+    .unwrap();
+    w.start_hub(&mut hub);
+    let status = hub.cli_ok(&["status"]);
+    assert!(
+        status.contains("2001:db8:77::/64 is not on the egress interface")
+            && status.contains("203.0.113.9 is not an address of this machine"),
+        "{status}"
+    );
+    assert!(w
+        .lab
+        .eventually("d1", &w.lab.ping_cmd(&hub4, 1), Duration::from_secs(15)));
+    assert_eq!(
+        fetch(&w, "d1", true, "p6d"),
+        HUB_PUBLIC6.parse::<IpAddr>().unwrap()
+    );
+    assert!(in_pool(fetch(&w, "d1", false, "p4d")));
+
+    // A rotation under a minute is refused before anything starts.
+    let bad = hub.config.with_extension("bad.toml");
+    std::fs::write(&bad, text.replace("rotate = \"1m\"", "rotate = \"30s\"")).unwrap();
+    let o = std::process::Command::new(netns::cloudpc_bin())
+        .args(["--config", bad.to_str().unwrap(), "device", "list"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("egress.rotate"),
+        "{err}"
+    );
+}
