@@ -141,7 +141,7 @@ fn temporary_addresses_per_device_rotate_drain_and_go_away_with_the_hub() {
     for n in 1..=3 {
         w.add_device_ns(n, false);
     }
-    let phone = hub.add_device("phone", true, &[]);
+    let phone = hub.add_device("phone", true, &["--admin"]);
     let laptop = hub.add_device("laptop", true, &[]);
     let desk = hub.add_device("desk", true, &[]);
     // Stored without a hub, in force from the start.
@@ -271,6 +271,15 @@ fn temporary_addresses_per_device_rotate_drain_and_go_away_with_the_hub() {
     let p6c = fetch(&w, "d1", true, "p6c");
     assert_eq!(Some(p6c), addr(&rotated, "ipv6"));
     assert!(in_prefix(p6c) && ![p6, p6b, l6, l6b].contains(&p6c));
+
+    // The admin page shows the live addresses (to an admin device, by its WireGuard identity).
+    let page = w
+        .lab
+        .sh_ok("d1", &format!("curl -sk -m 5 https://{hub4}/devices"));
+    assert!(
+        page.contains(&p6c.to_string()) && page.contains("New address"),
+        "{page}"
+    );
 
     // --- No request showed a device's own address (overlay, ULA or home router's).
     let log = w.web_log();

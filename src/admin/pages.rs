@@ -333,7 +333,7 @@ async fn devices(a: &Arc<Admin>, who: &Who) -> Result<String, ApiError> {
         }
         h2 { "Devices" }
         table.devices {
-            tr { th { "Device" } th { "Addresses" } th { "Group" } th { "Role" } th { "Internet" } th { "Endpoint" } th { "Last handshake" } th { "Traffic" } th {} }
+            tr { th { "Device" } th { "Addresses" } th { "Group" } th { "Role" } th { "Internet" } th { "Egress" } th { "Endpoint" } th { "Last handshake" } th { "Traffic" } th {} }
             @for d in &list {
                 @let s = st.devices.iter().find(|x| x["name"].as_str() == Some(d.name.as_str()));
                 tr {
@@ -349,6 +349,27 @@ async fn devices(a: &Arc<Admin>, who: &Who) -> Result<String, ApiError> {
                             input type="hidden" name="on" value=(if inet { "0" } else { "1" });
                             span.inet { (if inet { "on" } else { "off" }) } " "
                             button.small type="submit" { (if inet { "Turn off" } else { "Turn on" }) }
+                        }
+                    }
+                    // The live temporary addresses (memory only; shown, never stored).
+                    @let eg = s.map(|s| &s["egress"]);
+                    @let temp = eg.is_some_and(|e| e["mode"] == "temporary");
+                    td.egress {
+                        form method="post" action="/devices/egress" class="inline" {
+                            (csrf)
+                            input type="hidden" name="name" value=(d.name);
+                            input type="hidden" name="mode" value=(if temp { "hub" } else { "temporary" });
+                            span.egress { (if temp { "temporary" } else { "hub" }) } " "
+                            button.small type="submit" { (if temp { "Use the hub's address" } else { "Use temporary addresses" }) }
+                        }
+                        @if let Some(e) = eg.filter(|_| temp) {
+                            br; small.addr { (e["ipv6"].as_str().unwrap_or("IPv6: the hub's")) } br;
+                            small.addr { (e["ipv4"].as_str().unwrap_or("IPv4: the hub's")) }
+                            form method="post" action="/devices/egress/address" class="inline" {
+                                (csrf)
+                                input type="hidden" name="name" value=(d.name);
+                                button.small type="submit" { "New address" }
+                            }
                         }
                     }
                     td { (s.and_then(|s| s["endpoint"].as_str()).unwrap_or("—")) }
@@ -680,6 +701,22 @@ pub async fn post(
             let name = field("name");
             let on = field("on") == "1";
             call(a, move |c| c.set_device_internet(&name, on))
+                .await
+                .map(|_| see_other("/devices"))
+        }
+        "/devices/egress" => {
+            let name = field("name");
+            let patch = crate::firewall::FirewallPatch {
+                egress: Some(field("mode")),
+                ..Default::default()
+            };
+            call(a, move |c| c.set_device_firewall(&name, &patch))
+                .await
+                .map(|_| see_other("/devices"))
+        }
+        "/devices/egress/address" => {
+            let name = field("name");
+            call(a, move |c| c.new_egress_address(&name))
                 .await
                 .map(|_| see_other("/devices"))
         }

@@ -186,7 +186,7 @@ fn egress_lines(r: &crate::api::StatusReport) -> Vec<String> {
         .collect();
     let Some(e) = &r.egress else { return out };
     let h = &e.host;
-    if temp.is_empty() && h.problems.is_empty() {
+    if temp.is_empty() {
         return out;
     }
     let v6 = match (h.ipv6_prefix, h.ipv6_kind) {

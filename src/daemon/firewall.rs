@@ -257,3 +257,55 @@ pub fn check_reach(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(n: u8, group: Option<&str>) -> Device {
+        Device {
+            name: format!("d{n}"),
+            public_key: format!("key{n}"),
+            ipv4: std::net::Ipv4Addr::new(100, 96, 0, n),
+            ipv6: format!("fd00:1::{n}").parse().unwrap(),
+            split: false,
+            group: group.map(String::from),
+            owner: false,
+            no_log: false,
+            admin: false,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_devices_own_egress_mode_beats_its_groups() {
+        let cfg = Config::parse(
+            "[groups.kids]\negress = \"temporary\"\n[groups.home]\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let s = FwSettings::from_config(&cfg);
+        let devices = [
+            device(2, Some("kids")),
+            device(3, Some("kids")),
+            device(4, Some("home")),
+            device(5, None),
+        ];
+        let mut stored = HashMap::new();
+        let own = |m| DeviceFirewall {
+            spec: FirewallSpec {
+                egress: Some(m),
+                ..Default::default()
+            },
+            timer: None,
+        };
+        stored.insert("key3".to_string(), own(EgressMode::Hub));
+        stored.insert("key5".to_string(), own(EgressMode::Temporary));
+        let p = plan(&s, &devices, &stored, &Default::default(), &s.now());
+        let keys: Vec<&str> = p.temporary.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(keys, vec!["key2", "key5"]);
+        assert_eq!(p.temporary[0].overlay4, devices[0].ipv4);
+        // Egress alone gives no device a firewall of its own.
+        assert!(p.devices.is_empty());
+    }
+}

@@ -50,8 +50,13 @@ impl Egress {
         wanted: &[Want],
     ) -> Result<Egress, EgressError> {
         let (pool, report) = super::host::resolve(temp, spec.out.as_deref());
+        // Said loudly only when a device wants a temporary address; `status` always has it.
         for p in &report.problems {
-            tracing::warn!("temporary egress addresses: {p}");
+            if wanted.is_empty() {
+                tracing::info!("temporary egress addresses: {p}");
+            } else {
+                tracing::warn!("temporary egress addresses: {p}");
+            }
         }
         let prefix = report.ipv6_prefix.zip(report.ipv6_kind);
         let mut host = HostEgress::new(spec.out.as_deref(), prefix);
