@@ -149,13 +149,7 @@ async fn firewall_clock(control: Arc<Control>) {
     let wake = control.fw_wake.clone();
     let mut next = control.firewall_next_change();
     loop {
-        let wait = match next {
-            Some(at) => {
-                let ms = at * 1000 - jiff::Timestamp::now().as_millisecond();
-                std::time::Duration::from_millis(ms.max(0) as u64)
-            }
-            None => std::time::Duration::from_secs(3600),
-        };
+        let wait = crate::egress::live::wait_until(next);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {
                 let c = control.clone();

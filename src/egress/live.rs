@@ -42,6 +42,18 @@ fn now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
+/// How long a clock task sleeps for a change at Unix second `at` (none planned: an hour, or
+/// until woken).
+pub fn wait_until(at: Option<i64>) -> std::time::Duration {
+    match at {
+        Some(at) => {
+            let ms = at.saturating_mul(1000) - jiff::Timestamp::now().as_millisecond();
+            std::time::Duration::from_millis(ms.max(0) as u64)
+        }
+        None => std::time::Duration::from_secs(3600),
+    }
+}
+
 impl Egress {
     /// Reads the host for temporary addresses, installs `spec` with `wanted` holding theirs.
     pub fn install(
@@ -163,14 +175,7 @@ impl Egress {
     /// Rotates addresses and ends drains when their time comes; runs until aborted.
     pub async fn run_clock(self: Arc<Self>) {
         loop {
-            let next = self.inner.lock().temp.next_change();
-            let wait = match next {
-                Some(at) => {
-                    let ms = at * 1000 - jiff::Timestamp::now().as_millisecond();
-                    std::time::Duration::from_millis(ms.max(0) as u64)
-                }
-                None => std::time::Duration::from_secs(3600),
-            };
+            let wait = wait_until(self.inner.lock().temp.next_change());
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {
                     let r = self.apply_temp(|i| {
