@@ -342,6 +342,37 @@ fn temporary_addresses_per_device_rotate_drain_and_go_away_with_the_hub() {
     );
     assert!(in_pool(fetch(&w, "d1", false, "p4d")));
 
+    // --- A prefix the provider routes to the VM (not on its link): declared routed, the hub
+    // installs one local route for it, and takes it away on exit.
+    w.stop_hub(&mut hub);
+    w.lab
+        .sh_ok("inet", "ip -6 route add 2001:db8:5::/64 via 2001:db8:1::1");
+    std::fs::write(
+        &hub.config,
+        text.replace(
+            "ipv4_pool = [",
+            "ipv6_prefix = \"2001:db8:5::/64\"\nipv6_routed = true\nipv4_pool = [",
+        ),
+    )
+    .unwrap();
+    w.start_hub(&mut hub);
+    let routes = w.lab.sh_ok("hub", "ip -6 route show table local");
+    assert!(routes.contains("local 2001:db8:5::/64 dev lo"), "{routes}");
+    assert!(w
+        .lab
+        .eventually("d1", &w.lab.ping_cmd(&hub4, 1), Duration::from_secs(15)));
+    let routed = fetch(&w, "d1", true, "p6e");
+    let net: ipnet::IpNet = "2001:db8:5::/64".parse().unwrap();
+    assert!(net.contains(&routed), "{routed}");
+    assert_eq!(Some(routed), addr(&egress_of(&hub, "phone"), "ipv6"));
+    assert_eq!(
+        fetch(&w, "d3", true, "d6e"),
+        HUB_PUBLIC6.parse::<IpAddr>().unwrap()
+    );
+    w.stop_hub(&mut hub);
+    let routes = w.lab.sh_ok("hub", "ip -6 route show table local");
+    assert!(!routes.contains("2001:db8:5::"), "{routes}");
+
     // A rotation under a minute is refused before anything starts.
     let bad = hub.config.with_extension("bad.toml");
     std::fs::write(&bad, text.replace("rotate = \"1m\"", "rotate = \"30s\"")).unwrap();
