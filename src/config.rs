@@ -407,7 +407,7 @@ pub struct EgressConfig {
     /// Where `temporary` devices' IPv6 addresses come from: `auto` (the egress interface's
     /// global /64), `off`, or a prefix of at least 2^32 addresses (/96 or shorter).
     pub ipv6_prefix: String,
-    /// `ipv6_prefix` is routed to the VM (a `local` route) rather than on its link.
+    /// `ipv6_prefix` is routed to the VM (a `blackhole` route) rather than on its link.
     pub ipv6_routed: bool,
     /// Extra IPv4 addresses of the VM for `temporary` devices (one device each at a time).
     pub ipv4_pool: Vec<std::net::Ipv4Addr>,

@@ -14,7 +14,13 @@ use std::time::{Duration, Instant};
 
 use netns::{conf_addrs, HubRun, HubWorld, HUB_PUBLIC, HUB_PUBLIC6, WEB, WEB6};
 
-const POOL: [&str; 3] = ["203.0.113.3", "203.0.113.4", "203.0.113.5"];
+const POOL: [&str; 5] = [
+    "203.0.113.3",
+    "203.0.113.4",
+    "203.0.113.5",
+    "203.0.113.6",
+    "203.0.113.7",
+];
 const PREFIX: &str = "2001:db8:1::/64";
 /// Size of the file the long downloads fetch.
 const BIG: usize = 4_000_000;
@@ -193,10 +199,23 @@ fn temporary_addresses_per_device_rotate_drain_and_go_away_with_the_hub() {
         status.contains(&format!("IPv6 from {PREFIX} (on-link)")),
         "{status}"
     );
+    // A site that saw a temporary address cannot open a connection to it and find the hub's
+    // services (its HTTPS on 443) behind it; the hub's own addresses still answer.
+    let code = |host: &str| {
+        let o = w.lab.sh(
+            "inet",
+            &format!("curl -sk -m 3 -o /dev/null -w '%{{http_code}}' 'https://{host}/'"),
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(code(HUB_PUBLIC), "404");
+    assert_eq!(code(&format!("[{HUB_PUBLIC6}]")), "404");
+    assert_eq!(code(&p4.to_string()), "000");
+    assert_eq!(code(&format!("[{p6}]")), "000");
 
     // --- A new address: a download started before keeps its old address to its end, while
     // a new connection gets the new address at once.
-    let keep = start_download(&mut w, "d1", true, "800k", "keep");
+    let keep = start_download(&mut w, "d1", true, "400k", "keep");
     assert_eq!(peer_of(&w, "keep"), Some(p6));
     let out = hub.cli_ok(&["device", "set", "phone", "--new-address"]);
     let p6b = fetch(&w, "d1", true, "p6b");
@@ -211,22 +230,43 @@ fn temporary_addresses_per_device_rotate_drain_and_go_away_with_the_hub() {
     );
     assert_eq!(download_result(&keep, 20), (BIG, 0));
 
-    // --- An old address's connections are cut when its drain ends (15 s here), while its
-    // new connections carry on.
-    let cut = start_download(&mut w, "d2", true, "100k", "cut");
-    assert_eq!(peer_of(&w, "cut"), Some(l6));
+    // --- An old address's connections are cut when its drain ends (15 s here), on both
+    // families, while new connections carry on. (A fresh address first, so that no rotation
+    // by itself falls into the drain.) The server's side of a cut connection is reset.
+    hub.cli_ok(&["device", "set", "laptop", "--new-address"]);
+    let le = egress_of(&hub, "laptop");
+    let (l6x, l4x) = (addr(&le, "ipv6").unwrap(), addr(&le, "ipv4").unwrap());
+    let cut6 = start_download(&mut w, "d2", true, "100k", "cut6");
+    let cut4 = start_download(&mut w, "d2", false, "100k", "cut4");
+    assert_eq!(
+        (peer_of(&w, "cut6"), peer_of(&w, "cut4")),
+        (Some(l6x), Some(l4x))
+    );
     let renewed = Instant::now();
     hub.cli_ok(&["device", "set", "laptop", "--new-address"]);
-    let (bytes, code) = download_result(&cut, 40);
-    assert!(
-        bytes < BIG && code != 0 && renewed.elapsed() >= Duration::from_secs(14),
-        "the draining download went on: {bytes} bytes, exit {code} after {:?}",
-        renewed.elapsed()
-    );
+    for (log, old) in [(&cut6, l6x), (&cut4, l4x)] {
+        let (bytes, code) = download_result(log, 40);
+        let after = renewed.elapsed();
+        assert!(
+            bytes < BIG
+                && code != 0
+                && after >= Duration::from_secs(14)
+                && after <= Duration::from_secs(30),
+            "a draining download from {old} was not cut at the end of the drain: {bytes} bytes, exit {code} after {after:?}"
+        );
+        let reset = format!("request from ('{old}'");
+        assert!(
+            w.web_log().contains(&reset),
+            "the server's side of the cut connection from {old} was not reset:\n{}",
+            w.web_log()
+        );
+    }
     let l6b = fetch(&w, "d2", true, "l6b");
-    assert!(in_prefix(l6b) && l6b != l6, "{l6b}");
+    let l4b = fetch(&w, "d2", false, "l4b");
+    assert!(in_prefix(l6b) && l6b != l6x, "{l6b}");
+    assert!(in_pool(l4b) && l4b != l4x, "{l4b}");
     let proxies = w.lab.sh_ok("hub", "ip -6 neigh show proxy");
-    assert!(!proxies.contains(&l6.to_string()), "{proxies}");
+    assert!(!proxies.contains(&l6x.to_string()), "{proxies}");
 
     // --- Bad input is refused and changes nothing.
     let o = hub
@@ -343,7 +383,8 @@ fn temporary_addresses_per_device_rotate_drain_and_go_away_with_the_hub() {
     assert!(in_pool(fetch(&w, "d1", false, "p4d")));
 
     // --- A prefix the provider routes to the VM (not on its link): declared routed, the hub
-    // installs one local route for it, and takes it away on exit.
+    // installs one blackhole route for it (replies are un-NATed before routing; nothing else
+    // sent to the prefix goes anywhere), and takes it away on exit.
     w.stop_hub(&mut hub);
     w.lab
         .sh_ok("inet", "ip -6 route add 2001:db8:5::/64 via 2001:db8:1::1");
@@ -356,8 +397,8 @@ fn temporary_addresses_per_device_rotate_drain_and_go_away_with_the_hub() {
     )
     .unwrap();
     w.start_hub(&mut hub);
-    let routes = w.lab.sh_ok("hub", "ip -6 route show table local");
-    assert!(routes.contains("local 2001:db8:5::/64 dev lo"), "{routes}");
+    let routes = w.lab.sh_ok("hub", "ip -6 route show");
+    assert!(routes.contains("blackhole 2001:db8:5::/64"), "{routes}");
     assert!(w
         .lab
         .eventually("d1", &w.lab.ping_cmd(&hub4, 1), Duration::from_secs(15)));
@@ -365,12 +406,18 @@ fn temporary_addresses_per_device_rotate_drain_and_go_away_with_the_hub() {
     let net: ipnet::IpNet = "2001:db8:5::/64".parse().unwrap();
     assert!(net.contains(&routed), "{routed}");
     assert_eq!(Some(routed), addr(&egress_of(&hub, "phone"), "ipv6"));
+    // The routed prefix's addresses are not the hub's: its services do not answer there.
+    let o = w.lab.sh(
+        "inet",
+        &format!("curl -sk -m 3 -o /dev/null -w '%{{http_code}}' 'https://[{routed}]/'"),
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "000");
     assert_eq!(
         fetch(&w, "d3", true, "d6e"),
         HUB_PUBLIC6.parse::<IpAddr>().unwrap()
     );
     w.stop_hub(&mut hub);
-    let routes = w.lab.sh_ok("hub", "ip -6 route show table local");
+    let routes = w.lab.sh_ok("hub", "ip -6 route show");
     assert!(!routes.contains("2001:db8:5::"), "{routes}");
 
     // A rotation under a minute is refused before anything starts.

@@ -62,7 +62,13 @@ impl Admin {
             .await
         {
             Ok(w) => w,
-            Err(resp) => return *resp,
+            Err(resp) => {
+                // Read what the refused request sent (bounded) before answering: a connection
+                // closed with unread data goes out as a TCP reset, which can reach the client
+                // before the 403 does.
+                let _ = Limited::new(body, MAX_FORM).collect().await;
+                return *resp;
+            }
         };
         let path = parts.uri.path().to_string();
         if parts.method == Method::POST {

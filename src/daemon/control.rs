@@ -273,13 +273,17 @@ impl Control {
         if let Some(hub) = &e.hub {
             hub.set_device_egress(plan.no_internet.clone(), plan.dns_redirect.clone())
                 .map_err(|e| internal(format!("cannot apply the device firewall: {e}")))?;
-            hub.egress()
-                .set_temporary(&plan.temporary)
-                .map_err(|e| internal(format!("cannot apply the egress modes: {e}")))?;
         }
         e.firewall.publish(plan.devices);
         *self.fw_next.lock() = plan.next_change;
         self.fw_wake.notify_one();
+        // Last, so that a host that will not take temporary addresses holds up no other
+        // change; it fails only when a device's egress changes (and then nothing of it).
+        if let Some(hub) = &e.hub {
+            hub.egress()
+                .set_temporary(&plan.temporary)
+                .map_err(|e| internal(format!("cannot apply the egress modes: {e}")))?;
+        }
         Ok(())
     }
 

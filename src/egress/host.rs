@@ -2,7 +2,10 @@
 //! interface's global /64, or a configured prefix), whether the IPv4 pool's addresses are this
 //! machine's, and making replies to the addresses reach the hub: neighbour-discovery proxy
 //! entries for an on-link prefix (as if each address were configured on the interface), or
-//! one `local` route for a routed prefix. Everything installed is removed by
+//! one `blackhole` route for a routed prefix (replies are un-NATed by conntrack before the
+//! route is looked up; anything else sent to the prefix is dropped instead of going back to
+//! the provider's router, and never reaches the hub's own services, which a `local` route
+//! would expose on every temporary address). Everything installed is removed by
 //! [`HostEgress::remove`] (on exit) and the sysctls it changed are put back.
 //!
 //! Changes go through `ip -batch` (iproute2) in one process per change.
@@ -111,7 +114,7 @@ impl TempSettings {
 pub enum PrefixKind {
     /// On the egress interface's link: the hub answers neighbour discovery for each address.
     OnLink,
-    /// Routed to the VM: one `local` route for the whole prefix.
+    /// Routed to the VM: one `blackhole` route for the whole prefix.
     Routed,
 }
 
@@ -330,7 +333,7 @@ impl HostEgress {
         match kind {
             PrefixKind::Routed => {
                 if !self.route_installed {
-                    ip_batch(&[format!("route replace local {net} dev lo")])?;
+                    ip_batch(&[format!("route replace blackhole {net}")])?;
                     self.route_installed = true;
                 }
             }
@@ -375,7 +378,7 @@ impl HostEgress {
             .collect();
         if self.route_installed {
             if let Some((net, _)) = self.prefix {
-                lines.push(format!("route del local {net} dev lo"));
+                lines.push(format!("route del blackhole {net}"));
             }
         }
         if let Err(e) = ip_batch(&lines) {

@@ -71,14 +71,33 @@ impl Egress {
             }
         }
         let prefix = report.ipv6_prefix.zip(report.ipv6_kind);
+        let mut report = report;
         let mut host = HostEgress::new(spec.out.as_deref(), prefix);
         let mut rng = rand::rngs::StdRng::from_os_rng();
-        let mut t = TempEgress::new(pool);
+        let mut t = TempEgress::new(pool.clone());
         t.set_wanted(wanted, now(), &mut rng);
-        host.sync(&t.in_use6()).map_err(EgressError::Host)?;
+        if let Err(e) = host.sync(&t.in_use6()) {
+            // The host will not take the entries (no `ip`, read-only sysctls): IPv6 keeps the
+            // hub's address, said at start and in `status`, rather than no hub at all.
+            tracing::warn!("temporary egress addresses: {e}; IPv6 leaves with the hub's address");
+            report
+                .problems
+                .push(format!("{e}: IPv6 leaves with the hub's address"));
+            report.ipv6_prefix = None;
+            report.ipv6_kind = None;
+            host.remove();
+            host = HostEgress::new(spec.out.as_deref(), None);
+            t = TempEgress::new(super::temporary::Pool { v6: None, ..pool });
+            t.set_wanted(wanted, now(), &mut rng);
+        }
         spec.snat = t.snat();
         spec.cut = t.cut();
-        super::install(&spec)?;
+        spec.temp_prefix = report.ipv6_prefix;
+        spec.temp_pool4 = report.ipv4_pool.clone();
+        if let Err(e) = super::install(&spec) {
+            host.remove();
+            return Err(e);
+        }
         Ok(Egress {
             inner: Mutex::new(Inner {
                 spec,
@@ -122,20 +141,38 @@ impl Egress {
         .map(|_| ())
     }
 
-    /// Puts the temporary addresses in force after `f` changed them: the host first (so that
-    /// the first reply to a new address finds the hub), then the table.
-    fn apply_temp<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> Result<T, EgressError> {
+    /// Puts the temporary addresses in force after `f` changed them (`f` says whether it
+    /// did): the host first (so that the first reply to a new address finds the hub), then
+    /// the table. When either fails the addresses are put back as they were, so what `status`
+    /// shows is what is installed.
+    fn apply_temp<T>(&self, f: impl FnOnce(&mut Inner) -> (T, bool)) -> Result<T, EgressError> {
         let mut guard = self.inner.lock();
         let i = &mut *guard;
-        let out = f(i);
-        i.host.sync(&i.temp.in_use6()).map_err(EgressError::Host)?;
+        let before = i.temp.clone();
+        let (out, changed) = f(i);
+        if !changed {
+            return Ok(out);
+        }
         let mut next = i.spec.clone();
         next.snat = i.temp.snat();
         next.cut = i.temp.cut();
-        if next != i.spec {
-            super::install(&next)?;
-            i.spec = next;
+        let installed = i
+            .host
+            .sync(&i.temp.in_use6())
+            .map_err(EgressError::Host)
+            .and_then(|()| {
+                if next != i.spec {
+                    super::install(&next)
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = installed {
+            i.temp = before;
+            let _ = i.host.sync(&i.temp.in_use6());
+            return Err(e);
         }
+        i.spec = next;
         drop(guard);
         self.wake.notify_one();
         Ok(out)
@@ -145,7 +182,7 @@ impl Egress {
     pub fn set_temporary(&self, wanted: &[Want]) -> Result<(), EgressError> {
         self.apply_temp(|i| {
             let Inner { temp, rng, .. } = i;
-            temp.set_wanted(wanted, now(), rng);
+            ((), temp.set_wanted(wanted, now(), rng))
         })
     }
 
@@ -153,7 +190,18 @@ impl Egress {
     pub fn renew(&self, key: &str) -> Result<Result<Lease, NotTemporary>, EgressError> {
         self.apply_temp(|i| {
             let Inner { temp, rng, .. } = i;
-            temp.renew(key, now(), rng)
+            let r = temp.renew(key, now(), rng);
+            let changed = r.is_ok();
+            (r, changed)
+        })
+    }
+
+    /// Rotations and drains due now; returns whether anything changed.
+    fn tick(&self) -> Result<bool, EgressError> {
+        self.apply_temp(|i| {
+            let Inner { temp, rng, .. } = i;
+            let changed = temp.tick(now(), rng);
+            (changed, changed)
         })
     }
 
@@ -172,20 +220,23 @@ impl Egress {
         }
     }
 
-    /// Rotates addresses and ends drains when their time comes; runs until aborted.
+    /// Rotates addresses and ends drains when their time comes; runs until aborted. The
+    /// change runs `ip` and `nft`, so off the async workers; a failed one is tried again after
+    /// 30 s (the addresses stay as they were meanwhile).
     pub async fn run_clock(self: Arc<Self>) {
         loop {
             let wait = wait_until(self.inner.lock().temp.next_change());
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {
-                    let r = self.apply_temp(|i| {
-                        let Inner { temp, rng, .. } = i;
-                        temp.tick(now(), rng)
-                    });
-                    match r {
-                        Ok(true) => tracing::debug!("temporary egress addresses rotated or drained"),
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!(error = %e, "temporary egress addresses: the scheduled change failed"),
+                    let me = self.clone();
+                    match tokio::task::spawn_blocking(move || me.tick()).await {
+                        Ok(Ok(true)) => tracing::debug!("temporary egress addresses rotated or drained"),
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "temporary egress addresses: the scheduled change failed; trying again in 30 s");
+                            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                        }
+                        Err(_) => return,
                     }
                 }
                 _ = self.wake.notified() => {}

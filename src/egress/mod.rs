@@ -39,7 +39,7 @@ pub enum EgressError {
     /// `nft` failed or is missing.
     #[error("nftables: {0} (is the `nft` command installed? Debian/Ubuntu: apt install nftables)")]
     Nft(String),
-    /// What temporary addresses need on the host (neighbour proxy entries, a local route)
+    /// What temporary addresses need on the host (neighbour proxy entries, a blackhole route)
     /// could not be installed.
     #[error("temporary egress addresses: {0}")]
     Host(String),
@@ -72,6 +72,12 @@ pub struct EgressSpec {
     pub snat: Vec<(IpAddr, IpAddr)>,
     /// (overlay address, old public address) pairs whose connections are cut.
     pub cut: Vec<(IpAddr, IpAddr)>,
+    /// The prefix temporary addresses come from: what arrives for it from outside and is not
+    /// a reply (un-NATed by conntrack before this chain) is dropped.
+    pub temp_prefix: Option<Ipv6Net>,
+    /// `egress.ipv4_pool` as found on the host: reserved for egress, so new connections to
+    /// them are dropped (a site that saw one must not find the hub's services behind it).
+    pub temp_pool4: Vec<std::net::Ipv4Addr>,
 }
 
 fn meta_eq(key: &str, v: &str) -> Value {
@@ -122,6 +128,35 @@ pub fn ruleset(s: &EgressSpec) -> Value {
             ],
         ),
     ];
+    if !s.temp_pool4.is_empty() {
+        cmds.push(
+            json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": "input",
+            "type": "filter", "hook": "input", "prio": 0, "policy": "accept"}}}),
+        );
+        let pool: Vec<String> = s.temp_pool4.iter().map(|a| a.to_string()).collect();
+        cmds.push(rule(
+            "input",
+            vec![
+                json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                    "right": {"set": pool}}}),
+                json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["new", "invalid"]}}),
+                drop.clone(),
+            ],
+        ));
+    }
+    // Nothing but replies reaches a temporary address from outside: a connection opened to
+    // one, or a packet after its connection ended, is dropped rather than forwarded.
+    if let Some(p) = s.temp_prefix {
+        cmds.push(rule(
+            "forward",
+            vec![
+                meta_ne("iifname", &s.tun),
+                json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}},
+                    "right": {"prefix": {"addr": p.network().to_string(), "len": p.prefix_len()}}}}),
+                drop.clone(),
+            ],
+        ));
+    }
     // Connections on a temporary address whose drain ended: reset (TCP) or dropped, in both
     // directions, by the conntrack tuple (the device's address, the old public address).
     for (family, proto) in [("ip", false), ("ip6", true)] {
@@ -397,6 +432,8 @@ mod tests {
             dns_redirect: vec![],
             snat: vec![],
             cut: vec![],
+            temp_prefix: None,
+            temp_pool4: vec![],
         }
     }
 
@@ -459,9 +496,17 @@ mod tests {
             "fd00:1::2".parse().unwrap(),
             "2001:db8:1::99".parse().unwrap(),
         )];
+        s.temp_prefix = Some("2001:db8:1::/64".parse().unwrap());
+        s.temp_pool4 = vec!["203.0.113.3".parse().unwrap()];
         let rules = ruleset(&s)["nftables"].as_array().unwrap().clone();
         let pos = |needle: &str| rules.iter().position(|r| r.to_string().contains(needle));
-        let snat4 = pos("\"203.0.113.3\"").expect("an IPv4 source NAT");
+        let snat4 = rules
+            .iter()
+            .position(|r| {
+                let t = r.to_string();
+                t.contains("\"snat\"") && t.contains("\"203.0.113.3\"")
+            })
+            .expect("an IPv4 source NAT");
         let snat6 = pos("2001:db8:1::abcd").expect("an IPv6 source NAT");
         let masq = pos("masquerade").unwrap();
         assert!(snat4 < masq && snat6 < masq, "{rules:?}");
@@ -472,6 +517,16 @@ mod tests {
         let replies = pos("established").unwrap();
         assert!(cut < replies);
         assert!(!ruleset(&spec(true)).to_string().contains("snat"));
+        // Unsolicited packets to the prefix are dropped before anything accepts them.
+        let inbound = pos("\"2001:db8:1::\",\"len\":64").expect("a drop for the prefix");
+        assert!(rules[inbound].to_string().contains("drop") && inbound < replies);
+        // New connections to a pool address are dropped on the way in.
+        let input = pos("\"hook\":\"input\"").expect("an input chain");
+        let pool_drop = rules
+            .iter()
+            .rposition(|r| r.to_string().contains("\"chain\":\"input\""))
+            .unwrap();
+        assert!(input < pool_drop && rules[pool_drop].to_string().contains("\"new\""));
     }
 
     #[test]

@@ -94,12 +94,14 @@ pub struct Lease {
     pub note: Option<String>,
 }
 
+#[derive(Clone)]
 struct Held {
     want: Want,
     lease: Lease,
 }
 
 /// An old address whose open connections may finish until `until`.
+#[derive(Clone)]
 struct Draining {
     want: Want,
     ipv6: Option<Ipv6Addr>,
@@ -107,19 +109,24 @@ struct Draining {
     until: i64,
 }
 
-/// How many cut (overlay, address) pairs are remembered; older ones have long timed out in
-/// conntrack (an unanswered connection's entry does not outlive a day).
-const MAX_CUT: usize = 4096;
+/// How long a cut (overlay, address) pair is remembered: longer than the kernel keeps an idle
+/// established TCP connection (`nf_conntrack_tcp_timeout_established`, 5 days), so a cut
+/// connection cannot come back.
+const CUT_KEEP_SECS: i64 = 5 * 86_400 + 3600;
+/// At most this many cut pairs (oldest go first): 20 devices rotating hourly make 40 a hour.
+const MAX_CUT: usize = 16_384;
 /// How many handed-out IPv6 addresses are remembered so that none comes back; beyond this a
 /// repeat needs a 64-bit random collision.
 const MAX_USED6: usize = 65_536;
 
 /// The temporary addresses in force (see the module docs).
+#[derive(Clone)]
 pub struct TempEgress {
     pool: Pool,
     held: HashMap<String, Held>,
     draining: Vec<Draining>,
-    cut: VecDeque<(IpAddr, IpAddr)>,
+    /// Cut pairs and when they were cut, oldest first.
+    cut: VecDeque<((IpAddr, IpAddr), i64)>,
     used6: HashSet<Ipv6Addr>,
     used6_order: VecDeque<Ipv6Addr>,
     free4: VecDeque<Ipv4Addr>,
@@ -218,6 +225,30 @@ impl TempEgress {
             }
         }
         changed |= self.finish_drains(now);
+        // Pool addresses freed by the drains go to leases that had to do without.
+        let mut waiting: Vec<&String> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.lease.ipv4.is_none())
+            .map(|(k, _)| k)
+            .collect();
+        waiting.sort();
+        let waiting: Vec<String> = waiting.into_iter().cloned().collect();
+        for k in waiting {
+            let Some(a) = self.free4.pop_front() else {
+                break;
+            };
+            if let Some(h) = self.held.get_mut(&k) {
+                let pair = (IpAddr::from(h.want.overlay4), IpAddr::from(a));
+                h.lease.ipv4 = Some(a);
+                h.lease.note = h.lease.note.take().and_then(|n| {
+                    let rest: Vec<&str> = n.split("; ").filter(|p| !p.contains("IPv4")).collect();
+                    (!rest.is_empty()).then(|| rest.join("; "))
+                });
+                self.cut.retain(|c| c.0 != pair);
+                changed = true;
+            }
+        }
         changed
     }
 
@@ -250,7 +281,7 @@ impl TempEgress {
 
     /// (overlay address, old public address) pairs whose connections are cut.
     pub fn cut(&self) -> Vec<(IpAddr, IpAddr)> {
-        let mut v: Vec<_> = self.cut.iter().copied().collect();
+        let mut v: Vec<_> = self.cut.iter().map(|c| c.0).collect();
         v.sort();
         v
     }
@@ -321,7 +352,7 @@ impl TempEgress {
             Some(a) => {
                 // Its old pairing with this device may be in the cut set.
                 let pair = (IpAddr::from(w.overlay4), IpAddr::from(a));
-                self.cut.retain(|c| *c != pair);
+                self.cut.retain(|c| c.0 != pair);
                 Some(a)
             }
             None if current4.is_some() => {
@@ -403,18 +434,21 @@ impl TempEgress {
         let changed = !done.is_empty();
         for d in done {
             if let Some(a) = d.ipv6 {
-                self.push_cut((d.want.overlay6.into(), a.into()));
+                self.push_cut((d.want.overlay6.into(), a.into()), now);
             }
             if let Some(a) = d.ipv4 {
-                self.push_cut((d.want.overlay4.into(), a.into()));
+                self.push_cut((d.want.overlay4.into(), a.into()), now);
                 self.free4.push_back(a);
             }
+        }
+        while self.cut.front().is_some_and(|c| c.1 + CUT_KEEP_SECS <= now) {
+            self.cut.pop_front();
         }
         changed
     }
 
-    fn push_cut(&mut self, pair: (IpAddr, IpAddr)) {
-        self.cut.push_back(pair);
+    fn push_cut(&mut self, pair: (IpAddr, IpAddr), now: i64) {
+        self.cut.push_back((pair, now));
         while self.cut.len() > MAX_CUT {
             self.cut.pop_front();
         }
@@ -565,18 +599,62 @@ mod tests {
         // A third device finds nothing free until .3's drain ends.
         t.set_wanted(&[want(2), want(3), want(4)], 30, &mut r);
         assert_eq!(t.lease("key4").unwrap().ipv4, None);
-        t.tick(610, &mut r);
-        t.set_wanted(&[want(2), want(3)], 611, &mut r);
-        t.set_wanted(&[want(2), want(3), want(5)], 612, &mut r);
+        // When .3's drain ends it goes to the device that was waiting.
+        assert!(t.tick(610, &mut r));
         assert_eq!(
-            t.lease("key5").unwrap().ipv4,
+            t.lease("key4").unwrap().ipv4,
             Some("203.0.113.3".parse().unwrap())
         );
-        // Its old pairing with device 2 was cut; device 5's pairing is not.
-        assert!(!t.cut().contains(&(
-            "100.96.0.5".parse().unwrap(),
+        // Its old pairing with device 2 is cut; device 4's pairing is not.
+        let cut = t.cut();
+        assert!(cut.contains(&(
+            "100.96.0.2".parse().unwrap(),
             "203.0.113.3".parse().unwrap()
         )));
+        assert!(!cut.contains(&(
+            "100.96.0.4".parse().unwrap(),
+            "203.0.113.3".parse().unwrap()
+        )));
+    }
+
+    #[test]
+    fn a_lease_without_ipv4_gets_the_next_freed_pool_address() {
+        let mut p = pool(&["203.0.113.3"]);
+        p.rotate = None;
+        let mut t = TempEgress::new(p);
+        let mut r = rng();
+        t.set_wanted(&[want(2), want(3)], 0, &mut r);
+        let without = if t.lease("key2").unwrap().ipv4.is_none() {
+            "key2"
+        } else {
+            "key3"
+        };
+        let holder = if without == "key2" { "key3" } else { "key2" };
+        // The holder leaves temporary mode: its address drains, then goes to the other device.
+        let keep = if holder == "key2" { want(3) } else { want(2) };
+        t.set_wanted(&[keep], 10, &mut r);
+        assert_eq!(t.lease(without).unwrap().ipv4, None);
+        assert_eq!(t.next_change(), Some(610));
+        assert!(t.tick(610, &mut r));
+        let l = t.lease(without).unwrap();
+        assert_eq!(l.ipv4, Some("203.0.113.3".parse().unwrap()));
+        assert!(l.note.is_none(), "{l:?}");
+    }
+
+    #[test]
+    fn cut_pairs_are_forgotten_after_conntrack_would_have() {
+        let mut p = pool(&[]);
+        p.rotate = None;
+        let mut t = TempEgress::new(p);
+        let mut r = rng();
+        t.set_wanted(&[want(2)], 0, &mut r);
+        t.renew("key2", 1, &mut r).unwrap();
+        t.tick(601, &mut r);
+        assert_eq!(t.cut().len(), 1);
+        t.tick(601 + CUT_KEEP_SECS - 1, &mut r);
+        assert!(!t.cut().is_empty());
+        t.tick(601 + CUT_KEEP_SECS, &mut r);
+        assert!(t.cut().is_empty());
     }
 
     #[test]

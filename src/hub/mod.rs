@@ -244,6 +244,8 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
         dns_redirect: p.dns_redirect.clone(),
         snat: vec![],
         cut: vec![],
+        temp_prefix: None,
+        temp_pool4: vec![],
     };
     crate::egress::enable_forwarding(egress_out.as_deref())?;
     let egress = Arc::new(crate::egress::live::Egress::install(
