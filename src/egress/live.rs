@@ -42,6 +42,13 @@ fn now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
+/// The prefix whose unsolicited packets the table drops: only while an address of it is in
+/// use (others are never answered for, or are blackholed), so that a hub whose devices do not
+/// use temporary addresses forwards every packet past one rule less.
+fn in_use_prefix(t: &TempEgress, prefix: Option<ipnet::Ipv6Net>) -> Option<ipnet::Ipv6Net> {
+    prefix.filter(|_| !t.in_use6().is_empty())
+}
+
 /// How long a clock task sleeps for a change at Unix second `at` (none planned: an hour, or
 /// until woken).
 pub fn wait_until(at: Option<i64>) -> std::time::Duration {
@@ -92,7 +99,7 @@ impl Egress {
         }
         spec.snat = t.snat();
         spec.cut = t.cut();
-        spec.temp_prefix = report.ipv6_prefix;
+        spec.temp_prefix = in_use_prefix(&t, report.ipv6_prefix);
         spec.temp_pool4 = report.ipv4_pool.clone();
         if let Err(e) = super::install(&spec) {
             host.remove();
@@ -156,6 +163,7 @@ impl Egress {
         let mut next = i.spec.clone();
         next.snat = i.temp.snat();
         next.cut = i.temp.cut();
+        next.temp_prefix = in_use_prefix(&i.temp, i.report.ipv6_prefix);
         let installed = i
             .host
             .sync(&i.temp.in_use6())
