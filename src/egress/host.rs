@@ -33,15 +33,14 @@ pub struct TempSettings {
     pub drain: u64,
 }
 
-/// A duration setting: `"0"`, or a jiff friendly duration (`"90s"`, `"10m"`, `"1h30m"`).
+/// A duration setting: `"0"`, or a duration as everywhere in the config (`"90s"`, `"10m"`,
+/// `"1h30m"`, `"7d"`).
 fn duration_secs(key: &'static str, v: &str) -> Result<u64, (&'static str, String)> {
     if v.trim() == "0" {
         return Ok(0);
     }
-    v.parse::<jiff::SignedDuration>()
-        .ok()
-        .filter(|d| !d.is_negative())
-        .map(|d| d.as_secs() as u64)
+    crate::querylog::timefmt::parse_duration_ms(v)
+        .map(|ms| (ms / 1000) as u64)
         .ok_or_else(|| {
             (
                 key,
