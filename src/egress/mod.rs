@@ -88,9 +88,27 @@ fn meta_ne(key: &str, v: &str) -> Value {
     json!({"match": {"op": "!=", "left": {"meta": {"key": key}}, "right": v}})
 }
 
+/// `PROTO FIELD == RIGHT` (an address, a `{"set": …}` or a `{"prefix": …}`).
+fn payload_eq(proto: &str, field: &str, right: Value) -> Value {
+    json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": field}},
+        "right": right}})
+}
+
 fn saddr(proto: &str, addr: String, len: u8) -> Value {
-    json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "saddr"}},
-        "right": {"prefix": {"addr": addr, "len": len}}}})
+    payload_eq(
+        proto,
+        "saddr",
+        json!({"prefix": {"addr": addr, "len": len}}),
+    )
+}
+
+/// The nftables family of an address: `ip` or `ip6`.
+fn family_of(a: &IpAddr) -> &'static str {
+    if a.is_ipv4() {
+        "ip"
+    } else {
+        "ip6"
+    }
 }
 
 fn rule(chain: &str, expr: Vec<Value>) -> Value {
@@ -137,8 +155,7 @@ pub fn ruleset(s: &EgressSpec) -> Value {
         cmds.push(rule(
             "input",
             vec![
-                json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
-                    "right": {"set": pool}}}),
+                payload_eq("ip", "daddr", json!({ "set": pool })),
                 json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["new", "invalid"]}}),
                 drop.clone(),
             ],
@@ -151,19 +168,22 @@ pub fn ruleset(s: &EgressSpec) -> Value {
             "forward",
             vec![
                 meta_ne("iifname", &s.tun),
-                json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}},
-                    "right": {"prefix": {"addr": p.network().to_string(), "len": p.prefix_len()}}}}),
+                payload_eq(
+                    "ip6",
+                    "daddr",
+                    json!({"prefix": {"addr": p.network().to_string(), "len": p.prefix_len()}}),
+                ),
                 drop.clone(),
             ],
         ));
     }
     // Connections on a temporary address whose drain ended: reset (TCP) or dropped, in both
     // directions, by the conntrack tuple (the device's address, the old public address).
-    for (family, proto) in [("ip", false), ("ip6", true)] {
+    for family in ["ip", "ip6"] {
         let pairs: Vec<Value> = s
             .cut
             .iter()
-            .filter(|(o, _)| o.is_ipv6() == proto)
+            .filter(|(o, _)| family_of(o) == family)
             .map(|(o, p)| json!({"concat": [o.to_string(), p.to_string()]}))
             .collect();
         if pairs.is_empty() {
@@ -288,19 +308,14 @@ pub fn ruleset(s: &EgressSpec) -> Value {
     // Temporary addresses before the masquerade (the nat chain sees only a connection's first
     // packet, so an open connection keeps the address it started with).
     for (overlay, public) in &s.snat {
-        let (proto, family) = if overlay.is_ipv4() {
-            ("ip", "ip")
-        } else {
-            ("ip6", "ip6")
-        };
-        if overlay.is_ipv4() != public.is_ipv4() {
+        let family = family_of(overlay);
+        if family != family_of(public) {
             continue;
         }
         cmds.push(rule(
             "postrouting",
             vec![
-                json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "saddr"}},
-                    "right": overlay.to_string()}}),
+                payload_eq(family, "saddr", json!(overlay.to_string())),
                 out_match(true),
                 json!({"snat": {"family": family, "addr": public.to_string()}}),
             ],

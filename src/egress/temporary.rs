@@ -98,6 +98,17 @@ pub struct Lease {
 struct Held {
     want: Want,
     lease: Lease,
+    /// Why the lease has no IPv6 address of its own, if it has none (the IPv4 half of
+    /// `lease.note` changes when a pool address frees up; this half does not).
+    note6: Option<&'static str>,
+}
+
+/// The two halves of a lease's note, joined.
+fn join_notes(note6: Option<&str>, note4: Option<&str>) -> Option<String> {
+    match (note6, note4) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b).map(String::from),
+    }
 }
 
 /// An old address whose open connections may finish until `until`.
@@ -183,14 +194,8 @@ impl TempEgress {
                 }
                 None => {}
             }
-            let lease = self.lease_for(w, None, now, rng);
-            self.held.insert(
-                w.key.clone(),
-                Held {
-                    want: w.clone(),
-                    lease,
-                },
-            );
+            let held = self.lease_for(w, None, now, rng);
+            self.held.insert(w.key.clone(), held);
             changed = true;
         }
         self.finish_drains(now);
@@ -226,26 +231,20 @@ impl TempEgress {
         }
         changed |= self.finish_drains(now);
         // Pool addresses freed by the drains go to leases that had to do without.
-        let mut waiting: Vec<&String> = self
+        let mut waiting: Vec<String> = self
             .held
             .iter()
             .filter(|(_, h)| h.lease.ipv4.is_none())
-            .map(|(k, _)| k)
+            .map(|(k, _)| k.clone())
             .collect();
         waiting.sort();
-        let waiting: Vec<String> = waiting.into_iter().cloned().collect();
         for k in waiting {
-            let Some(a) = self.free4.pop_front() else {
-                break;
-            };
+            let Some(h) = self.held.get(&k) else { continue };
+            let want = h.want.clone();
+            let Some(a) = self.take4(&want) else { break };
             if let Some(h) = self.held.get_mut(&k) {
-                let pair = (IpAddr::from(h.want.overlay4), IpAddr::from(a));
                 h.lease.ipv4 = Some(a);
-                h.lease.note = h.lease.note.take().and_then(|n| {
-                    let rest: Vec<&str> = n.split("; ").filter(|p| !p.contains("IPv4")).collect();
-                    (!rest.is_empty()).then(|| rest.join("; "))
-                });
-                self.cut.retain(|c| c.0 != pair);
+                h.lease.note = join_notes(h.note6, None);
                 changed = true;
             }
         }
@@ -309,17 +308,12 @@ impl TempEgress {
     }
 
     fn rotate(&mut self, h: Held, now: i64, rng: &mut impl rand::Rng) -> Lease {
-        let lease = self.lease_for(&h.want, h.lease.ipv4, now, rng);
+        let next = self.lease_for(&h.want, h.lease.ipv4, now, rng);
+        let lease = next.lease.clone();
         // An IPv4 address kept (no free one to move to) does not drain.
         let old4 = h.lease.ipv4.filter(|a| lease.ipv4 != Some(*a));
-        self.retire(h.want.clone(), h.lease.ipv6, old4, now);
-        self.held.insert(
-            h.want.key.clone(),
-            Held {
-                want: h.want,
-                lease: lease.clone(),
-            },
-        );
+        self.retire(h.want, h.lease.ipv6, old4, now);
+        self.held.insert(next.want.key.clone(), next);
         self.finish_drains(now);
         lease
     }
@@ -331,53 +325,43 @@ impl TempEgress {
         current4: Option<Ipv4Addr>,
         now: i64,
         rng: &mut impl rand::Rng,
-    ) -> Lease {
-        let mut notes = Vec::new();
-        let ipv6 = match self.pool.v6 {
-            Some(net) => {
-                let a = self.fresh6(net, rng);
-                if a.is_none() {
-                    notes.push("no unused IPv6 address found in the prefix: IPv6 leaves with the hub's address");
-                }
-                a
-            }
-            None => {
-                notes.push(
-                    "no IPv6 prefix for temporary addresses: IPv6 leaves with the hub's address",
-                );
-                None
-            }
+    ) -> Held {
+        let (ipv6, note6) = match self.pool.v6 {
+            Some(net) => match self.fresh6(net, rng) {
+                Some(a) => (Some(a), None),
+                None => (None, Some("no unused IPv6 address found in the prefix: IPv6 leaves with the hub's address")),
+            },
+            None => (None, Some("no IPv6 prefix for temporary addresses: IPv6 leaves with the hub's address")),
         };
-        let ipv4 = match self.free4.pop_front() {
-            Some(a) => {
-                // Its old pairing with this device may be in the cut set.
-                let pair = (IpAddr::from(w.overlay4), IpAddr::from(a));
-                self.cut.retain(|c| c.0 != pair);
-                Some(a)
-            }
-            None if current4.is_some() => {
-                notes.push("no other free address in egress.ipv4_pool: IPv4 keeps its address");
-                current4
-            }
-            None if self.pool.v4.is_empty() => {
-                notes.push("no egress.ipv4_pool: IPv4 leaves with the hub's address");
-                None
-            }
-            None => {
-                notes.push("every address of egress.ipv4_pool is in use: IPv4 leaves with the hub's address");
-                None
-            }
+        let (ipv4, note4) = match self.take4(w) {
+            Some(a) => (Some(a), None),
+            None if current4.is_some() => (current4, Some("no other free address in egress.ipv4_pool: IPv4 keeps its address")),
+            None if self.pool.v4.is_empty() => (None, Some("no egress.ipv4_pool: IPv4 leaves with the hub's address")),
+            None => (None, Some("every address of egress.ipv4_pool is in use: IPv4 leaves with the hub's address")),
         };
-        Lease {
-            ipv6,
-            ipv4,
-            since: now,
-            next_rotation: self
-                .pool
-                .rotate
-                .map(|s| now.saturating_add(s.min(i64::MAX as u64) as i64)),
-            note: (!notes.is_empty()).then(|| notes.join("; ")),
+        Held {
+            want: w.clone(),
+            lease: Lease {
+                ipv6,
+                ipv4,
+                since: now,
+                next_rotation: self
+                    .pool
+                    .rotate
+                    .map(|s| now.saturating_add(s.min(i64::MAX as u64) as i64)),
+                note: join_notes(note6, note4),
+            },
+            note6,
         }
+    }
+
+    /// The longest-rested free pool address for `w`, if any (its old pairing with `w` leaves
+    /// the cut set, or the new connections would be cut).
+    fn take4(&mut self, w: &Want) -> Option<Ipv4Addr> {
+        let a = self.free4.pop_front()?;
+        let pair = (IpAddr::from(w.overlay4), IpAddr::from(a));
+        self.cut.retain(|c| c.0 != pair);
+        Some(a)
     }
 
     /// A random address of `net` that was never handed out and is not the host's.
