@@ -83,7 +83,15 @@ impl Lab {
         let ns = self.ns(short);
         run_ok(Command::new("ip").args(["netns", "add", &ns]));
         self.namespaces.push(ns.clone());
-        self.sh_ok(short, "ip link set lo up");
+        // No duplicate address detection: an address is usable, and seen by every program,
+        // as soon as it is added. (A link-local address finishing DAD a second later is an
+        // address change to Chromium, which fails the requests in flight with
+        // ERR_NETWORK_CHANGED.)
+        self.sh_ok(
+            short,
+            "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 && \
+             ip link set lo up",
+        );
         ns
     }
 
