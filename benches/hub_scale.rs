@@ -139,6 +139,7 @@ fn main() {
             owner: false,
             no_log: false,
             admin: false,
+            person: None,
             created_at: 0,
         });
         keys.push(kp);

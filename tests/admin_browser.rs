@@ -9,6 +9,8 @@
 //! decrypted in the page with the owner's key, equals `cloudpc querylog pull`. The
 //! dashboard's first-load size and render time are printed (reported, not asserted).
 
+#[path = "common/browser.rs"]
+mod browser;
 #[path = "common/netns.rs"]
 mod netns;
 mod support;
@@ -16,55 +18,12 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use browser::{browser, DriverLink};
+use fantoccini::{Client, Locator};
 use netns::{conf_addrs, HubWorld, WEB};
 use support::Knot;
 
 const UPSTREAM: &str = "192.0.2.53";
-
-/// A veth from the test's own namespace into a device namespace, so the test can reach the
-/// WebDriver that runs there; deleted on drop (and with the namespace).
-///
-/// No IPv6 on it: the link-local address finishing duplicate-address detection after
-/// Chromium started is a "network change" to it, which aborts the page loads in flight
-/// (ERR_NETWORK_CHANGED).
-struct DriverLink {
-    host_if: String,
-    /// The test's end and the WebDriver's end.
-    host: String,
-    driver: String,
-}
-
-impl DriverLink {
-    fn new(w: &HubWorld, short: &str, k: u32) -> DriverLink {
-        let ns = w.lab.ns(short);
-        // A subnet of this run's own (a link of a test run before may linger a moment).
-        let n = (std::process::id() % 120) * 2 + k;
-        let host_if = format!("cpb{}x{k}", std::process::id() % 1_000_000);
-        let (host, driver) = (format!("10.250.{n}.1"), format!("10.250.{n}.2"));
-        let c = format!(
-            "ip link add {host_if} type veth peer name drv0 netns {ns} && \
-             ip addr add {host}/30 dev {host_if} && ip link set {host_if} up && \
-             ip netns exec {ns} sysctl -qw net.ipv6.conf.drv0.disable_ipv6=1 && \
-             ip -n {ns} addr add {driver}/30 dev drv0 && ip -n {ns} link set drv0 up"
-        );
-        let st = Command::new("sh").args(["-c", &c]).status().unwrap();
-        assert!(st.success(), "{c}");
-        DriverLink {
-            host_if,
-            host,
-            driver,
-        }
-    }
-}
-
-impl Drop for DriverLink {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .status();
-    }
-}
 
 /// The "test a domain" table for `name`, as text.
 async fn verdicts(b: &Client, base: &str, name: &str) -> String {
@@ -73,49 +32,6 @@ async fn verdicts(b: &Client, base: &str, name: &str) -> String {
         .unwrap();
     let t = b.find(Locator::Css("table.verdicts")).await.unwrap();
     t.text().await.unwrap()
-}
-
-async fn browser(w: &mut HubWorld, short: &str, link: &DriverLink) -> Client {
-    let ip = link.driver.clone();
-    let log = w.lab.dir.path().join(format!("chromedriver-{short}.log"));
-    w.lab.spawn(
-        short,
-        &format!(
-            "chromedriver --port=9515 --allowed-ips={} --allowed-origins=*",
-            link.host
-        ),
-        &log,
-    );
-    let profile = w.lab.dir.path().join(format!("chrome-{short}"));
-    let caps = serde_json::json!({
-        "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                "--disable-features=AutofillServerCommunication,OptimizationHints,MediaRouter",
-                "--ignore-certificate-errors", "--window-size=412,915",
-                format!("--user-data-dir={}", profile.display()),
-            ]
-        }
-    });
-    let caps = caps.as_object().unwrap().clone();
-    let end = Instant::now() + Duration::from_secs(15);
-    loop {
-        let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps.clone())
-            .connect(&format!("http://{ip}:9515"))
-            .await;
-        match c {
-            Ok(c) => return c,
-            Err(e) if Instant::now() > end => panic!(
-                "no WebDriver session: {e}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            ),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@
 //! fetched from anywhere else.
 
 mod auth;
+mod invite;
 mod pages;
 
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 pub use auth::{hash_password, AuthError};
+pub use invite::is_invite_path;
 
 use crate::daemon::Control;
 
@@ -47,6 +49,11 @@ impl Admin {
     pub fn new(control: Arc<Control>) -> Result<Admin, crate::api::ApiError> {
         let auth = auth::Auth::new(&control)?;
         Ok(Admin { control, auth })
+    }
+
+    /// Answers a request for the invite page (anyone may: see [`is_invite_path`]).
+    pub async fn handle_invite(self: &Arc<Self>, req: Request<hyper::body::Incoming>) -> Resp {
+        invite::handle(&self.control, req).await
     }
 
     /// Answers one request from `peer`.

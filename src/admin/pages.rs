@@ -670,6 +670,7 @@ pub async fn post(
                 admin: form.checked("admin"),
                 no_log: false,
                 qr: false,
+                person: None,
             };
             match call(a, move |c| c.add_device(&req)).await {
                 Ok(added) => Ok(added_page(a, who, &added)),
@@ -692,6 +693,7 @@ pub async fn post(
                 owner: Some(form.checked("owner")),
                 admin: Some(form.checked("admin")),
                 no_log: None,
+                person: None,
             };
             call(a, move |c| c.update_device(&name, &patch))
                 .await

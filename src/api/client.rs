@@ -232,6 +232,47 @@ impl Manage for Client {
     fn create_token(&self, name: &str) -> Result<NewToken, ApiError> {
         self.call(Method::POST, "/v1/tokens", Some(json!({ "name": name })))
     }
+    fn people(&self) -> Result<Vec<crate::store::Person>, ApiError> {
+        self.call(Method::GET, "/v1/people", None)
+    }
+    fn add_person(&self, req: &crate::api::NewPerson) -> Result<crate::store::Person, ApiError> {
+        self.call(Method::POST, "/v1/people", Some(json!(req)))
+    }
+    fn update_person(
+        &self,
+        name: &str,
+        patch: &crate::api::PersonPatch,
+    ) -> Result<crate::store::Person, ApiError> {
+        let path = format!("/v1/people/{}", enc(name));
+        self.call(Method::PATCH, &path, Some(json!(patch)))
+    }
+    fn remove_person(&self, name: &str) -> Result<Vec<String>, ApiError> {
+        let v = self.call(Method::DELETE, &format!("/v1/people/{}", enc(name)), None)?;
+        field(v, "removed_devices")
+    }
+    fn shares(&self) -> Result<Vec<crate::store::Share>, ApiError> {
+        self.call(Method::GET, "/v1/shares", None)
+    }
+    fn add_share(&self, req: &crate::api::ShareReq) -> Result<crate::store::Share, ApiError> {
+        self.call(Method::POST, "/v1/shares", Some(json!(req)))
+    }
+    fn remove_share(&self, req: &crate::api::ShareReq) -> Result<usize, ApiError> {
+        let v = self.call(Method::DELETE, "/v1/shares", Some(json!(req)))?;
+        field(v, "removed")
+    }
+    fn invites(&self) -> Result<Vec<crate::store::Invite>, ApiError> {
+        self.call(Method::GET, "/v1/invites", None)
+    }
+    fn create_invite(
+        &self,
+        req: &crate::api::NewInvite,
+    ) -> Result<crate::api::InviteCreated, ApiError> {
+        self.call(Method::POST, "/v1/invites", Some(json!(req)))
+    }
+    fn revoke_invite(&self, id: i64) -> Result<(), ApiError> {
+        let _: Value = self.call(Method::DELETE, &format!("/v1/invites/{id}"), None)?;
+        Ok(())
+    }
     fn revoke_token(&self, id: i64) -> Result<(), ApiError> {
         let _: Value = self.call(Method::DELETE, &format!("/v1/tokens/{id}"), None)?;
         Ok(())

@@ -14,14 +14,16 @@ mod serve;
 pub mod types;
 
 pub use client::Client;
+pub use routes::redeem;
 pub use serve::{serve, ApiListeners, ServeError, OVERLAY_PORT};
 pub use types::{
-    DeviceAdded, DeviceDns, EgressView, FirewallView, NewDevice, NewToken, QueryLogChange,
-    QueryLogState, StatusReport,
+    DeviceAdded, DeviceDns, EgressView, FirewallView, InviteCreated, NewDevice, NewInvite,
+    NewPerson, NewToken, PersonPatch, QueryLogChange, QueryLogState, Redeem, Redeemed, ShareReq,
+    StatusReport,
 };
 
 use crate::filter::ListStatus;
-use crate::store::{ApiToken, Device, DevicePatch, RuleAction, StoreError};
+use crate::store::{ApiToken, Device, DevicePatch, Invite, Person, RuleAction, Share, StoreError};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -188,4 +190,24 @@ pub trait Manage {
     fn tls(&self) -> Result<crate::certs::TlsStatus, ApiError>;
     /// Asks the ACME CA for a new certificate now; returns once it is served.
     fn renew_certificate(&self) -> Result<crate::certs::TlsStatus, ApiError>;
+    /// Every person (the owner is implicit).
+    fn people(&self) -> Result<Vec<Person>, ApiError>;
+    /// Adds a person.
+    fn add_person(&self, req: &NewPerson) -> Result<Person, ApiError>;
+    /// Changes a person's role or internet; their devices' firewalls follow at once.
+    fn update_person(&self, name: &str, patch: &PersonPatch) -> Result<Person, ApiError>;
+    /// Removes a person and cuts all their devices at once; returns the devices removed.
+    fn remove_person(&self, name: &str) -> Result<Vec<String>, ApiError>;
+    /// Every share.
+    fn shares(&self) -> Result<Vec<Share>, ApiError>;
+    /// Shares a device (or some ports of it) with a person or a group.
+    fn add_share(&self, req: &ShareReq) -> Result<Share, ApiError>;
+    /// Stops sharing; returns how many shares went.
+    fn remove_share(&self, req: &ShareReq) -> Result<usize, ApiError>;
+    /// Every invite (never a code).
+    fn invites(&self) -> Result<Vec<Invite>, ApiError>;
+    /// Makes an invite; the answer is the only time its code is shown.
+    fn create_invite(&self, req: &NewInvite) -> Result<InviteCreated, ApiError>;
+    /// Revokes an invite.
+    fn revoke_invite(&self, id: i64) -> Result<(), ApiError>;
 }

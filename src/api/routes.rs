@@ -163,6 +163,17 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/tokens", get(tokens).post(create_token))
         .route("/v1/tokens/{id}", delete(revoke_token))
+        .route("/v1/people", get(people).post(add_person))
+        .route(
+            "/v1/people/{name}",
+            axum::routing::patch(update_person).delete(remove_person),
+        )
+        .route(
+            "/v1/shares",
+            get(shares).post(add_share).delete(remove_share),
+        )
+        .route("/v1/invites", get(invites).post(create_invite))
+        .route("/v1/invites/{id}", delete(revoke_invite))
         .fallback(|| async {
             ApiError::NotFound(
                 "no such API route; docs/API.md lists them (e.g. GET /v1/devices)".into(),
@@ -397,6 +408,84 @@ async fn revoke_token(State(c): State<Arc<Control>>, Path(id): Path<String>) -> 
     ok(StatusCode::OK, serde_json::json!({ "revoked": id }))
 }
 
+async fn people(State(c): State<Arc<Control>>) -> Answer {
+    ok(StatusCode::OK, call(&c, |c| c.people()).await?)
+}
+
+async fn add_person(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body) -> Answer {
+    let b: crate::api::NewPerson = json_body(&headers, body).await?;
+    ok(
+        StatusCode::CREATED,
+        call(&c, move |c| c.add_person(&b)).await?,
+    )
+}
+
+async fn update_person(
+    State(c): State<Arc<Control>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    let b: crate::api::PersonPatch = json_body(&headers, body).await?;
+    ok(
+        StatusCode::OK,
+        call(&c, move |c| c.update_person(&name, &b)).await?,
+    )
+}
+
+async fn remove_person(State(c): State<Arc<Control>>, Path(name): Path<String>) -> Answer {
+    let gone = call(&c, move |c| c.remove_person(&name)).await?;
+    ok(
+        StatusCode::OK,
+        serde_json::json!({ "removed_devices": gone }),
+    )
+}
+
+async fn shares(State(c): State<Arc<Control>>) -> Answer {
+    ok(StatusCode::OK, call(&c, |c| c.shares()).await?)
+}
+
+async fn add_share(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body) -> Answer {
+    let b: crate::api::ShareReq = json_body(&headers, body).await?;
+    ok(
+        StatusCode::CREATED,
+        call(&c, move |c| c.add_share(&b)).await?,
+    )
+}
+
+async fn remove_share(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body) -> Answer {
+    let b: crate::api::ShareReq = json_body(&headers, body).await?;
+    let n = call(&c, move |c| c.remove_share(&b)).await?;
+    ok(StatusCode::OK, serde_json::json!({ "removed": n }))
+}
+
+async fn invites(State(c): State<Arc<Control>>) -> Answer {
+    ok(StatusCode::OK, call(&c, |c| c.invites()).await?)
+}
+
+async fn create_invite(State(c): State<Arc<Control>>, headers: HeaderMap, body: Body) -> Answer {
+    let b: crate::api::NewInvite = json_body(&headers, body).await?;
+    ok(
+        StatusCode::CREATED,
+        call(&c, move |c| c.create_invite(&b)).await?,
+    )
+}
+
+async fn revoke_invite(State(c): State<Arc<Control>>, Path(id): Path<String>) -> Answer {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("{id:?} is not an invite id (a number)")))?;
+    call(&c, move |c| c.revoke_invite(id)).await?;
+    ok(StatusCode::OK, serde_json::json!({ "revoked": id }))
+}
+
+/// `POST /invite/redeem` on the HTTPS listeners (public: the device is not on the network
+/// yet; the invite code is its credential).
+pub async fn redeem(c: Arc<Control>, body: &[u8]) -> Result<crate::api::Redeemed, ApiError> {
+    let b: crate::api::Redeem = parse_json(body)?;
+    call(&c, move |c| c.redeem_invite(&b)).await
+}
+
 #[cfg(test)]
 mod fuzz {
     use super::*;
@@ -409,6 +498,8 @@ mod fuzz {
             br#"{"name":"phone","split":true,"group":"kids","admin":false}"#.to_vec(),
             br#"{"name":null,"group":null,"owner":true}"#.to_vec(),
             br#"{"enabled":true,"recipients":["age1x"]}"#.to_vec(),
+            br#"{"code":"ABCD-EFGH-JKLM-NPQR","public_key":"x","name":null}"#.to_vec(),
+            br#"{"role":"guest","internet":null}"#.to_vec(),
         ];
         crate::fuzz::run("api_json", crate::fuzz::bytes(seeds, 400), |b| {
             let results = [
@@ -416,6 +507,11 @@ mod fuzz {
                 parse_json::<DevicePatch>(b).err(),
                 parse_json::<QueryLogChange>(b).err(),
                 parse_json::<NewToken>(b).err(),
+                parse_json::<crate::api::Redeem>(b).err(),
+                parse_json::<crate::api::NewPerson>(b).err(),
+                parse_json::<crate::api::PersonPatch>(b).err(),
+                parse_json::<crate::api::ShareReq>(b).err(),
+                parse_json::<crate::api::NewInvite>(b).err(),
             ];
             for e in results.into_iter().flatten() {
                 assert!(matches!(e, ApiError::BadRequest(_)), "bad bodies are 400s");

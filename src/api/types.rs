@@ -26,6 +26,9 @@ pub struct NewDevice {
     /// Also return an SVG QR code of the config.
     #[serde(default)]
     pub qr: bool,
+    /// The person it belongs to (`cloudpc person add`); none = the owner.
+    #[serde(default)]
+    pub person: Option<String>,
 }
 
 /// The answer to `POST /v1/devices`.
@@ -133,4 +136,83 @@ pub struct EgressView {
     /// The temporary addresses its new connections use now (while the hub runs, in
     /// `temporary` mode; kept in memory only).
     pub lease: Option<crate::egress::temporary::Lease>,
+}
+
+/// `POST /v1/people`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPerson {
+    pub name: String,
+    pub role: crate::store::Role,
+    /// May use the Cloud PC's internet; none = the role's default (members yes, guests no).
+    #[serde(default)]
+    pub internet: Option<bool>,
+}
+
+/// `PATCH /v1/people/{name}`: each field given replaces the person's value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<crate::store::Role>,
+    /// `Some(None)` = back to the role's default.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::store::some_nullable_bool"
+    )]
+    pub internet: Option<Option<bool>>,
+}
+
+/// `POST /v1/shares` and `DELETE /v1/shares`: `nas` or `nas:445` with `alice` or
+/// `group:team`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareReq {
+    pub target: String,
+    pub with: String,
+}
+
+/// `POST /v1/invites`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewInvite {
+    pub person: String,
+    /// `7d`, `12h`; none = 7 days.
+    #[serde(default)]
+    pub expires: Option<String>,
+    /// How many devices may join with it; none = 1.
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+/// The answer to `POST /v1/invites`: the code is shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteCreated {
+    pub invite: crate::store::Invite,
+    /// The short code (`XXXX-XXXX-XXXX-XXXX`).
+    pub code: String,
+    /// The page that redeems it; its fragment carries the code (and, for a certificate no
+    /// public CA signed, the certificate's SHA-256 for `cloudpc connect --invite`).
+    pub link: String,
+}
+
+/// `POST /invite/redeem` (public, on the hub's HTTPS listeners): a device joins with an
+/// invite code and the public key it made itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redeem {
+    pub code: String,
+    pub public_key: String,
+    /// The device's name; none = `<person>-<n>`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The answer to a redeemed invite: the device and its config without a private key (the
+/// device fills in its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redeemed {
+    pub device: Device,
+    pub config: String,
 }

@@ -8,8 +8,18 @@ use clap::Args;
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// The wg-quick config `cloudpc device add` printed for this device.
-    #[arg(required_unless_present = "status")]
+    #[arg(required_unless_present_any = ["status", "invite"], conflicts_with = "invite")]
     pub config: Option<PathBuf>,
+    /// Join with an invite link (`cloudpc invite create`): this device makes its key pair,
+    /// registers with the hub, writes its config (`--output`) and connects.
+    #[arg(long, value_name = "LINK")]
+    pub invite: Option<String>,
+    /// With --invite: this device's name (default: the person's name and a number).
+    #[arg(long, requires = "invite")]
+    pub name: Option<String>,
+    /// With --invite: where to write the config (default: NAME.conf in this directory).
+    #[arg(long, requires = "invite", value_name = "FILE")]
+    pub output: Option<PathBuf>,
     /// Name of the TUN interface (also names the running client for `--status`).
     #[arg(long, default_value = "cloudpc")]
     pub interface: String,
@@ -33,8 +43,23 @@ pub fn connect(a: ConnectArgs) -> anyhow::Result<()> {
     if a.status {
         return crate::connect::print_status(&a.interface, a.json);
     }
-    let Some(config) = a.config else {
-        anyhow::bail!("give the device's config file: cloudpc connect CONFIG");
+    let config = match (&a.invite, a.config) {
+        (Some(link), _) => {
+            let link = crate::connect::invite::parse_link(link)?;
+            let (name, text) = crate::connect::invite::redeem(&link, a.name.as_deref())?;
+            let path = a
+                .output
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{name}.conf")));
+            write_private(&path, &text)?;
+            eprintln!(
+                "Joined as {name:?}; the config (with this device's private key) is in {}.",
+                path.display()
+            );
+            path
+        }
+        (None, Some(c)) => c,
+        (None, None) => anyhow::bail!("give the device's config file: cloudpc connect CONFIG"),
     };
     crate::connect::run(crate::connect::Options {
         config,
@@ -42,4 +67,18 @@ pub fn connect(a: ConnectArgs) -> anyhow::Result<()> {
         tls_port: a.tls_port,
         relay: a.relay,
     })
+}
+
+/// Writes `text` readable by its owner only (it holds a private key); never over a file.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }

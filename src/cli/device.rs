@@ -92,6 +92,9 @@ pub struct AddArgs {
     /// Also write an Apple DNS settings profile (.mobileconfig) with the device's DoH URL.
     #[arg(long, value_name = "FILE")]
     pub dns_profile: Option<PathBuf>,
+    /// The person the device belongs to (`cloudpc person add`); without it, the owner.
+    #[arg(long, value_name = "P")]
+    pub person: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -436,6 +439,7 @@ fn add(m: &Manager, a: AddArgs) -> anyhow::Result<()> {
         admin: a.admin,
         no_log: a.no_log,
         qr: false,
+        person: a.person.clone(),
     };
     let added = m.api().add_device(&req)?;
     let (d, text) = (&added.device, &added.config);
@@ -522,6 +526,7 @@ fn set(m: &Manager, s: SetArgs) -> anyhow::Result<()> {
         owner: flag(s.owner, s.no_owner),
         admin: flag(s.admin, s.no_admin),
         no_log: flag(s.no_log, s.log),
+        person: None,
     };
     let fw = FirewallPatch {
         internet: s.internet.clone(),
@@ -744,6 +749,7 @@ mod tests {
             owner: true,
             no_log: false,
             admin: false,
+            person: None,
             created_at: 0,
         };
         let t = device_table(&[d]);

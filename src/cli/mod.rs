@@ -11,6 +11,7 @@ mod connect;
 mod device;
 mod lists;
 mod misc;
+mod people;
 mod querylog;
 mod run;
 
@@ -156,6 +157,15 @@ pub enum Command {
     /// Register, list, remove and rename devices.
     #[command(subcommand)]
     Device(device::DeviceCmd),
+    /// People (members and guests) whose devices join the network.
+    #[command(subcommand)]
+    Person(people::PersonCmd),
+    /// Share a device (or some of its ports) with a person or a group.
+    #[command(subcommand)]
+    Share(people::ShareCmd),
+    /// Invites: a link or code with which a device joins for a person.
+    #[command(subcommand)]
+    Invite(people::InviteCmd),
     /// Show live counters from the running hub.
     Status(misc::StatusArgs),
     /// On a Linux device: join the network with the config `device add` printed (UDP, or
@@ -194,6 +204,9 @@ pub fn main() -> ExitCode {
         Command::Run => run::run(&g),
         Command::Init(a) => device::init(&g, a),
         Command::Device(c) => device::device(&g, c),
+        Command::Person(c) => people::person(&g, c),
+        Command::Share(c) => people::share(&g, c),
+        Command::Invite(c) => people::invite(&g, c),
         Command::Status(a) => misc::status(&g, a),
         Command::Connect(a) => connect::connect(a),
         Command::Tls(c) => misc::tls(&g, c),

@@ -20,6 +20,7 @@
 //! `--status` asks a running client (over its Unix socket) what it is doing.
 
 pub mod config;
+pub mod invite;
 pub mod path;
 pub mod status;
 pub mod system;

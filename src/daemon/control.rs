@@ -59,7 +59,10 @@ pub struct Engines {
 }
 
 mod firewall;
+mod people;
 mod views;
+
+pub use people::{normalize_code, InviteSettings};
 
 use views::HistoryMark;
 pub use views::{DomainTest, SettingsSummary, TrafficSummary, UpstreamHealth};
@@ -89,6 +92,8 @@ pub struct Control {
     /// The public host name (`tls.domain`), and whether the public listeners are on.
     dns_domain: String,
     dns_public: bool,
+    /// Where invite links point.
+    invites: InviteSettings,
 }
 
 /// The settings a `Control` needs, read once from the config.
@@ -102,6 +107,7 @@ pub struct ControlSettings {
     pub dns_domain: String,
     /// `dns.public`.
     pub dns_public: bool,
+    pub invites: InviteSettings,
 }
 
 /// `cloudpc internet on|off` (stored) overrides `egress.internet` (config).
@@ -221,6 +227,7 @@ impl Control {
             fw_wake: Arc::new(tokio::sync::Notify::new()),
             dns_domain: settings.dns_domain,
             dns_public: settings.dns_public,
+            invites: settings.invites,
         }
     }
 
@@ -403,16 +410,25 @@ impl Manage for Control {
         self.enroll.check().map_err(|e| bad(e.to_string()))?;
         let key =
             enroll::new_device_key(req.public_key.as_deref()).map_err(|e| bad(e.to_string()))?;
+        let mut store = self.store.lock();
+        let person = match &req.person {
+            Some(p) => Some(self.find_person(&store, p)?),
+            None => None,
+        };
+        // A guest without internet gets a split tunnel: a full one would leave it offline.
+        let split = req.split
+            || person
+                .as_ref()
+                .is_some_and(|p| p.role == crate::store::Role::Guest && !p.internet_allowed());
         let patch = DevicePatch {
             group: req.group.clone().map(Some),
             owner: req.owner.then_some(true),
             admin: req.admin.then_some(true),
             no_log: req.no_log.then_some(true),
             name: None,
+            person: person.map(|p| Some(p.name)),
         };
-        let mut store = self.store.lock();
-        let device =
-            store.add_device_with(&req.name, &key.public, req.split, &self.overlay, &patch)?;
+        let device = store.add_device_with(&req.name, &key.public, split, &self.overlay, &patch)?;
         let rendered = self
             .enroll
             .device_config(&device, key.made.as_ref())
@@ -728,6 +744,53 @@ impl Manage for Control {
             .block_on(a.renew())
             .map_err(|why| ApiError::BadGateway(format!("the CA gave no certificate: {why}")))?;
         Ok(e.certs.status())
+    }
+
+    fn people(&self) -> Result<Vec<crate::store::Person>, ApiError> {
+        self.people_list()
+    }
+
+    fn add_person(&self, req: &crate::api::NewPerson) -> Result<crate::store::Person, ApiError> {
+        self.person_add(req)
+    }
+
+    fn update_person(
+        &self,
+        name: &str,
+        patch: &crate::api::PersonPatch,
+    ) -> Result<crate::store::Person, ApiError> {
+        self.person_update(name, patch)
+    }
+
+    fn remove_person(&self, name: &str) -> Result<Vec<String>, ApiError> {
+        self.person_remove(name)
+    }
+
+    fn shares(&self) -> Result<Vec<crate::store::Share>, ApiError> {
+        self.shares_list()
+    }
+
+    fn add_share(&self, req: &crate::api::ShareReq) -> Result<crate::store::Share, ApiError> {
+        self.share_add(req)
+    }
+
+    fn remove_share(&self, req: &crate::api::ShareReq) -> Result<usize, ApiError> {
+        self.share_remove(req)
+    }
+
+    fn invites(&self) -> Result<Vec<crate::store::Invite>, ApiError> {
+        self.invites_list()
+    }
+
+    fn create_invite(
+        &self,
+        req: &crate::api::NewInvite,
+    ) -> Result<crate::api::InviteCreated, ApiError> {
+        self.invite_create(req)
+    }
+
+    fn revoke_invite(&self, id: i64) -> Result<(), ApiError> {
+        self.invite_revoke(id)
     }
 }
 

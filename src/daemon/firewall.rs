@@ -18,7 +18,7 @@ use crate::firewall::{
     self, Compiled, DeviceFw, Effective, FirewallSpec, InternetMode, PacketRule, Reach, ReachAddr,
     ReachTarget, Sites,
 };
-use crate::store::{Device, DeviceFirewall};
+use crate::store::{Device, DeviceFirewall, Person, Role, Share, ShareWith};
 
 /// A group's firewall, with its site sets built once (a million names take a moment).
 pub struct GroupFw {
@@ -111,16 +111,54 @@ pub fn egress_mode(s: &FwSettings, d: &Device, own: Option<&DeviceFirewall>) -> 
         .unwrap_or_default()
 }
 
+/// Who the devices belong to and what is shared with guests, for [`plan`].
+#[derive(Default)]
+pub struct Sharing<'a> {
+    pub people: &'a [Person],
+    pub shares: &'a [Share],
+    /// The local zone (`dns.zone`), for the names a guest may resolve.
+    pub zone: &'a str,
+}
+
+impl Sharing<'_> {
+    /// The person of a guest's device.
+    fn guest_of(&self, d: &Device) -> Option<&Person> {
+        let p = d.person.as_deref()?;
+        self.people
+            .iter()
+            .find(|x| x.name.eq_ignore_ascii_case(p) && x.role == Role::Guest)
+    }
+
+    /// The shares that reach guest device `d` (of person `p`).
+    fn shares_for<'s>(&'s self, d: &'s Device, p: &'s Person) -> impl Iterator<Item = &'s Share> {
+        self.shares.iter().filter(move |s| match &s.with {
+            ShareWith::Person(n) => n.eq_ignore_ascii_case(&p.name),
+            ShareWith::Group(g) => d.group.as_deref() == Some(g.as_str()),
+        })
+    }
+}
+
 /// Builds every device's firewall; `current` keeps what a device's firewall learned (sites,
-/// open connections) across the change.
+/// open connections) across the change. A guest's device reaches only what is shared with it
+/// (and what its own `reach` names), resolves only the names of those devices in the local
+/// zone, uses the internet only when its person may, and no other device may open a
+/// connection to it unless that device's `reach` names it.
 pub fn plan(
     s: &FwSettings,
     devices: &[Device],
     stored: &HashMap<String, DeviceFirewall>,
+    sharing: &Sharing<'_>,
     current: &FxHashMap<IpAddr, Arc<DeviceFw>>,
     now: &ZonedDateTime,
 ) -> Plan {
     let mut out = Plan::default();
+    let quarantined: Arc<rustc_hash::FxHashSet<IpAddr>> = Arc::new(
+        devices
+            .iter()
+            .filter(|d| sharing.guest_of(d).is_some())
+            .flat_map(|d| [IpAddr::V4(d.ipv4), IpAddr::V6(d.ipv6)])
+            .collect(),
+    );
     for d in devices {
         let own = stored.get(&d.public_key);
         let eff = s.effective(d, own, now);
@@ -138,7 +176,24 @@ pub fn plan(
         let group = d.group.as_deref().and_then(|g| s.groups.get(g));
         let empty = FirewallSpec::default();
         let spec = own.map_or(&empty, |o| &o.spec);
-        let c = compile(group, spec, eff.internet, devices);
+        let mut c = compile(group, spec, eff.internet, devices);
+        c.quarantined = quarantined.clone();
+        if let Some(p) = sharing.guest_of(d) {
+            let mut entries: Vec<String> = sharing.shares_for(d, p).map(Share::target).collect();
+            entries.extend(spec.reach.iter().flatten().cloned());
+            c.reach = Some(resolve_reach(&entries, devices));
+            if !p.internet_allowed() {
+                c.mode = InternetMode::Off;
+            }
+            let zone = sharing.zone.trim_end_matches('.').to_ascii_lowercase();
+            let names = sharing
+                .shares_for(d, p)
+                .map(|s| s.device.as_str())
+                .chain([d.name.as_str()])
+                .map(|n| format!("{}.{zone}", n.to_ascii_lowercase()))
+                .collect();
+            c.local_names = Some(Arc::new(names));
+        }
         if c.is_open() {
             continue;
         }
@@ -208,6 +263,8 @@ fn compile(
         allow: rules(|s| &s.allow),
         deny: rules(|s| &s.deny),
         reach,
+        quarantined: Arc::default(),
+        local_names: None,
     }
 }
 
@@ -273,6 +330,7 @@ mod tests {
             owner: false,
             no_log: false,
             admin: false,
+            person: None,
             created_at: 0,
         }
     }
@@ -301,7 +359,14 @@ mod tests {
         };
         stored.insert("key3".to_string(), own(EgressMode::Hub));
         stored.insert("key5".to_string(), own(EgressMode::Temporary));
-        let p = plan(&s, &devices, &stored, &Default::default(), &s.now());
+        let p = plan(
+            &s,
+            &devices,
+            &stored,
+            &Sharing::default(),
+            &Default::default(),
+            &s.now(),
+        );
         let keys: Vec<&str> = p.temporary.iter().map(|w| w.key.as_str()).collect();
         assert_eq!(keys, vec!["key2", "key5"]);
         assert_eq!(p.temporary[0].overlay4, devices[0].ipv4);

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use control::{Control, ControlSettings, Engines};
+pub use control::{normalize_code, Control, ControlSettings, Engines};
 
 use crate::config::Config;
 use crate::dns::engine::{Resolver, Settings};
@@ -131,7 +131,40 @@ pub fn control_settings(
         firewall: Arc::new(firewall::FwSettings::from_config(cfg)),
         dns_domain: cfg.public_domain(),
         dns_public: cfg.dns.public,
+        invites: invite_settings(cfg),
     })
+}
+
+/// Invite links: `https://` the public name (`tls.domain`) or the endpoint's host, on the
+/// port of the first public HTTPS listener (443 by default).
+fn invite_settings(cfg: &Config) -> control::InviteSettings {
+    let host = if cfg.tls.domain.is_empty() {
+        crate::enroll::wgconfig::endpoint_with_port(&cfg.wireguard.endpoint, 1)
+            .ok()
+            .and_then(|e| e.rsplit_once(':').map(|(h, _)| h.to_string()))
+            .unwrap_or_default()
+    } else {
+        cfg.tls.domain.clone()
+    };
+    let port = cfg
+        .wireguard
+        .tls_listen
+        .iter()
+        .chain(
+            cfg.dns
+                .public_https_listen
+                .iter()
+                .filter(|_| cfg.dns.public),
+        )
+        .map(|a| a.port())
+        .next()
+        .unwrap_or(443);
+    let base = match (host.is_empty(), port) {
+        (true, _) => String::new(),
+        (false, 443) => format!("https://{host}"),
+        (false, p) => format!("https://{host}:{p}"),
+    };
+    control::InviteSettings { base }
 }
 
 fn resolve_path(base: &Path, p: &str) -> PathBuf {
@@ -183,10 +216,17 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
 
     // The firewalls are in force before the first packet or query.
     let fw = Arc::new(crate::firewall::Firewall::default());
+    let (people, shares) = (store.people()?, store.shares()?);
+    let sharing = firewall::Sharing {
+        people: &people,
+        shares: &shares,
+        zone: &cfg.dns.zone,
+    };
     let plan = firewall::plan(
         &settings.firewall,
         &devices,
         &store.device_firewalls()?,
+        &sharing,
         &Default::default(),
         &settings.firewall.now(),
     );

@@ -79,6 +79,13 @@ pub async fn handle_request(
 ) -> Resp {
     let peer = origin.peer;
     let tokens = service.tokens();
+    // The invite page is for devices not on the network yet: every HTTPS listener serves it.
+    if crate::admin::is_invite_path(req.uri().path()) {
+        return match admin.get() {
+            Some(a) => a.handle_invite(req).await,
+            None => plain(StatusCode::NOT_FOUND, "not found\n"),
+        };
+    }
     if origin.public && !origin.outsider_dns && !tokens.trusted(peer.ip()) {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }

@@ -502,7 +502,14 @@ impl Resolver {
             return false;
         }
         let qtype = RecordType::from(q.qtype);
-        let a = local.answer(name, qtype);
+        let mut a = local.answer(name, qtype);
+        // A guest sees only the local names shared with it.
+        if let Some(fw) = self.firewall.device(client) {
+            if !fw.local_name_allowed(&name_text(name)) {
+                a.rcode = ResponseCode::NXDomain;
+                a.answers.clear();
+            }
+        }
         Stats::bump(&self.stats.local);
         let found = Found {
             rcode: a.rcode,

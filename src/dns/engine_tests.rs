@@ -52,6 +52,7 @@ fn resolver_with(settings: Settings, policy: Policy) -> Resolver {
         owner: false,
         no_log: false,
         admin: false,
+        person: None,
         created_at: 0,
     };
     let zone = (

@@ -265,6 +265,7 @@ mod tests {
             owner: false,
             no_log: false,
             admin: false,
+            person: None,
             created_at: 0,
         }
     }

@@ -202,6 +202,7 @@ mod tests {
             owner: false,
             no_log: false,
             admin: false,
+            person: None,
             created_at: 0,
         }
     }

@@ -140,6 +140,12 @@ pub struct Compiled {
     pub deny: Vec<PacketRule>,
     /// `None`: every device.
     pub reach: Option<Vec<ReachAddr>>,
+    /// Devices (guests') this one may open connections to only when `reach` names them;
+    /// replies on connections they opened always pass.
+    pub quarantined: Arc<rustc_hash::FxHashSet<IpAddr>>,
+    /// A guest's view of the local zones: only these names (lower case, no trailing dot)
+    /// resolve, the rest are NXDOMAIN. `None`: every local name.
+    pub local_names: Option<Arc<rustc_hash::FxHashSet<String>>>,
 }
 
 impl Compiled {
@@ -155,6 +161,8 @@ impl Compiled {
             && self.deny_sites.iter().all(|s| s.is_empty())
             && self.deny.is_empty()
             && self.reach.is_none()
+            && self.quarantined.is_empty()
+            && self.local_names.is_none()
     }
 
     fn allows_site(&self, s: &Suffixes) -> bool {
@@ -279,6 +287,14 @@ impl DeviceFw {
         DnsCheck::Pass
     }
 
+    /// Whether a local name (devices, zone files, reverse names) resolves for this device.
+    pub fn local_name_allowed(&self, name: &str) -> bool {
+        let r = self.rules.load();
+        r.local_names
+            .as_ref()
+            .is_none_or(|set| set.contains(name.trim_end_matches('.')))
+    }
+
     /// Records the addresses of a finished answer to question `qname` before it is sent.
     /// Returns false when a name in its CNAME chain is denied (the caller answers REFUSED).
     pub fn record_answer(&self, qname: &str, answer: &[u8], now: Instant) -> bool {
@@ -348,7 +364,7 @@ impl DeviceFw {
         let ok = match target {
             Target::Hub => true,
             Target::Device(_) => match &r.reach {
-                None => true,
+                None => !r.quarantined.contains(&l4.dst) || flow_alive(&mut st, &key, now),
                 Some(reach) => {
                     let named = reach.iter().any(|a| {
                         (IpAddr::V4(a.v4) == l4.dst || IpAddr::V6(a.v6) == l4.dst)

@@ -11,6 +11,8 @@ fn compiled(mode: InternetMode) -> Compiled {
         allow: vec![],
         deny: vec![],
         reach: None,
+        quarantined: Arc::default(),
+        local_names: None,
     }
 }
 
@@ -270,6 +272,58 @@ fn reach_lets_replies_through_but_not_new_connections() {
         t
     ));
     assert_eq!(fw.dropped(), 2);
+}
+
+#[test]
+fn a_quarantined_guest_gets_replies_but_no_new_connections_and_sees_only_shared_names() {
+    // The NAS (100.96.0.2, no reach of its own) and a guest's phone (100.96.0.7) that may
+    // reach the NAS's port 445 only.
+    let guest = Ipv4Addr::new(100, 96, 0, 7);
+    let quarantined: Arc<rustc_hash::FxHashSet<IpAddr>> =
+        Arc::new([IpAddr::V4(guest)].into_iter().collect());
+    let mut nas = compiled(InternetMode::On);
+    nas.quarantined = quarantined.clone();
+    let mut phone = compiled(InternetMode::Off);
+    phone.reach = Some(vec![ReachAddr {
+        v4: ME,
+        v6: Ipv6Addr::LOCALHOST,
+        ports: Some(Ports(445, 445)),
+    }]);
+    phone.quarantined = quarantined;
+    phone.local_names = Some(Arc::new(["nas.mesh".to_string()].into_iter().collect()));
+    let nas = Arc::new(DeviceFw::new(nas, Settings::default()));
+    let phone = Arc::new(DeviceFw::new(phone, Settings::default()));
+    let all = Firewall::default();
+    let mut m = FxHashMap::default();
+    m.insert(IpAddr::V4(ME), nas.clone());
+    m.insert(IpAddr::V4(guest), phone.clone());
+    all.publish(m);
+    let t = Instant::now();
+    // The NAS cannot open a connection to the guest...
+    assert!(!all.admit(
+        ME,
+        Target::Device(guest),
+        &pkt(guest.octets(), 6, 50000, 22, true),
+        t
+    ));
+    // ... but answers the one the guest opened to its shared port.
+    let mut to_nas = pkt(ME.octets(), 6, 40000, 445, true);
+    to_nas[12..16].copy_from_slice(&guest.octets());
+    assert!(all.admit(guest, Target::Device(ME), &to_nas, t));
+    assert!(all.admit(
+        ME,
+        Target::Device(guest),
+        &pkt(guest.octets(), 6, 445, 40000, false),
+        t
+    ));
+    // Another port of the NAS is not shared.
+    let mut other = pkt(ME.octets(), 6, 40001, 22, true);
+    other[12..16].copy_from_slice(&guest.octets());
+    assert!(!all.admit(guest, Target::Device(ME), &other, t));
+    assert!(phone.local_name_allowed("nas.mesh"));
+    assert!(phone.local_name_allowed("nas.mesh."));
+    assert!(!phone.local_name_allowed("laptop.mesh"));
+    assert!(nas.local_name_allowed("laptop.mesh"));
 }
 
 #[test]

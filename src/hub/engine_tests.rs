@@ -74,6 +74,7 @@ impl World {
             owner: false,
             no_log: false,
             admin: false,
+            person: None,
             created_at: 0,
         });
         self.reload();

@@ -13,12 +13,14 @@ mod dns_tokens;
 mod endpoints;
 mod firewall;
 mod history;
+mod people;
 mod tokens;
 
 pub use admin::AdminSession;
 pub use endpoints::LastEndpoint;
 pub use firewall::DeviceFirewall;
 pub use history::Traffic;
+pub use people::{Invite, InviteRefusal, Person, Role, Share, ShareWith};
 pub use tokens::ApiToken;
 
 mod lists;
@@ -125,6 +127,9 @@ pub struct Device {
     pub no_log: bool,
     /// May use the management API over the private network (owners are admins too).
     pub admin: bool,
+    /// The person the device belongs to (`cloudpc person`); `None` = the owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
 }
@@ -246,6 +251,7 @@ impl Store {
             conn.execute_batch(history::SCHEMA)?;
             conn.execute_batch(querylog::SCHEMA)?;
             conn.execute_batch(lists::SCHEMA)?;
+            conn.execute_batch(people::SCHEMA)?;
             migrate(&conn)?;
             tx.commit()
         };
@@ -387,6 +393,7 @@ impl Store {
             owner: false,
             no_log: false,
             admin: false,
+            person: None,
             created_at: now,
         })
     }
@@ -396,8 +403,8 @@ impl Store {
         let mut st = self
             .conn
             .prepare(
-                "SELECT name, public_key, ipv4, ipv6, split, grp, owner, no_log, created_at, admin
-                 FROM devices ORDER BY name",
+                "SELECT name, public_key, ipv4, ipv6, split, grp, owner, no_log, created_at, admin,
+                 person FROM devices ORDER BY name",
             )
             .map_err(|e| self.db(e))?;
         let rows = st
@@ -415,6 +422,7 @@ impl Store {
                     no_log: r.get(7)?,
                     created_at: r.get(8)?,
                     admin: r.get(9)?,
+                    person: r.get(10)?,
                 })
             })
             .map_err(|e| self.db(e))?;
@@ -429,16 +437,23 @@ impl Store {
             .ok_or_else(|| StoreError::NoDevice(name.to_string()))
     }
 
-    /// Removes a device; its key is refused from then on.
+    /// Removes a device (and what is shared of it); its key is refused from then on.
     pub fn remove_device(&self, name: &str) -> Result<(), StoreError> {
-        let n = self
-            .conn
+        let path = self.path.clone();
+        let db = |cause| StoreError::Db {
+            path: path.clone(),
+            cause,
+        };
+        let tx = begin_write(&self.conn).map_err(db)?;
+        let n = tx
             .execute("DELETE FROM devices WHERE name = ?1", [name])
-            .map_err(|e| self.db(e))?;
+            .map_err(db)?;
         if n == 0 {
             return Err(StoreError::NoDevice(name.to_string()));
         }
-        Ok(())
+        tx.execute("DELETE FROM shares WHERE device = ?1", [name])
+            .map_err(db)?;
+        tx.commit().map_err(db)
     }
 
     /// Changes a device in one transaction: rename, group, owner, admin and no-log flags
@@ -450,15 +465,25 @@ impl Store {
             cause,
         };
         let tx = begin_write(&self.conn).map_err(db)?;
-        let current: Option<(String, Option<String>, bool, bool, bool)> = tx
+        type Row = (String, Option<String>, bool, bool, bool, Option<String>);
+        let current: Option<Row> = tx
             .query_row(
-                "SELECT name, grp, owner, admin, no_log FROM devices WHERE name = ?1",
+                "SELECT name, grp, owner, admin, no_log, person FROM devices WHERE name = ?1",
                 [name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
             )
             .optional()
             .map_err(db)?;
-        let Some((old, grp, owner, admin, no_log)) = current else {
+        let Some((old, grp, owner, admin, no_log, person)) = current else {
             return Err(StoreError::NoDevice(name.to_string()));
         };
         let new_name = patch.name.clone().unwrap_or_else(|| old.clone());
@@ -476,8 +501,8 @@ impl Store {
             }
         }
         tx.execute(
-            "UPDATE devices SET name = ?2, grp = ?3, owner = ?4, admin = ?5, no_log = ?6
-             WHERE name = ?1",
+            "UPDATE devices SET name = ?2, grp = ?3, owner = ?4, admin = ?5, no_log = ?6,
+             person = ?7 WHERE name = ?1",
             params![
                 old,
                 new_name,
@@ -485,7 +510,13 @@ impl Store {
                 patch.owner.unwrap_or(owner),
                 patch.admin.unwrap_or(admin),
                 patch.no_log.unwrap_or(no_log),
+                patch.person.clone().unwrap_or(person),
             ],
+        )
+        .map_err(db)?;
+        tx.execute(
+            "UPDATE shares SET device = ?2 WHERE device = ?1",
+            params![old, new_name],
         )
         .map_err(db)?;
         tx.commit().map_err(db)?;
@@ -593,6 +624,9 @@ pub struct DevicePatch {
     pub admin: Option<bool>,
     #[serde(default)]
     pub no_log: Option<bool>,
+    /// The person the device belongs to; `Some(None)` = the owner.
+    #[serde(default, deserialize_with = "some_nullable")]
+    pub person: Option<Option<String>>,
 }
 
 /// A present field, `null` included, is `Some(..)`; a missing one is `None` (via `default`).
@@ -601,6 +635,14 @@ fn some_nullable<'de, D: serde::Deserializer<'de>>(
 ) -> Result<Option<Option<String>>, D::Error> {
     use serde::Deserialize;
     Option::<String>::deserialize(d).map(Some)
+}
+
+/// [`some_nullable`] for an optional bool.
+pub fn some_nullable_bool<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<bool>>, D::Error> {
+    use serde::Deserialize;
+    Option::<bool>::deserialize(d).map(Some)
 }
 
 /// Removes a database file this process just created and could not initialise, when it holds
@@ -624,6 +666,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_admin {
         conn.execute_batch("ALTER TABLE devices ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;")?;
     }
+    people::migrate(conn)?;
     firewall::migrate(conn)
 }
 

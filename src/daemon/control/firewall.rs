@@ -17,7 +17,20 @@ impl Control {
         };
         let stored = store.device_firewalls()?;
         let now = self.fw.now();
-        let plan = fwplan::plan(&self.fw, devices, &stored, &e.firewall.current(), &now);
+        let (people, shares) = (store.people()?, store.shares()?);
+        let sharing = fwplan::Sharing {
+            people: &people,
+            shares: &shares,
+            zone: &self.enroll.zone,
+        };
+        let plan = fwplan::plan(
+            &self.fw,
+            devices,
+            &stored,
+            &sharing,
+            &e.firewall.current(),
+            &now,
+        );
         if let Some(hub) = &e.hub {
             hub.set_device_egress(plan.no_internet.clone(), plan.dns_redirect.clone())
                 .map_err(|e| internal(format!("cannot apply the device firewall: {e}")))?;
