@@ -16,6 +16,7 @@ pub mod firewall;
 #[cfg(test)]
 pub(crate) mod fuzz;
 pub mod hub;
+pub mod link;
 pub mod metrics;
 pub mod paths;
 pub mod querylog;

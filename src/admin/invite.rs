@@ -18,10 +18,12 @@ const INVITE_JS: &str = include_str!("invite.js");
 const STYLE: &str = include_str!("style.css");
 /// Largest redeem body (a code, a key, a name).
 const MAX_REDEEM: usize = 4096;
+/// Largest call of a linked hub (its facts, or the list of what it exports).
+const MAX_LINK_CALL: usize = 64 * 1024;
 
-/// True for the paths this page serves.
+/// True for the paths this page serves (and the linked hubs' calls, `/link/...`).
 pub fn is_invite_path(path: &str) -> bool {
-    path == "/invite" || path.starts_with("/invite/")
+    path == "/invite" || path.starts_with("/invite/") || path.starts_with("/link/")
 }
 
 fn page() -> String {
@@ -104,6 +106,26 @@ pub async fn handle(control: &Arc<Control>, req: Request<hyper::body::Incoming>)
                     StatusCode::CREATED,
                     &serde_json::to_value(r).unwrap_or_default(),
                 ),
+                Err(e) => {
+                    let status = StatusCode::from_u16(e.status())
+                        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    json(status, &serde_json::json!({ "error": e.to_string() }))
+                }
+            }
+        }
+        (&Method::POST, p) if p.starts_with("/link/") => {
+            let what = p.trim_start_matches("/link/").to_string();
+            let bytes = match Limited::new(body, MAX_LINK_CALL).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return json(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &serde_json::json!({ "error": "the request is too large" }),
+                    )
+                }
+            };
+            match crate::api::link_call(control.clone(), what, &bytes).await {
+                Ok(v) => json(StatusCode::OK, &v),
                 Err(e) => {
                     let status = StatusCode::from_u16(e.status())
                         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -273,6 +273,24 @@ impl Manage for Client {
         let _: Value = self.call(Method::DELETE, &format!("/v1/invites/{id}"), None)?;
         Ok(())
     }
+    fn links(&self) -> Result<Vec<crate::api::LinkView>, ApiError> {
+        self.call(Method::GET, "/v1/links", None)
+    }
+    fn create_link(&self, name: Option<&str>) -> Result<crate::api::LinkCode, ApiError> {
+        self.call(Method::POST, "/v1/links", Some(json!({ "name": name })))
+    }
+    fn accept_link(
+        &self,
+        code: &str,
+        name: Option<&str>,
+    ) -> Result<crate::api::LinkView, ApiError> {
+        let body = json!({ "name": name, "code": code });
+        self.call(Method::POST, "/v1/links", Some(body))
+    }
+    fn remove_link(&self, name: &str) -> Result<(), ApiError> {
+        let _: Value = self.call(Method::DELETE, &format!("/v1/links/{}", enc(name)), None)?;
+        Ok(())
+    }
     fn revoke_token(&self, id: i64) -> Result<(), ApiError> {
         let _: Value = self.call(Method::DELETE, &format!("/v1/tokens/{id}"), None)?;
         Ok(())

@@ -14,12 +14,12 @@ mod serve;
 pub mod types;
 
 pub use client::Client;
-pub use routes::redeem;
+pub use routes::{link_call, redeem};
 pub use serve::{serve, ApiListeners, ServeError, OVERLAY_PORT};
 pub use types::{
-    DeviceAdded, DeviceDns, EgressView, FirewallView, InviteCreated, NewDevice, NewInvite,
-    NewPerson, NewToken, PersonPatch, QueryLogChange, QueryLogState, Redeem, Redeemed, ShareReq,
-    StatusReport,
+    DeviceAdded, DeviceDns, EgressView, FirewallView, HubFacts, InviteCreated, LinkCall, LinkCode,
+    LinkJoin, LinkJoined, LinkReq, LinkView, NewDevice, NewInvite, NewPerson, NewToken,
+    PersonPatch, QueryLogChange, QueryLogState, Redeem, Redeemed, ShareReq, StatusReport,
 };
 
 use crate::filter::ListStatus;
@@ -210,4 +210,12 @@ pub trait Manage {
     fn create_invite(&self, req: &NewInvite) -> Result<InviteCreated, ApiError>;
     /// Revokes an invite.
     fn revoke_invite(&self, id: i64) -> Result<(), ApiError>;
+    /// Every link to another Cloud PC.
+    fn links(&self) -> Result<Vec<LinkView>, ApiError>;
+    /// Makes a one-time code for another owner to link their Cloud PC with this one.
+    fn create_link(&self, name: Option<&str>) -> Result<LinkCode, ApiError>;
+    /// Links this Cloud PC with the one whose code this is; in force on return.
+    fn accept_link(&self, code: &str, name: Option<&str>) -> Result<LinkView, ApiError>;
+    /// Cuts a link at once (and tells the other side).
+    fn remove_link(&self, name: &str) -> Result<(), ApiError>;
 }

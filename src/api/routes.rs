@@ -174,6 +174,8 @@ pub fn router(control: Arc<Control>) -> Router {
         )
         .route("/v1/invites", get(invites).post(create_invite))
         .route("/v1/invites/{id}", delete(revoke_invite))
+        .route("/v1/links", get(links).post(create_or_accept_link))
+        .route("/v1/links/{name}", delete(remove_link))
         .fallback(|| async {
             ApiError::NotFound(
                 "no such API route; docs/API.md lists them (e.g. GET /v1/devices)".into(),
@@ -477,6 +479,50 @@ async fn revoke_invite(State(c): State<Arc<Control>>, Path(id): Path<String>) ->
         .map_err(|_| ApiError::BadRequest(format!("{id:?} is not an invite id (a number)")))?;
     call(&c, move |c| c.revoke_invite(id)).await?;
     ok(StatusCode::OK, serde_json::json!({ "revoked": id }))
+}
+
+async fn links(State(c): State<Arc<Control>>) -> Answer {
+    ok(StatusCode::OK, call(&c, |c| c.links()).await?)
+}
+
+async fn create_or_accept_link(
+    State(c): State<Arc<Control>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    let b: crate::api::LinkReq = json_body(&headers, body).await?;
+    match b.code {
+        Some(code) => ok(
+            StatusCode::CREATED,
+            call(&c, move |c| c.accept_link(&code, b.name.as_deref())).await?,
+        ),
+        None => ok(
+            StatusCode::CREATED,
+            call(&c, move |c| c.create_link(b.name.as_deref())).await?,
+        ),
+    }
+}
+
+async fn remove_link(State(c): State<Arc<Control>>, Path(name): Path<String>) -> Answer {
+    call(&c, move |c| c.remove_link(&name)).await?;
+    ok(StatusCode::OK, serde_json::json!({ "removed": true }))
+}
+
+/// A linked hub's call on the HTTPS listeners (`/link/join` with a one-time code; `confirm`,
+/// `exports`, `remove` with the link's secret): the answer's JSON.
+pub async fn link_call(
+    c: Arc<Control>,
+    what: String,
+    body: &[u8],
+) -> Result<serde_json::Value, ApiError> {
+    if what == "join" {
+        let b: crate::api::LinkJoin = parse_json(body)?;
+        let j = call(&c, move |c| c.link_join(&b)).await?;
+        return serde_json::to_value(j).map_err(|e| ApiError::Internal(e.to_string()));
+    }
+    let b: crate::api::LinkCall = parse_json(body)?;
+    call(&c, move |c| c.link_call(&what, &b)).await?;
+    Ok(serde_json::json!({ "ok": true }))
 }
 
 /// `POST /invite/redeem` on the HTTPS listeners (public: the device is not on the network

@@ -216,3 +216,83 @@ pub struct Redeemed {
     pub device: Device,
     pub config: String,
 }
+
+/// A link as `cloudpc link list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkView {
+    pub name: String,
+    /// The other hub's HTTPS address.
+    pub peer: String,
+    /// Where the other side's devices appear here.
+    pub import_prefix: String,
+    /// The devices the other side exports here, as `NAME.LINK.<zone>` with their address.
+    pub imported: Vec<(String, std::net::Ipv4Addr)>,
+    /// False until the other side confirmed.
+    pub up: bool,
+}
+
+/// The answer to `POST /v1/links`: the one-time code (a link) for the other owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkCode {
+    pub name: String,
+    pub code: String,
+}
+
+/// `POST /v1/links` (`code` absent: make a code; present: accept the other side's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkReq {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+/// What one hub tells the other about itself when they link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubFacts {
+    /// Its host name (the other side's default name for the link).
+    pub hostname: String,
+    /// Its HTTPS listener (`https://HOST[:PORT]`) and certificate pin.
+    pub https: String,
+    #[serde(default)]
+    pub pin: Option<String>,
+    /// Its WireGuard endpoint and public key.
+    pub endpoint: String,
+    pub hub_key: String,
+    /// Its overlay (IPv4).
+    pub overlay: ipnet::Ipv4Net,
+    /// The public key it dials the other hub with.
+    pub dial_key: String,
+}
+
+/// `POST /link/join` (hub to hub, with the one-time code).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkJoin {
+    pub code: String,
+    pub facts: HubFacts,
+}
+
+/// The answer to `/link/join`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkJoined {
+    pub facts: HubFacts,
+    /// The secret the two hubs authenticate their later calls with.
+    pub secret: String,
+    /// The address the joining side's dial key has here.
+    pub your_address: std::net::Ipv4Addr,
+}
+
+/// `POST /link/confirm`, `/link/exports` and `/link/remove` (hub to hub, with the secret).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkCall {
+    pub secret: String,
+    /// `/link/confirm`: the address the other side's dial key has here.
+    #[serde(default)]
+    pub your_address: Option<std::net::Ipv4Addr>,
+    /// `/link/confirm` and `/link/exports`: what the sender exports.
+    #[serde(default)]
+    pub exports: Option<Vec<crate::store::Export>>,
+}

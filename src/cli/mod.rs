@@ -166,6 +166,9 @@ pub enum Command {
     /// Invites: a link or code with which a device joins for a person.
     #[command(subcommand)]
     Invite(people::InviteCmd),
+    /// Links to other Cloud PCs: each side exports chosen devices to the other.
+    #[command(subcommand)]
+    Link(people::LinkCmd),
     /// Show live counters from the running hub.
     Status(misc::StatusArgs),
     /// On a Linux device: join the network with the config `device add` printed (UDP, or
@@ -207,6 +210,7 @@ pub fn main() -> ExitCode {
         Command::Person(c) => people::person(&g, c),
         Command::Share(c) => people::share(&g, c),
         Command::Invite(c) => people::invite(&g, c),
+        Command::Link(c) => people::link(&g, c),
         Command::Status(a) => misc::status(&g, a),
         Command::Connect(a) => connect::connect(a),
         Command::Tls(c) => misc::tls(&g, c),

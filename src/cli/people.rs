@@ -242,3 +242,88 @@ pub fn invite(g: &Globals, c: InviteCmd) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, Subcommand)]
+pub enum LinkCmd {
+    /// Make a one-time code (a link) for another Cloud PC's owner to link with this one.
+    Create {
+        /// This side's name for the link: the other side's devices become DEVICE.NAME.<zone>.
+        #[arg(long)]
+        name: String,
+    },
+    /// Link with the Cloud PC whose code this is (its owner ran `cloudpc link create`).
+    Accept {
+        code: String,
+        /// This side's name for the link (default: the other hub's host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the links and what each exports here.
+    List,
+    /// Export a device (or ports of it) to a linked Cloud PC: `link export bob nas:445`.
+    Export { link: String, target: String },
+    /// Stop exporting a device to a linked Cloud PC.
+    Unexport { link: String, target: String },
+    /// Cut a link at once (on both sides).
+    Remove { name: String },
+}
+
+pub fn link(g: &Globals, c: LinkCmd) -> anyhow::Result<()> {
+    let m = Manager::open(g)?;
+    match c {
+        LinkCmd::Create { name } => {
+            let l = m.api().create_link(Some(&name))?;
+            println!("{}", l.code);
+            eprintln!(
+                "Give this one-time code to the other owner; they run `cloudpc link accept '<code>'` on \
+                 their Cloud PC. It is good for a day. Then `cloudpc link export {} DEVICE[:PORTS]` \
+                 shares a device with them.",
+                l.name
+            );
+        }
+        LinkCmd::Accept { code, name } => {
+            let l = m.api().accept_link(&code, name.as_deref())?;
+            eprintln!(
+                "Linked as {:?}: its devices appear here in {} once exported.",
+                l.name, l.import_prefix
+            );
+        }
+        LinkCmd::List => {
+            println!(
+                "{:<16} {:<5} {:<18} {:<30} IMPORTED",
+                "LINK", "UP", "RANGE", "PEER"
+            );
+            for l in m.api().links()? {
+                let imported: Vec<String> = l
+                    .imported
+                    .iter()
+                    .map(|(n, a)| format!("{n}.{} {a}", l.name))
+                    .collect();
+                println!(
+                    "{:<16} {:<5} {:<18} {:<30} {}",
+                    l.name,
+                    if l.up { "yes" } else { "no" },
+                    l.import_prefix,
+                    l.peer,
+                    imported.join(", ")
+                );
+            }
+        }
+        LinkCmd::Export { link, target } => {
+            let s = m.api().add_share(&ShareReq { target, with: link })?;
+            eprintln!("Exported {} to {}.", s.target(), s.with);
+        }
+        LinkCmd::Unexport { link, target } => {
+            m.api().remove_share(&ShareReq {
+                target: target.clone(),
+                with: link.clone(),
+            })?;
+            eprintln!("No longer exporting {target} to {link}.");
+        }
+        LinkCmd::Remove { name } => {
+            m.api().remove_link(&name)?;
+            eprintln!("Link {name} cut.");
+        }
+    }
+    Ok(())
+}

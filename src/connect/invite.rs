@@ -23,15 +23,20 @@ pub struct InviteLink {
 
 /// Reads `https://HOST[:PORT]/invite#code=CODE[&pin=HEX]`.
 pub fn parse_link(link: &str) -> anyhow::Result<InviteLink> {
+    parse_hub_link(link, "invite")
+}
+
+/// Reads `https://HOST[:PORT]/PATH#code=CODE[&pin=HEX]` (invite and link codes).
+pub fn parse_hub_link(link: &str, want: &str) -> anyhow::Result<InviteLink> {
     let bad = || {
         anyhow::anyhow!(
-            "{link:?} is not an invite link: use the https://…/invite#code=… link `cloudpc invite create` printed"
+            "{link:?} is not a {want} link: use the https://…/{want}#code=… link `cloudpc {want} create` printed"
         )
     };
     let rest = link.trim().strip_prefix("https://").ok_or_else(bad)?;
     let (authority, after) = rest.split_once('/').ok_or_else(bad)?;
     let (path, fragment) = after.split_once('#').ok_or_else(bad)?;
-    if path != "invite" || authority.is_empty() {
+    if path != want || authority.is_empty() {
         return Err(bad());
     }
     let mut code = None;
@@ -93,7 +98,7 @@ pub fn redeem(link: &InviteLink, name: Option<&str>) -> anyhow::Result<(String, 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (status, answer) = rt.block_on(post(link, body.to_string()))?;
+    let (status, answer) = rt.block_on(post_json(link, "/invite/redeem", body.to_string()))?;
     let v: serde_json::Value = serde_json::from_slice(&answer)
         .with_context(|| format!("the hub's answer (HTTP {status}) is not JSON"))?;
     if !(200..300).contains(&status) {
@@ -123,7 +128,13 @@ pub fn fill_private_key(config: &str, private_b64: &str) -> String {
         + "\n"
 }
 
-async fn post(link: &InviteLink, body: String) -> anyhow::Result<(u16, bytes::Bytes)> {
+/// POSTs JSON `body` to `path` on the hub `link` names, checking its certificate against the
+/// link's pin (or the public CAs); returns the status and the body of the answer.
+pub async fn post_json(
+    link: &InviteLink,
+    path: &str,
+    body: String,
+) -> anyhow::Result<(u16, bytes::Bytes)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
@@ -159,13 +170,13 @@ async fn post(link: &InviteLink, body: String) -> anyhow::Result<(u16, bytes::By
     let (mut send, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
     tokio::spawn(conn);
-    let req = hyper::Request::post("/invite/redeem")
+    let req = hyper::Request::post(path)
         .header(hyper::header::HOST, &link.authority)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(bytes::Bytes::from(body)))?;
     let resp = tokio::time::timeout(std::time::Duration::from_secs(20), send.send_request(req))
         .await
-        .map_err(|_| anyhow::anyhow!("the hub did not answer the invite"))??;
+        .map_err(|_| anyhow::anyhow!("the hub did not answer"))??;
     let status = resp.status().as_u16();
     let bytes = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
         .collect()

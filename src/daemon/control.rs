@@ -56,9 +56,12 @@ pub struct Engines {
     pub acme: Option<crate::certs::acme::AcmeHandle>,
     /// The devices' DNS tokens in force (shared with the TLS listeners).
     pub dns_tokens: Arc<crate::dns::tokens::DnsTokens>,
+    /// The links' tunnels that run, by link name.
+    pub links: Mutex<std::collections::HashMap<String, crate::link::tunnel::Tunnel>>,
 }
 
 mod firewall;
+mod links;
 mod people;
 mod views;
 
@@ -125,8 +128,10 @@ pub fn local_data(
     zones_dir: &std::path::Path,
     devices: &[Device],
     overlay: &Overlay,
+    links: &[crate::store::Link],
 ) -> LocalData {
-    let (files, mut errors) = read_zone_files(zones_dir);
+    let (mut files, mut errors) = read_zone_files(zones_dir);
+    files.extend(crate::link::zone_texts(links));
     let (data, errs) = LocalData::build(zone, devices, Some(overlay), &files);
     errors.extend(errs);
     for e in errors {
@@ -193,6 +198,12 @@ fn sha256(token: &str) -> [u8; 32] {
     out
 }
 
+/// Whether two secrets are equal (compared by their hashes, so the time taken does not tell
+/// how much of one matched).
+pub(crate) fn same(a: &str, b: &str) -> bool {
+    sha256(a) == sha256(b)
+}
+
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
@@ -256,6 +267,7 @@ impl Control {
             &e.zones_dir,
             &devices,
             &self.overlay,
+            &store.links()?,
         ));
         let rules = store.rules()?;
         self.apply_groups(e, &rules, &devices);
@@ -347,12 +359,14 @@ impl Control {
     /// Re-reads the zone files (SIGHUP).
     pub fn reload_zones(&self) {
         let Some(e) = &self.engines else { return };
-        if let Ok(devices) = self.store.lock().devices() {
+        let store = self.store.lock();
+        if let (Ok(devices), Ok(links)) = (store.devices(), store.links()) {
             e.resolver.set_local(local_data(
                 &self.enroll.zone,
                 &e.zones_dir,
                 &devices,
                 &self.overlay,
+                &links,
             ));
         }
     }
@@ -791,6 +805,26 @@ impl Manage for Control {
 
     fn revoke_invite(&self, id: i64) -> Result<(), ApiError> {
         self.invite_revoke(id)
+    }
+
+    fn links(&self) -> Result<Vec<crate::api::LinkView>, ApiError> {
+        self.link_list()
+    }
+
+    fn create_link(&self, name: Option<&str>) -> Result<crate::api::LinkCode, ApiError> {
+        self.link_create(name)
+    }
+
+    fn accept_link(
+        &self,
+        code: &str,
+        name: Option<&str>,
+    ) -> Result<crate::api::LinkView, ApiError> {
+        self.link_accept(code, name)
+    }
+
+    fn remove_link(&self, name: &str) -> Result<(), ApiError> {
+        self.link_remove(name)
     }
 }
 

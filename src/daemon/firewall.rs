@@ -18,7 +18,7 @@ use crate::firewall::{
     self, Compiled, DeviceFw, Effective, FirewallSpec, InternetMode, PacketRule, Reach, ReachAddr,
     ReachTarget, Sites,
 };
-use crate::store::{Device, DeviceFirewall, Person, Role, Share, ShareWith};
+use crate::store::{Device, DeviceFirewall, Person, Share, ShareWith};
 
 /// A group's firewall, with its site sets built once (a million names take a moment).
 pub struct GroupFw {
@@ -126,7 +126,7 @@ impl Sharing<'_> {
         let p = d.person.as_deref()?;
         self.people
             .iter()
-            .find(|x| x.name.eq_ignore_ascii_case(p) && x.role == Role::Guest)
+            .find(|x| x.name.eq_ignore_ascii_case(p) && x.role.is_outsider())
     }
 
     /// The shares that reach guest device `d` (of person `p`).

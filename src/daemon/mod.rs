@@ -280,7 +280,13 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
         Resolver::new(
             resolver_settings,
             policy,
-            control::local_data(&cfg.dns.zone, &zones_dir, &devices, &overlay),
+            control::local_data(
+                &cfg.dns.zone,
+                &zones_dir,
+                &devices,
+                &overlay,
+                &store.links()?,
+            ),
             stats,
         )
         .with_querylog(querylog.clone())
@@ -364,6 +370,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
         certs: certs.clone(),
         acme,
         dns_tokens,
+        links: Default::default(),
     };
     let control = Arc::new(
         Control::offline(
@@ -422,6 +429,11 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
     }
     tokio::spawn(save_history(control.clone()));
     tokio::spawn(firewall_clock(control.clone()));
+    if hub.is_some() {
+        // Links come back by themselves: their tunnels dial the other hubs at once.
+        let c = control.clone();
+        tokio::task::spawn_blocking(move || c.start_links());
+    }
     tracing::info!(listen = ?listen, "cloudpc is serving");
 
     wait_for_exit(&control, &lists).await;
@@ -431,6 +443,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
     }
     if let Some(h) = hub {
         persist_endpoints(&control, &h.endpoints());
+        crate::link::host::clear();
         h.shutdown().await;
     }
     let _ = std::fs::remove_file(api_sock);

@@ -111,6 +111,9 @@ fn family_of(a: &IpAddr) -> &'static str {
     }
 }
 
+/// The links' tunnels (`crate::link::interface`), as an interface-name wildcard.
+const LINK_INTERFACES: &str = "cpl*";
+
 fn rule(chain: &str, expr: Vec<Value>) -> Value {
     json!({"add": {"rule": {"family": "inet", "table": TABLE, "chain": chain, "expr": expr}}})
 }
@@ -142,6 +145,16 @@ pub fn ruleset(s: &EgressSpec) -> Value {
             vec![
                 meta_eq("iifname", &s.tun),
                 meta_eq("oifname", &s.tun),
+                accept.clone(),
+            ],
+        ),
+        // Into the links to other Cloud PCs (`crate::link`): the private network, not the
+        // internet (the hub's firewall already judged each device's packet).
+        rule(
+            "forward",
+            vec![
+                meta_eq("iifname", &s.tun),
+                meta_eq("oifname", LINK_INTERFACES),
                 accept.clone(),
             ],
         ),
@@ -456,8 +469,10 @@ mod tests {
     fn internet_off_has_no_accept_towards_the_egress_interface() {
         let on = ruleset(&spec(true)).to_string();
         let off = ruleset(&spec(false)).to_string();
-        assert_eq!(on.matches("\"accept\":null").count(), 3, "{on}");
-        assert_eq!(off.matches("\"accept\":null").count(), 2, "{off}");
+        assert_eq!(on.matches("\"accept\":null").count(), 4, "{on}");
+        // Off: between devices, into the links, and replies; none towards eth0.
+        assert_eq!(off.matches("\"accept\":null").count(), 3, "{off}");
+        assert!(off.contains("cpl*"));
         assert!(off.contains("masquerade"));
         assert!(on.contains("\"len\":16"));
     }

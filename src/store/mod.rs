@@ -13,6 +13,7 @@ mod dns_tokens;
 mod endpoints;
 mod firewall;
 mod history;
+mod links;
 mod people;
 mod tokens;
 
@@ -20,6 +21,7 @@ pub use admin::AdminSession;
 pub use endpoints::LastEndpoint;
 pub use firewall::DeviceFirewall;
 pub use history::Traffic;
+pub use links::{Export, Link};
 pub use people::{Invite, InviteRefusal, Person, Role, Share, ShareWith};
 pub use tokens::ApiToken;
 
@@ -252,6 +254,7 @@ impl Store {
             conn.execute_batch(querylog::SCHEMA)?;
             conn.execute_batch(lists::SCHEMA)?;
             conn.execute_batch(people::SCHEMA)?;
+            conn.execute_batch(links::SCHEMA)?;
             migrate(&conn)?;
             tx.commit()
         };
@@ -637,7 +640,7 @@ fn some_nullable<'de, D: serde::Deserializer<'de>>(
     Option::<String>::deserialize(d).map(Some)
 }
 
-/// [`some_nullable`] for an optional bool.
+/// A present field, `null` included, is `Some(..)` (an optional bool).
 pub fn some_nullable_bool<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Option<bool>>, D::Error> {

@@ -9,7 +9,7 @@ use super::{begin_write, unix_now, Store, StoreError};
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS people (
     name TEXT PRIMARY KEY COLLATE NOCASE,
-    role TEXT NOT NULL CHECK (role IN ('member', 'guest')),
+    role TEXT NOT NULL CHECK (role IN ('member', 'guest', 'link')),
     internet INTEGER,
     created_at INTEGER NOT NULL
 );
@@ -40,6 +40,9 @@ pub enum Role {
     Member,
     /// Only what is shared with them; no internet unless allowed.
     Guest,
+    /// Another Cloud PC linked to this one (`cloudpc link`): its devices reach what is
+    /// exported to it, like a guest's; never the internet.
+    Link,
 }
 
 impl Role {
@@ -47,7 +50,13 @@ impl Role {
         match self {
             Role::Member => "member",
             Role::Guest => "guest",
+            Role::Link => "link",
         }
+    }
+
+    /// Guests and linked Cloud PCs: only what is shared with them, quarantined.
+    pub fn is_outsider(self) -> bool {
+        matches!(self, Role::Guest | Role::Link)
     }
 
     /// Reads `member` or `guest`.
@@ -55,6 +64,7 @@ impl Role {
         match s.to_ascii_lowercase().as_str() {
             "member" => Ok(Role::Member),
             "guest" => Ok(Role::Guest),
+            "link" => Ok(Role::Link),
             _ => Err(format!("{s:?} is not a role: use member or guest")),
         }
     }
@@ -75,7 +85,10 @@ pub struct Person {
 impl Person {
     /// Whether this person's devices use the Cloud PC's internet.
     pub fn internet_allowed(&self) -> bool {
-        self.internet.unwrap_or(self.role == Role::Member)
+        match self.role {
+            Role::Link => false,
+            r => self.internet.unwrap_or(r == Role::Member),
+        }
     }
 }
 

@@ -296,6 +296,9 @@ fn run_ok(c: &mut Command) {
 pub const HUB_PUBLIC: &str = "203.0.113.1";
 /// The hub's second public address.
 pub const HUB_PUBLIC_2: &str = "203.0.113.2";
+/// The public address of a second hub host ([`HubWorld::add_second_hub_host`]).
+#[allow(dead_code)]
+pub const HUB2_PUBLIC: &str = "198.18.0.1";
 /// The web server's address in the "internet".
 pub const WEB: &str = "192.0.2.80";
 /// The web server's IPv6 address in the "internet".
@@ -453,6 +456,8 @@ pub struct HubRun {
     pub interface: String,
     pub log: PathBuf,
     pub pid: Option<u32>,
+    /// The namespace it runs in.
+    pub ns: String,
 }
 
 impl HubRun {
@@ -528,6 +533,28 @@ pub fn wg_keypair() -> (String, String) {
 impl HubWorld {
     /// Writes a config for a hub at [`HUB_PUBLIC`] and a fresh state dir; `extra` is appended.
     pub fn hub(&mut self, extra: &str) -> HubRun {
+        self.hub_at("hub", HUB_PUBLIC, extra)
+    }
+
+    /// A second hub host: namespace `hub2` at [`HUB2_PUBLIC`] in the test internet.
+    #[allow(dead_code)] // only the tests of two hubs use it
+    pub fn add_second_hub_host(&mut self) {
+        self.lab.add_ns("hub2");
+        self.lab.link(
+            "inet",
+            "hubb0",
+            "198.18.0.254/24",
+            "hub2",
+            "eth0",
+            &format!("{HUB2_PUBLIC}/24"),
+        );
+        self.lab
+            .sh_ok("hub2", "ip route add default via 198.18.0.254");
+    }
+
+    /// Writes a config for a hub in namespace `ns` whose devices dial `public`, and a fresh
+    /// state dir; `extra` is appended.
+    pub fn hub_at(&mut self, ns: &str, public: &str, extra: &str) -> HubRun {
         let interface = unique("cph");
         self.lab.remove_wg_socket_on_drop(&interface);
         let dir = self.lab.dir.path().join(&interface);
@@ -536,7 +563,7 @@ impl HubWorld {
         std::fs::write(
             &config,
             format!(
-                "[wireguard]\nlisten_port = 51820\nendpoint = \"{HUB_PUBLIC}:51820\"\n\
+                "[wireguard]\nlisten_port = 51820\nendpoint = \"{public}:51820\"\n\
                  interface = \"{interface}\"\n\n[egress]\ninterface = \"auto\"\n{extra}"
             ),
         )
@@ -547,6 +574,7 @@ impl HubWorld {
             interface,
             log: dir.join("hub.log"),
             pid: None,
+            ns: ns.to_string(),
         }
     }
 
@@ -560,13 +588,13 @@ impl HubWorld {
             h.state_dir.display()
         );
         let log = h.log.clone();
-        let pid = self.lab.spawn("hub", &cmd, &log);
+        let pid = self.lab.spawn(&h.ns, &cmd, &log);
         h.pid = Some(pid);
         // Ready = the UAPI socket answers (a stale socket left by a crash refuses).
         let probe = format!("wg show {} listen-port", h.interface);
         let end = Instant::now() + Duration::from_secs(20);
         while Instant::now() < end {
-            if self.lab.sh_succeeds("hub", &probe, 2) {
+            if self.lab.sh_succeeds(&h.ns, &probe, 2) {
                 return;
             }
             if self

@@ -27,7 +27,7 @@ pub struct InviteSettings {
 }
 
 /// A fresh code, `XXXX-XXXX-XXXX-XXXX`.
-fn new_code() -> String {
+pub(super) fn new_code() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
     let mut s = String::with_capacity(CODE_LEN + 3);
@@ -77,6 +77,11 @@ impl Control {
 
     pub(super) fn person_add(&self, req: &NewPerson) -> Result<Person, ApiError> {
         check_person_name(&req.name)?;
+        if req.role == Role::Link {
+            return Err(bad(
+                "a linked Cloud PC is added with `cloudpc link`, not as a person",
+            ));
+        }
         let p = Person {
             name: req.name.clone(),
             role: req.role,
@@ -103,6 +108,9 @@ impl Control {
         }
         let store = self.store.lock();
         let mut p = self.find_person(&store, name)?;
+        if p.role == Role::Link || patch.role == Some(Role::Link) {
+            return Err(bad("links are changed with `cloudpc link`"));
+        }
         if let Some(r) = patch.role {
             p.role = r;
         }
@@ -117,6 +125,12 @@ impl Control {
     pub(super) fn person_remove(&self, name: &str) -> Result<Vec<String>, ApiError> {
         let store = self.store.lock();
         let p = self.find_person(&store, name)?;
+        if p.role == Role::Link {
+            return Err(bad(format!(
+                "{} is a link: `cloudpc link remove {}` cuts it",
+                p.name, p.name
+            )));
+        }
         let gone = store.remove_person(&p.name)?;
         self.apply_devices(&store)?;
         Ok(gone)
@@ -165,6 +179,11 @@ impl Control {
         };
         let s = store.add_share(&device, ports.as_deref().unwrap_or(""), &with)?;
         self.apply_devices(&store)?;
+        let link = self.is_link(&store, &with);
+        drop(store);
+        if link {
+            self.push_exports(&s.with.to_string());
+        }
         Ok(s)
     }
 
@@ -179,6 +198,11 @@ impl Control {
             )));
         }
         self.apply_devices(&store)?;
+        let link = self.is_link(&store, &with);
+        drop(store);
+        if link {
+            self.push_exports(&with.to_string());
+        }
         Ok(n)
     }
 
