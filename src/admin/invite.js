@@ -237,7 +237,7 @@ async function join(ev) {
     return;
   }
   const pub = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
-  const pkcs8 = new Uint8Array(await crypto.subtle.exportKey("pkcs8", pair.privateKey));
+  const jwk = await crypto.subtle.exportKey("jwk", pair.privateKey);
   const body = { code: $("code").value.trim(), public_key: b64(pub) };
   const name = $("name").value.trim();
   if (name) body.name = name;
@@ -258,8 +258,9 @@ async function join(ev) {
     status.textContent = j.error;
     return;
   }
-  // The last 32 bytes of the PKCS #8 form are the X25519 private key.
-  const priv = b64(pkcs8.slice(pkcs8.length - 32));
+  // The JWK's `d` is the X25519 private key (base64url): WireGuard writes it in base64.
+  const d = jwk.d.replace(/-/g, "+").replace(/_/g, "/");
+  const priv = d + "=".repeat((4 - (d.length % 4)) % 4);
   const config = j.config.replace(/^# PrivateKey = .*$/m, "PrivateKey = " + priv);
   $("config").textContent = config;
   $("qr").src = qrPng(config);

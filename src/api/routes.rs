@@ -546,6 +546,7 @@ mod fuzz {
             br#"{"enabled":true,"recipients":["age1x"]}"#.to_vec(),
             br#"{"code":"ABCD-EFGH-JKLM-NPQR","public_key":"x","name":null}"#.to_vec(),
             br#"{"role":"guest","internet":null}"#.to_vec(),
+            br#"{"secret":"s","your_address":"100.96.0.4","exports":[{"name":"nas","ipv4":"100.96.0.5"}]}"#.to_vec(),
         ];
         crate::fuzz::run("api_json", crate::fuzz::bytes(seeds, 400), |b| {
             let results = [
@@ -558,6 +559,9 @@ mod fuzz {
                 parse_json::<crate::api::PersonPatch>(b).err(),
                 parse_json::<crate::api::ShareReq>(b).err(),
                 parse_json::<crate::api::NewInvite>(b).err(),
+                parse_json::<crate::api::LinkJoin>(b).err(),
+                parse_json::<crate::api::LinkCall>(b).err(),
+                parse_json::<crate::api::LinkReq>(b).err(),
             ];
             for e in results.into_iter().flatten() {
                 assert!(matches!(e, ApiError::BadRequest(_)), "bad bodies are 400s");

@@ -97,6 +97,8 @@ pub struct Control {
     dns_public: bool,
     /// Where invite links point.
     invites: InviteSettings,
+    /// The hub's TUN (`wireguard.interface`): the only way into a link.
+    hub_tun: String,
 }
 
 /// The settings a `Control` needs, read once from the config.
@@ -111,6 +113,7 @@ pub struct ControlSettings {
     /// `dns.public`.
     pub dns_public: bool,
     pub invites: InviteSettings,
+    pub hub_tun: String,
 }
 
 /// `cloudpc internet on|off` (stored) overrides `egress.internet` (config).
@@ -239,6 +242,7 @@ impl Control {
             dns_domain: settings.dns_domain,
             dns_public: settings.dns_public,
             invites: settings.invites,
+            hub_tun: settings.hub_tun,
         }
     }
 
@@ -259,6 +263,8 @@ impl Control {
             return Ok(());
         };
         let devices = store.devices()?;
+        // A new device's firewall is in force before the hub takes its packets.
+        self.apply_firewall(store, &devices)?;
         if let Some(hub) = &e.hub {
             hub.set_devices(&devices);
         }
@@ -272,7 +278,6 @@ impl Control {
         let rules = store.rules()?;
         self.apply_groups(e, &rules, &devices);
         e.querylog.set_devices(&devices);
-        self.apply_firewall(store, &devices)?;
         let tokens = store.dns_tokens()?;
         e.dns_tokens.publish(dns_token_map(&tokens, &devices));
         if let Some(a) = &e.acme {
@@ -481,6 +486,9 @@ impl Manage for Control {
             self.check_group(g)?;
         }
         let store = self.store.lock();
+        if let Some(Some(p)) = &patch.person {
+            self.find_person(&store, p)?;
+        }
         let d = store.update_device(name, patch)?;
         self.apply_devices(&store)?;
         Ok(d)

@@ -121,12 +121,27 @@ pub struct Sharing<'a> {
 }
 
 impl Sharing<'_> {
-    /// The person of a guest's device.
-    fn guest_of(&self, d: &Device) -> Option<&Person> {
+    /// The person of a device (`None`: the owner's). A person that is not (or no longer)
+    /// known counts as a guest with nothing shared: unknown means closed.
+    fn person_of(&self, d: &Device) -> Option<Person> {
         let p = d.person.as_deref()?;
-        self.people
-            .iter()
-            .find(|x| x.name.eq_ignore_ascii_case(p) && x.role.is_outsider())
+        Some(
+            self.people
+                .iter()
+                .find(|x| x.name.eq_ignore_ascii_case(p))
+                .cloned()
+                .unwrap_or(Person {
+                    name: p.to_string(),
+                    role: crate::store::Role::Guest,
+                    internet: Some(false),
+                    created_at: 0,
+                }),
+        )
+    }
+
+    /// The person of a guest's (or a link's) device.
+    fn guest_of(&self, d: &Device) -> Option<Person> {
+        self.person_of(d).filter(|p| p.role.is_outsider())
     }
 
     /// The shares that reach guest device `d` (of person `p`).
@@ -178,13 +193,15 @@ pub fn plan(
         let spec = own.map_or(&empty, |o| &o.spec);
         let mut c = compile(group, spec, eff.internet, devices);
         c.quarantined = quarantined.clone();
-        if let Some(p) = sharing.guest_of(d) {
+        let person = sharing.person_of(d);
+        if person.as_ref().is_some_and(|p| !p.internet_allowed()) {
+            c.mode = InternetMode::Off;
+        }
+        if let Some(p) = person.as_ref().filter(|p| p.role.is_outsider()) {
+            c.outsider = true;
             let mut entries: Vec<String> = sharing.shares_for(d, p).map(Share::target).collect();
             entries.extend(spec.reach.iter().flatten().cloned());
             c.reach = Some(resolve_reach(&entries, devices));
-            if !p.internet_allowed() {
-                c.mode = InternetMode::Off;
-            }
             let zone = sharing.zone.trim_end_matches('.').to_ascii_lowercase();
             let names = sharing
                 .shares_for(d, p)
@@ -265,6 +282,7 @@ fn compile(
         reach,
         quarantined: Arc::default(),
         local_names: None,
+        outsider: false,
     }
 }
 

@@ -132,6 +132,7 @@ pub fn control_settings(
         dns_domain: cfg.public_domain(),
         dns_public: cfg.dns.public,
         invites: invite_settings(cfg),
+        hub_tun: cfg.wireguard.interface.clone(),
     })
 }
 

@@ -146,6 +146,9 @@ pub struct Compiled {
     /// A guest's view of the local zones: only these names (lower case, no trailing dot)
     /// resolve, the rest are NXDOMAIN. `None`: every local name.
     pub local_names: Option<Arc<rustc_hash::FxHashSet<String>>>,
+    /// A guest's (or a linked Cloud PC's) device: of the hub it reaches only DNS (53, 853)
+    /// and HTTPS (443), and through it no private address (the hub's LAN, other links).
+    pub outsider: bool,
 }
 
 impl Compiled {
@@ -163,6 +166,7 @@ impl Compiled {
             && self.reach.is_none()
             && self.quarantined.is_empty()
             && self.local_names.is_none()
+            && !self.outsider
     }
 
     fn allows_site(&self, s: &Suffixes) -> bool {
@@ -362,7 +366,12 @@ impl DeviceFw {
         let mut st = self.state.lock();
         let r = self.rules.load();
         let ok = match target {
-            Target::Hub => true,
+            Target::Hub => {
+                !r.outsider || !l4.ports || matches!(l4.dport, 53 | 443 | 853) || {
+                    // Replies of the hub's own connections (none to outsiders today).
+                    flow_alive(&mut st, &key, now)
+                }
+            }
             Target::Device(_) => match &r.reach {
                 None => !r.quarantined.contains(&l4.dst) || flow_alive(&mut st, &key, now),
                 Some(reach) => {
@@ -373,6 +382,7 @@ impl DeviceFw {
                     named || flow_alive(&mut st, &key, now)
                 }
             },
+            Target::Internet | Target::Nat64 if r.outsider && is_private(l4.dst) => false,
             Target::Internet | Target::Nat64 => self.internet(&r, &mut st, l4, key, target, now),
         };
         if !ok && l4.opens() {
@@ -436,6 +446,24 @@ impl DeviceFw {
         };
         let mut st = self.state.lock();
         remember(&mut st, key, now);
+    }
+}
+
+/// Addresses that are not the internet: private, shared (the overlays and the links' ranges),
+/// link-local, loopback.
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            a.is_private()
+                || a.is_loopback()
+                || a.is_link_local()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments()[0];
+            (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80 || a.is_loopback()
+        }
     }
 }
 

@@ -13,6 +13,7 @@ fn compiled(mode: InternetMode) -> Compiled {
         reach: None,
         quarantined: Arc::default(),
         local_names: None,
+        outsider: false,
     }
 }
 
@@ -320,6 +321,28 @@ fn a_quarantined_guest_gets_replies_but_no_new_connections_and_sees_only_shared_
     let mut other = pkt(ME.octets(), 6, 40001, 22, true);
     other[12..16].copy_from_slice(&guest.octets());
     assert!(!all.admit(guest, Target::Device(ME), &other, t));
+    // Of the hub, a guest reaches DNS and HTTPS only; through it, no private address.
+    let hub = [100, 96, 0, 1];
+    let mut g = compiled(InternetMode::On);
+    g.outsider = true;
+    let (gall, _) = firewall(DeviceFw::new(g, Settings::default()));
+    assert!(gall.admit(ME, Target::Hub, &pkt(hub, 17, 5353, 53, false), t));
+    assert!(gall.admit(ME, Target::Hub, &pkt(hub, 6, 40000, 443, true), t));
+    assert!(!gall.admit(ME, Target::Hub, &pkt(hub, 6, 40000, 22, true), t));
+    assert!(gall.admit(
+        ME,
+        Target::Internet,
+        &pkt([192, 0, 2, 80], 6, 40000, 80, true),
+        t
+    ));
+    for lan in [
+        [192, 168, 1, 1],
+        [10, 0, 0, 1],
+        [100, 64, 0, 5],
+        [172, 16, 0, 1],
+    ] {
+        assert!(!gall.admit(ME, Target::Internet, &pkt(lan, 6, 40000, 80, true), t));
+    }
     assert!(phone.local_name_allowed("nas.mesh"));
     assert!(phone.local_name_allowed("nas.mesh."));
     assert!(!phone.local_name_allowed("laptop.mesh"));

@@ -61,8 +61,8 @@ pub fn clear() {
     }
 }
 
-/// Puts `nets` in force (their tunnels' interfaces must exist).
-pub fn apply(nets: &[LinkNet]) -> Result<(), String> {
+/// Puts `nets` in force (their tunnels' interfaces must exist); `hub_tun` is the hub's TUN.
+pub fn apply(nets: &[LinkNet], hub_tun: &str) -> Result<(), String> {
     clear();
     if nets.is_empty() {
         return Ok(());
@@ -71,7 +71,7 @@ pub fn apply(nets: &[LinkNet]) -> Result<(), String> {
     let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
     nft(&format!(
         "table ip cloudpc_links\ndelete table ip cloudpc_links\n{}",
-        ruleset(nets)
+        ruleset(nets, hub_tun)
     ))?;
     for n in nets {
         let t = n.table.to_string();

@@ -112,18 +112,20 @@ impl LinkNet {
     }
 }
 
-/// The nftables table of the links (replaced whole at each change).
-pub fn ruleset(nets: &[LinkNet]) -> String {
+/// The nftables table of the links (replaced whole at each change). Only packets from the
+/// hub's own TUN (`hub_tun`: the devices, after the hub's firewall judged them) enter a link;
+/// from a link only replies come in.
+pub fn ruleset(nets: &[LinkNet], hub_tun: &str) -> String {
     let mut mark = String::new();
     let mut pre = String::new();
     let mut post = String::new();
     for n in nets {
         mark.push_str(&format!(
-            "    ip daddr {} meta mark set {:#x} counter\n",
+            "    iifname \"{hub_tun}\" ip daddr {} counter meta mark set {:#x}\n",
             n.import_prefix, n.mark
         ));
         pre.push_str(&format!(
-            "    ip daddr {} counter dnat ip prefix to {}\n",
+            "    iifname \"{hub_tun}\" ip daddr {} counter dnat ip prefix to {}\n",
             n.import_prefix, n.peer_overlay
         ));
         post.push_str(&format!(
@@ -131,10 +133,13 @@ pub fn ruleset(nets: &[LinkNet]) -> String {
             n.interface, n.snat
         ));
     }
+    let guard = "    iifname \"cpl*\" ct state established,related accept\n    iifname \"cpl*\" counter drop\n";
     format!(
         "table ip cloudpc_links {{\n  chain set_mark {{\n    type filter hook prerouting priority mangle; policy accept;\n{mark}  }}\n  \
          chain to_link {{\n    type nat hook prerouting priority dstnat; policy accept;\n{pre}  }}\n  \
-         chain from_here {{\n    type nat hook postrouting priority srcnat; policy accept;\n{post}  }}\n}}\n"
+         chain from_here {{\n    type nat hook postrouting priority srcnat; policy accept;\n{post}  }}\n  \
+         chain from_links {{\n    type filter hook forward priority filter; policy accept;\n{guard}  }}\n  \
+         chain into_hub {{\n    type filter hook input priority filter; policy accept;\n{guard}  }}\n}}\n"
     )
 }
 
@@ -182,17 +187,21 @@ mod tests {
     #[test]
     fn the_ruleset_marks_translates_and_masks_each_link() {
         let nets = LinkNet::of(&[link("bob", "100.97.0.0/16")]);
-        let r = ruleset(&nets);
+        let r = ruleset(&nets, "cloudpc0");
         assert!(
-            r.contains("ip daddr 100.97.0.0/16 meta mark set 0x434c0000"),
+            r.contains(
+                "iifname \"cloudpc0\" ip daddr 100.97.0.0/16 counter meta mark set 0x434c0000"
+            ),
             "{r}"
         );
         assert!(
-            r.contains("ip daddr 100.97.0.0/16 dnat ip prefix to 100.96.0.0/16"),
+            r.contains("iifname \"cloudpc0\" ip daddr 100.97.0.0/16 counter dnat ip prefix to 100.96.0.0/16"),
             "{r}"
         );
+        // From a link: replies only, forwarded or to the hub itself.
+        assert_eq!(r.matches("iifname \"cpl*\" counter drop").count(), 2, "{r}");
         assert!(r.contains(&format!(
-            "oifname \"{}\" snat ip to 100.96.0.9",
+            "oifname \"{}\" counter snat ip to 100.96.0.9",
             interface("bob")
         )));
         assert!(interface("a-very-long-link-name-indeed").len() <= 15);

@@ -28,12 +28,29 @@ fn link_device(name: &str) -> String {
 
 fn this_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_ascii_lowercase())
+        .map(|h| {
+            let h = h.trim().to_ascii_lowercase();
+            h.split('.').next().unwrap_or("").to_string()
+        })
         .unwrap_or_default()
 }
 
 fn refused(why: impl Into<String>) -> ApiError {
     ApiError::Forbidden(why.into())
+}
+
+/// Refuses facts of another hub that could not be used (or would point this hub elsewhere).
+fn check_facts(f: &HubFacts) -> Result<(), ApiError> {
+    key_bytes(&f.hub_key)?;
+    key_bytes(&f.dial_key)?;
+    parse_hub_link(&format!("{}/link#code=x", f.https), "link")
+        .map_err(|_| bad("the other hub's HTTPS address does not read"))?;
+    crate::enroll::wgconfig::endpoint_with_port(&f.endpoint, 51820)
+        .map_err(|_| bad("the other hub's endpoint does not read"))?;
+    if f.overlay.prefix_len() < 10 {
+        return Err(bad("the other hub's overlay is too large to be linked"));
+    }
+    Ok(())
 }
 
 fn key_bytes(b64: &str) -> Result<[u8; 32], ApiError> {
@@ -172,9 +189,15 @@ impl Control {
         let name = name
             .map(str::to_string)
             .unwrap_or_else(|| joined.facts.hostname.clone());
+        check_facts(&joined.facts)?;
+        if !joined.facts.overlay.contains(&joined.your_address) {
+            return Err(ApiError::BadGateway(
+                "the other hub gave an address outside its overlay".into(),
+            ));
+        }
         let mut store = self.store.lock();
         self.check_link_name(&store, &name)?;
-        key_bytes(&joined.facts.hub_key)?;
+        let import_prefix = self.pick_prefix(&store, joined.facts.overlay.prefix_len())?;
         let peer_address = self.register_link_peer(&mut store, &name, &joined.facts.dial_key)?;
         let l = Link {
             name: name.clone(),
@@ -185,12 +208,15 @@ impl Control {
             peer_overlay: joined.facts.overlay,
             dial_private: dial.private_b64(),
             dial_address: joined.your_address,
-            import_prefix: self.pick_prefix(&store, joined.facts.overlay.prefix_len())?,
+            import_prefix,
             secret: joined.secret.clone(),
             exports: vec![],
             created_at: crate::store::unix_now(),
         };
-        store.put_link(&l)?;
+        if let Err(e) = store.put_link(&l) {
+            let _ = store.remove_person(&name);
+            return Err(e.into());
+        }
         let confirm = LinkCall {
             secret: l.secret.clone(),
             your_address: Some(peer_address),
@@ -204,9 +230,17 @@ impl Control {
         if let Err(e) =
             self.call_hub::<_, serde_json::Value>(&peer_target(&l), "/link/confirm", &confirm)
         {
-            let store = self.store.lock();
-            undo(&store);
-            let _ = self.apply_devices(&store);
+            {
+                let store = self.store.lock();
+                undo(&store);
+                let _ = self.apply_devices(&store);
+            }
+            // The other side's pending half goes too (when it can be reached).
+            let call = LinkCall {
+                secret: l.secret.clone(),
+                ..Default::default()
+            };
+            let _ = self.call_hub::<_, serde_json::Value>(&peer_target(&l), "/link/remove", &call);
             return Err(e);
         }
         let store = self.store.lock();
@@ -268,10 +302,15 @@ impl Control {
             if running.contains_key(&l.name) {
                 continue;
             }
+            // Bounded: this runs under the store lock (an endpoint is usually an address).
             let peer = self
                 .rt
-                .block_on(tokio::net::lookup_host(l.peer_endpoint.clone()))
+                .block_on(tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    tokio::net::lookup_host(l.peer_endpoint.clone()),
+                ))
                 .ok()
+                .and_then(|r| r.ok())
                 .and_then(|mut a| a.next());
             let Some(peer) = peer else {
                 tracing::warn!("a linked hub's endpoint does not resolve; its link stays down");
@@ -299,7 +338,7 @@ impl Control {
             .into_iter()
             .filter(|l| running.contains_key(&l.name))
             .collect();
-        link::host::apply(&LinkNet::of(&up))
+        link::host::apply(&LinkNet::of(&up), &self.hub_tun)
             .map_err(|why| ApiError::Internal(format!("cannot route the links: {why}")))
     }
 
@@ -355,8 +394,7 @@ impl Control {
         let Some(code) = super::normalize_code(&req.code) else {
             return Err(refused("that is not a link code"));
         };
-        key_bytes(&req.facts.hub_key)?;
-        key_bytes(&req.facts.dial_key)?;
+        check_facts(&req.facts)?;
         let dial = KeyPair::generate();
         let facts = self.hub_facts(&dial.public_b64())?;
         let mut store = self.store.lock();
@@ -366,6 +404,7 @@ impl Control {
             ));
         };
         self.check_link_name(&store, &name)?;
+        let import_prefix = self.pick_prefix(&store, req.facts.overlay.prefix_len())?;
         let address = self.register_link_peer(&mut store, &name, &req.facts.dial_key)?;
         let secret = {
             use base64::Engine;
@@ -381,7 +420,7 @@ impl Control {
             dial_private: dial.private_b64(),
             // Pending until the other side confirms.
             dial_address: std::net::Ipv4Addr::UNSPECIFIED,
-            import_prefix: self.pick_prefix(&store, req.facts.overlay.prefix_len())?,
+            import_prefix,
             secret: secret.clone(),
             exports: vec![],
             created_at: crate::store::unix_now(),
@@ -416,7 +455,7 @@ impl Control {
                 let Some(a) = req.your_address else {
                     return Err(bad("confirm names the address"));
                 };
-                if !self.overlay.v4.contains(&a) {
+                if !l.peer_overlay.contains(&a) {
                     return Err(bad("that address is not in the other side's overlay"));
                 }
                 l.dial_address = a;

@@ -267,6 +267,10 @@ impl Control {
             .map_err(|e| bad(format!("{e}: send the device's WireGuard public key")))?;
         if let Some(n) = &req.name {
             check_device_name(n)?;
+            // `hub` names the hub itself; `link-*` are the links' devices.
+            if n.eq_ignore_ascii_case("hub") || n.to_ascii_lowercase().starts_with("link-") {
+                return Err(bad(format!("{n:?} is reserved; pick another name")));
+            }
         }
         self.enroll.check().map_err(|e| bad(e.to_string()))?;
         let mut store = self.store.lock();
@@ -303,7 +307,14 @@ impl Control {
             Ok(d) => d,
             Err(e) => {
                 let _ = store.give_back_invite(id);
-                return Err(e);
+                // Say what to change, not which device of the owner has that name or key.
+                return Err(match e {
+                    ApiError::Conflict(_) => ApiError::Conflict(
+                        "that name or key is taken here; pick another name (or make a new key)"
+                            .into(),
+                    ),
+                    e => e,
+                });
             }
         };
         let config = match self.enroll.device_config(&device, None) {
