@@ -149,7 +149,10 @@ async fn guests_reach_only_what_is_shared_and_invites_bring_devices_in() {
     // Of the hub itself a guest reaches DNS and HTTPS only (not, e.g., the owners' query-log
     // sync port, which the owner's laptop reaches).
     let sync = format!("curl -s -m 3 -o /dev/null http://{hub4}:8053/");
-    assert!(w.lab.sh_succeeds("d1", &sync, 5), "the laptop reaches the hub");
+    assert!(
+        w.lab.sh_succeeds("d1", &sync, 5),
+        "the laptop reaches the hub"
+    );
     assert!(
         !w.lab.sh_succeeds("d3", &sync, 5),
         "a guest reached a hub service other than DNS and HTTPS"

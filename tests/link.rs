@@ -136,6 +136,13 @@ fn linked_cloud_pcs_reach_exported_devices_only_and_the_link_survives_restarts()
     );
     let page = w.lab.sh_ok("d1", &format!("curl -sf -m 3 {shared}"));
     assert_eq!(page, "d2:445\n");
+    let listed = alice.cli_ok(&["link", "list"]);
+    assert!(
+        listed.lines().any(|l| l.starts_with("bob")
+            && l.contains("s ago")
+            && l.contains(&format!("nas.bob {nas_here}"))),
+        "{listed}"
+    );
     // Not another port, not another device (at the address it would have on Alice's side).
     assert!(curl_ok(&w, "d3", &format!("http://{nas4}:8080/hello")));
     assert!(

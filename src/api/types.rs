@@ -229,6 +229,10 @@ pub struct LinkView {
     pub imported: Vec<(String, std::net::Ipv4Addr)>,
     /// False until the other side confirmed.
     pub up: bool,
+    /// Seconds since the last handshake with the other hub (`None`: none since this hub
+    /// started, e.g. the other hub is away or has other keys now).
+    #[serde(default)]
+    pub handshake_secs_ago: Option<u64>,
 }
 
 /// The answer to `POST /v1/links`: the one-time code (a link) for the other owner.

@@ -290,8 +290,8 @@ pub fn link(g: &Globals, c: LinkCmd) -> anyhow::Result<()> {
         }
         LinkCmd::List => {
             println!(
-                "{:<16} {:<5} {:<18} {:<30} IMPORTED",
-                "LINK", "UP", "RANGE", "PEER"
+                "{:<16} {:<10} {:<18} {:<30} IMPORTED",
+                "LINK", "HANDSHAKE", "RANGE", "PEER"
             );
             for l in m.api().links()? {
                 let imported: Vec<String> = l
@@ -299,10 +299,15 @@ pub fn link(g: &Globals, c: LinkCmd) -> anyhow::Result<()> {
                     .iter()
                     .map(|(n, a)| format!("{n}.{} {a}", l.name))
                     .collect();
+                let hs = match (l.up, l.handshake_secs_ago) {
+                    (false, _) => "pending".to_string(),
+                    (true, Some(s)) => format!("{s}s ago"),
+                    (true, None) => "none".to_string(),
+                };
                 println!(
-                    "{:<16} {:<5} {:<18} {:<30} {}",
+                    "{:<16} {:<10} {:<18} {:<30} {}",
                     l.name,
-                    if l.up { "yes" } else { "no" },
+                    hs,
                     l.import_prefix,
                     l.peer,
                     imported.join(", ")

@@ -19,6 +19,15 @@ const MAX: usize = 65_535;
 /// A running link session; stops (and removes its TUN) when dropped.
 pub struct Tunnel {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Tunnel {
+    /// Time since the last completed handshake with the other hub (`None`: none yet; one that
+    /// went away or came back with other keys shows here as a growing age or none).
+    pub fn since_handshake(&self) -> Option<Duration> {
+        self.shared.tunn.lock().stats().0
+    }
 }
 
 impl Drop for Tunnel {
@@ -86,9 +95,9 @@ pub async fn start(
     let tasks = vec![
         tokio::spawn(from_tun(s.clone())),
         tokio::spawn(from_peer(s.clone())),
-        tokio::spawn(timers(s)),
+        tokio::spawn(timers(s.clone())),
     ];
-    Ok(Tunnel { tasks })
+    Ok(Tunnel { tasks, shared: s })
 }
 
 async fn from_tun(s: Arc<Shared>) {

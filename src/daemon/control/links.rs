@@ -145,7 +145,19 @@ impl Control {
 
     pub(super) fn link_list(&self) -> Result<Vec<LinkView>, ApiError> {
         let links = self.store.lock().links()?;
-        Ok(links.iter().map(view).collect())
+        let running = self.engines.as_ref().map(|e| e.links.lock());
+        Ok(links
+            .iter()
+            .map(|l| {
+                let mut v = view(l);
+                v.handshake_secs_ago = running
+                    .as_ref()
+                    .and_then(|r| r.get(&l.name))
+                    .and_then(|t| t.since_handshake())
+                    .map(|d| d.as_secs());
+                v
+            })
+            .collect())
     }
 
     pub(super) fn link_create(&self, name: Option<&str>) -> Result<LinkCode, ApiError> {
@@ -560,5 +572,6 @@ fn view(l: &Link) -> LinkView {
             .map(|e| (e.name.clone(), link::import_addr(l, e.ipv4)))
             .collect(),
         up: !l.dial_address.is_unspecified(),
+        handshake_secs_ago: None,
     }
 }
