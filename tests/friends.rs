@@ -101,7 +101,7 @@ async fn guests_reach_only_what_is_shared_and_invites_bring_devices_in() {
     w.lab.wg_up("d2", &nas);
     // The guest tries the owner's internet anyway: its tunnel takes everything.
     let phone_full = phone.replace("AllowedIPs = ", "AllowedIPs = 0.0.0.0/0, ::/0, ");
-    w.lab.wg_up("d3", &phone_full);
+    let phone_if = w.lab.wg_up("d3", &phone_full);
     let (hub4, _) = conf_addrs(&laptop, "DNS");
     let (laptop4, _) = conf_addrs(&laptop, "Address");
     let (nas4, _) = conf_addrs(&nas, "Address");
@@ -186,6 +186,22 @@ async fn guests_reach_only_what_is_shared_and_invites_bring_devices_in() {
         "the owner's rule names the guest's device"
     );
     assert!(!curl_ok(&w, "d2", &to_phone));
+
+    // A guest's device that sends from the NAS's address gets nowhere (the hub takes from a
+    // device only its own addresses); the NAS itself reaches the laptop on that path.
+    w.lab
+        .sh_ok("d3", &format!("ip addr add {nas4}/32 dev {phone_if}"));
+    assert!(
+        !w.lab.sh_succeeds(
+            "d3",
+            &format!("curl -sf -m 3 -o /dev/null --interface {nas4} http://{laptop4}:8080/hello"),
+            5
+        ),
+        "a guest spoofing the shared NAS's address reached the laptop"
+    );
+    assert!(curl_ok(&w, "d2", &format!("http://{laptop4}:8080/hello")));
+    w.lab
+        .sh_ok("d3", &format!("ip addr del {nas4}/32 dev {phone_if}"));
 
     // Bad input: a share of a device or with a person that does not exist.
     assert!(refused(&hub, &["share", "add", "ghost:22", "--with", "alice"]).contains("ghost"));

@@ -354,6 +354,84 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_reaches_what_is_shared_with_its_person_or_its_group_and_is_quarantined() {
+        let cfg = Config::parse("[groups.team]\n", std::path::Path::new("t.toml")).unwrap();
+        let s = FwSettings::from_config(&cfg);
+        let mut guest = device(7, Some("team"));
+        guest.person = Some("alice".into());
+        let mut ghost = device(8, None);
+        ghost.person = Some("nobody".into());
+        let devices = [
+            device(2, None),
+            device(3, None),
+            device(4, None),
+            guest,
+            ghost,
+        ];
+        let people = [Person {
+            name: "Alice".into(),
+            role: crate::store::Role::Guest,
+            internet: None,
+            created_at: 0,
+        }];
+        let share = |id, device: &str, ports: &str, with| Share {
+            id,
+            device: device.into(),
+            ports: ports.into(),
+            with,
+        };
+        let shares = [
+            share(1, "d2", "445", ShareWith::Person("alice".into())),
+            share(2, "d3", "", ShareWith::Group("team".into())),
+            share(3, "d4", "", ShareWith::Person("bob".into())),
+        ];
+        let sharing = Sharing {
+            people: &people,
+            shares: &shares,
+            zone: "mesh",
+        };
+        let p = plan(
+            &s,
+            &devices,
+            &HashMap::new(),
+            &sharing,
+            &Default::default(),
+            &s.now(),
+        );
+        let g = p.devices[&IpAddr::V4(devices[3].ipv4)].rules();
+        let reach: Vec<_> = g
+            .reach
+            .clone()
+            .unwrap()
+            .iter()
+            .map(|r| (r.v4, r.ports))
+            .collect();
+        assert_eq!(
+            reach,
+            vec![
+                (devices[0].ipv4, Some(crate::firewall::Ports(445, 445))),
+                (devices[1].ipv4, None)
+            ]
+        );
+        assert_eq!(g.mode, InternetMode::Off);
+        assert!(g.outsider);
+        let names = g.local_names.clone().unwrap();
+        assert!(
+            names.contains("d2.mesh") && names.contains("d3.mesh") && names.contains("d7.mesh")
+        );
+        assert!(!names.contains("d4.mesh"));
+        // Every device knows both outsiders: the guest and the device of an unknown person,
+        // which gets nothing at all.
+        let owner = p.devices[&IpAddr::V4(devices[0].ipv4)].rules();
+        assert!(owner.quarantined.contains(&IpAddr::V4(devices[3].ipv4)));
+        assert!(owner.quarantined.contains(&IpAddr::V4(devices[4].ipv4)));
+        assert!(!owner.outsider && owner.reach.is_none());
+        let ghost = p.devices[&IpAddr::V4(devices[4].ipv4)].rules();
+        assert_eq!(ghost.reach.as_deref().map(<[_]>::len), Some(0));
+        assert_eq!(ghost.mode, InternetMode::Off);
+    }
+
+    #[test]
     fn a_devices_own_egress_mode_beats_its_groups() {
         let cfg = Config::parse(
             "[groups.kids]\negress = \"temporary\"\n[groups.home]\n",
