@@ -23,9 +23,8 @@ use crate::api::{
     QueryLogChange, QueryLogState, StatusReport,
 };
 use crate::dns::engine::Resolver;
-use crate::dns::local::{read_zone_files, LocalData};
 use crate::dns::upstream::Upstreams;
-use crate::enroll::{self, EnrollSettings};
+use crate::enroll::EnrollSettings;
 use crate::filter::policy::{load_lists, GroupLists};
 use crate::filter::{ListManager, ListStatus, ListUrl, PolicySettings};
 use crate::firewall::FirewallPatch;
@@ -60,10 +59,14 @@ pub struct Engines {
     pub links: Mutex<std::collections::HashMap<String, crate::link::tunnel::Tunnel>>,
 }
 
+mod devices;
 mod firewall;
+mod inputs;
 mod links;
 mod people;
 mod views;
+
+pub use inputs::{dns_names, dns_token_map, internet_setting, local_data};
 
 pub use people::{normalize_code, InviteSettings};
 
@@ -114,62 +117,6 @@ pub struct ControlSettings {
     pub dns_public: bool,
     pub invites: InviteSettings,
     pub hub_tun: String,
-}
-
-/// `cloudpc internet on|off` (stored) overrides `egress.internet` (config).
-pub fn internet_setting(store: &Store, config: bool) -> Result<bool, ApiError> {
-    Ok(match store.meta("internet")?.as_deref() {
-        Some("on") => true,
-        Some("off") => false,
-        _ => config,
-    })
-}
-
-/// The resolver's local names: the devices under the zone, plus the zone files.
-pub fn local_data(
-    zone: &str,
-    zones_dir: &std::path::Path,
-    devices: &[Device],
-    overlay: &Overlay,
-    links: &[crate::store::Link],
-) -> LocalData {
-    let (mut files, mut errors) = read_zone_files(zones_dir);
-    files.extend(crate::link::zone_texts(links));
-    let (data, errs) = LocalData::build(zone, devices, Some(overlay), &files);
-    errors.extend(errs);
-    for e in errors {
-        // The parse error may quote a name from the owner's zone: details at debug only.
-        tracing::warn!("zone data skipped (CLOUDPC_LOG=debug shows where and why)");
-        tracing::debug!(error = %e, "zone data skipped");
-    }
-    data
-}
-
-/// Token → device address, for the TLS listeners (`tokens` by public key, from the store).
-pub fn dns_token_map(
-    tokens: &std::collections::HashMap<String, String>,
-    devices: &[Device],
-) -> std::collections::HashMap<String, std::net::IpAddr> {
-    devices
-        .iter()
-        .filter_map(|d| Some((tokens.get(&d.public_key)?.clone(), d.ipv4.into())))
-        .collect()
-}
-
-/// The devices' DoT names (`<token>.domain`), in registration order.
-pub fn dns_names(
-    domain: &str,
-    tokens: &std::collections::HashMap<String, String>,
-    devices: &[Device],
-) -> Vec<String> {
-    if domain.is_empty() {
-        return vec![];
-    }
-    let mut ds: Vec<&Device> = devices.iter().collect();
-    ds.sort_by_key(|d| d.created_at);
-    ds.iter()
-        .filter_map(|d| Some(format!("{}.{domain}", tokens.get(&d.public_key)?)))
-        .collect()
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -415,91 +362,15 @@ impl Manage for Control {
     }
 
     fn add_device(&self, req: &NewDevice) -> Result<DeviceAdded, ApiError> {
-        // Everything that can refuse runs before the store is touched.
-        check_device_name(&req.name)?;
-        if let Some(g) = &req.group {
-            self.check_group(g)?;
-        }
-        if req.qr && req.public_key.is_some() {
-            return Err(bad(
-                "a QR code is for importing a complete tunnel into a phone app, which needs the private key; \
-                 with a public key of its own the device keeps its private key: leave out the QR code",
-            ));
-        }
-        self.enroll.check().map_err(|e| bad(e.to_string()))?;
-        let key =
-            enroll::new_device_key(req.public_key.as_deref()).map_err(|e| bad(e.to_string()))?;
-        let mut store = self.store.lock();
-        let person = match &req.person {
-            Some(p) => Some(self.find_person(&store, p)?),
-            None => None,
-        };
-        // A guest without internet gets a split tunnel: a full one would leave it offline.
-        let split = req.split
-            || person
-                .as_ref()
-                .is_some_and(|p| p.role == crate::store::Role::Guest && !p.internet_allowed());
-        let patch = DevicePatch {
-            group: req.group.clone().map(Some),
-            owner: req.owner.then_some(true),
-            admin: req.admin.then_some(true),
-            no_log: req.no_log.then_some(true),
-            name: None,
-            person: person.map(|p| Some(p.name)),
-        };
-        let device = store.add_device_with(&req.name, &key.public, split, &self.overlay, &patch)?;
-        let rendered = self
-            .enroll
-            .device_config(&device, key.made.as_ref())
-            .map_err(|e| bad(e.to_string()))
-            .and_then(|config| {
-                let qr = req.qr.then(|| enroll::qr::svg(&config)).transpose();
-                Ok((config, qr.map_err(internal)?))
-            });
-        let (config, qr_svg) = match rendered {
-            Ok(r) => r,
-            Err(e) => {
-                // Never leave a device registered whose config (and private key) was not shown.
-                let _ = store.remove_device(&device.name);
-                return Err(e);
-            }
-        };
-        self.apply_devices(&store)?;
-        Ok(DeviceAdded {
-            device,
-            config,
-            private_key_included: key.made.is_some(),
-            qr_svg,
-        })
+        self.device_add(req)
     }
 
     fn update_device(&self, name: &str, patch: &DevicePatch) -> Result<Device, ApiError> {
-        if *patch == DevicePatch::default() {
-            return Err(bad(
-                "nothing to change: give name, group, owner, admin or no_log",
-            ));
-        }
-        if let Some(n) = &patch.name {
-            check_device_name(n)?;
-        }
-        if let Some(Some(g)) = &patch.group {
-            self.check_group(g)?;
-        }
-        let store = self.store.lock();
-        if let Some(Some(p)) = &patch.person {
-            self.find_person(&store, p)?;
-        }
-        let d = store.update_device(name, patch)?;
-        self.apply_devices(&store)?;
-        Ok(d)
+        self.device_update(name, patch)
     }
 
     fn remove_device(&self, name: &str) -> Result<String, ApiError> {
-        let store = self.store.lock();
-        let d = store.device(name)?;
-        store.remove_device(&d.name)?;
-        self.apply_devices(&store)?;
-        Ok(d.name)
+        self.device_remove(name)
     }
 
     fn rules(&self, kind: RuleAction) -> Result<Vec<String>, ApiError> {
