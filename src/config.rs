@@ -88,6 +88,8 @@ pub struct GroupConfig {
     pub internet_off: Vec<String>,
     /// How these devices' internet traffic leaves: `hub` (default) or `temporary`.
     pub egress: Option<crate::egress::EgressMode>,
+    /// Discovery (mDNS, SSDP, LocalSend announcements) with the other devices (default on).
+    pub discovery: Option<bool>,
 }
 
 impl GroupConfig {

@@ -299,8 +299,9 @@ pub fn render(s: &Sources<'_>) -> String {
                 })
                 .collect(),
         );
-        let drops: [(&str, &AtomicU64); 11] = [
+        let drops: [(&str, &AtomicU64); 12] = [
             ("firewall", &c.firewall_dropped),
+            ("discovery", &c.discovery_dropped),
             ("malformed_datagram", &c.malformed_datagrams),
             ("unknown_peer", &c.unknown_peer),
             ("bad_handshake", &c.bad_handshakes),
@@ -320,6 +321,12 @@ pub fn render(s: &Sources<'_>) -> String {
                 .iter()
                 .map(|(r, v)| (label("reason", *r), v.load(Relaxed)))
                 .collect(),
+        );
+        counter(
+            &mut reg,
+            "hub_discovery_relayed_packets",
+            "Discovery (mDNS, SSDP, LocalSend) packets delivered to other devices, one per copy",
+            c.discovery_relayed.load(Relaxed),
         );
     }
     counter(

@@ -23,6 +23,8 @@ use crate::store::{Device, DeviceFirewall, Person, Share, ShareWith};
 /// A group's firewall, with its site sets built once (a million names take a moment).
 pub struct GroupFw {
     pub spec: FirewallSpec,
+    /// Takes part in discovery (multicast between devices).
+    pub discovery: bool,
     allow_sites: Arc<Sites>,
     deny_sites: Arc<Sites>,
 }
@@ -43,6 +45,7 @@ impl FwSettings {
             .map(|(name, g)| {
                 let spec = g.firewall();
                 let fw = GroupFw {
+                    discovery: g.discovery.unwrap_or(true),
                     allow_sites: Arc::new(Sites::build(&spec.allow_sites)),
                     deny_sites: Arc::new(Sites::build(&spec.deny_sites)),
                     spec,
@@ -97,6 +100,9 @@ pub struct Plan {
     pub effective: HashMap<String, Effective>,
     /// Devices in `temporary` egress mode (their own setting, else their group's).
     pub temporary: Vec<Want>,
+    /// Who takes part in discovery: the owner's and members' devices whose group has it on;
+    /// each reaches the others, or those its `reach` names.
+    pub discovery: crate::hub::discovery::Policy,
 }
 
 /// A device's egress mode: its own setting, else its group's, else `hub`.
@@ -210,6 +216,15 @@ pub fn plan(
                 .map(|n| format!("{}.{zone}", n.to_ascii_lowercase()))
                 .collect();
             c.local_names = Some(Arc::new(names));
+        }
+        if person.as_ref().is_none_or(|p| !p.role.is_outsider())
+            && group.is_none_or(|g| g.discovery)
+        {
+            let reach = c
+                .reach
+                .as_ref()
+                .map(|r| Arc::new(r.iter().map(|a| a.v4).collect::<rustc_hash::FxHashSet<_>>()));
+            out.discovery.add(d.ipv4, reach);
         }
         if c.is_open() {
             continue;

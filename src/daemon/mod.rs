@@ -251,6 +251,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
             firewall: fw.clone(),
         })
         .await?;
+        hub.set_discovery(plan.discovery);
         Some(Arc::new(hub))
     } else {
         None

@@ -92,10 +92,15 @@ pub struct DeviceConfig<'a> {
 }
 
 impl DeviceConfig<'_> {
-    /// The `AllowedIPs` value: everything, or only the overlay ranges with `split`.
+    /// The `AllowedIPs` value: everything, or with `split` only the overlay ranges and the
+    /// discovery groups the hub relays between devices (`hub::discovery`).
     pub fn allowed_ips(&self) -> String {
         if self.split {
-            format!("{}, {}", self.overlay.v4, self.overlay.v6)
+            let mut s = format!("{}, {}", self.overlay.v4, self.overlay.v6);
+            for (g, _) in crate::hub::discovery::GROUPS {
+                s.push_str(&format!(", {g}/32"));
+            }
+            s
         } else {
             "0.0.0.0/0, ::/0".to_string()
         }
@@ -255,7 +260,11 @@ mod tests {
             .split(',')
             .map(|a| a.trim().parse().unwrap())
             .collect();
-        assert_eq!(nets, overlay().nets().to_vec());
+        let mut want = overlay().nets().to_vec();
+        for (g, _) in crate::hub::discovery::GROUPS {
+            want.push(ipnet::IpNet::from(ipnet::Ipv4Net::new(g, 32).unwrap()));
+        }
+        assert_eq!(nets, want);
     }
 
     #[test]

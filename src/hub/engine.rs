@@ -139,6 +139,12 @@ pub struct Counters {
     /// Packets a device's firewall dropped.
     #[serde(serialize_with = "ser")]
     pub firewall_dropped: AtomicU64,
+    /// Discovery (multicast) packets delivered to other devices, one per copy.
+    #[serde(serialize_with = "ser")]
+    pub discovery_relayed: AtomicU64,
+    /// Discovery packets dropped: over the sender's rate, or a sender that takes no part.
+    #[serde(serialize_with = "ser")]
+    pub discovery_dropped: AtomicU64,
 }
 
 fn ser<S: serde::Serializer>(v: &AtomicU64, s: S) -> Result<S::Ok, S::Error> {
@@ -165,6 +171,8 @@ pub struct Engine {
     pub counters: Counters,
     /// Each device's firewall (empty: every packet routes as it is).
     firewall: Arc<crate::firewall::Firewall>,
+    /// Who takes part in discovery (multicast between devices), and whom each reaches.
+    discovery: ArcSwap<super::discovery::Policy>,
 }
 
 /// How [`Engine::identify`] found a datagram's device.
@@ -201,7 +209,13 @@ impl Engine {
             endpoints: RwLock::new(HashMap::new()),
             counters: Counters::default(),
             firewall: Arc::default(),
+            discovery: ArcSwap::from_pointee(Default::default()),
         }
+    }
+
+    /// Puts a discovery policy in force.
+    pub fn set_discovery(&self, p: super::discovery::Policy) {
+        self.discovery.store(Arc::new(p));
     }
 
     /// The engine with the devices' firewalls in `fw` (shared with the resolver).
@@ -453,6 +467,9 @@ impl Engine {
         fw: &mut crate::firewall::FastPath,
         sink: &impl Sink,
     ) {
+        if super::discovery::classify(pkt).is_some() {
+            return self.relay_discovery(table, from, pkt, now, crypt, sink);
+        }
         let verdict = route_from_device(&self.ctx, table, from.addrs, pkt);
         if self.firewall.is_active() && !self.firewall_admits(from, &verdict, pkt, now, fw) {
             bump(&self.counters.firewall_dropped);
@@ -476,6 +493,44 @@ impl Engine {
                 None => self.count_drop(DropReason::Nat64Unavailable),
             },
             Verdict::Drop(r) => self.count_drop(r),
+        }
+    }
+
+    /// Delivers a device's packet to a discovery group to the other devices that may see it
+    /// (never back to the sender), within the sender's rate.
+    fn relay_discovery(
+        &self,
+        table: &PeerTable,
+        from: &Peer,
+        pkt: &[u8],
+        now: Instant,
+        crypt: &mut [u8],
+        sink: &impl Sink,
+    ) {
+        if pkt.get(12..16) != Some(&from.addrs.v4.octets()[..]) {
+            return self.count_drop(DropReason::Spoofed);
+        }
+        let policy = self.discovery.load();
+        if policy.is_empty() || !from.discovery.lock().take(now) {
+            return bump(&self.counters.discovery_dropped);
+        }
+        for to in table.peers() {
+            if policy.may(from.addrs.v4, to.addrs.v4) && to.endpoint().is_some() {
+                self.send_to_peer(to, pkt, now, crypt, sink);
+                bump(&self.counters.discovery_relayed);
+            }
+        }
+        // The hub answers for the devices this one may reach: `NAME.local`.
+        let lookup = |name: &str| {
+            table
+                .peers()
+                .find(|p| p.name.read().eq_ignore_ascii_case(name))
+                .filter(|p| policy.may(from.addrs.v4, p.addrs.v4))
+                .map(|p| p.addrs.v4)
+        };
+        let hub = self.ctx.overlay.hub_v4();
+        if let Some(answer) = super::discovery::answer_local(pkt, hub, lookup) {
+            self.send_to_peer(from, &answer, now, crypt, sink);
         }
     }
 

@@ -16,6 +16,7 @@
 //! `batch` (GSO/GRO output batching), `uapi` (`wg show`).
 
 pub mod batch;
+pub mod discovery;
 pub mod engine;
 pub mod io;
 pub mod nat64;
@@ -378,6 +379,11 @@ impl HubHandle {
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// Puts the discovery policy in force (who hears whose multicast announcements).
+    pub fn set_discovery(&self, p: discovery::Policy) {
+        self.engine.set_discovery(p);
     }
 
     /// Replaces the device table: a new device can handshake, and a removed one is cut off,

@@ -33,7 +33,7 @@
 mod bindings;
 #[cfg(test)]
 mod tests;
-mod wire;
+pub(crate) mod wire;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};

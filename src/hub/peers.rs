@@ -82,6 +82,8 @@ pub struct Peer {
     pub endpoint: Mutex<Option<Endpoint>>,
     /// Counters and last handshake of retired sessions.
     retired: Retired,
+    /// Its allowance of discovery (multicast) packets.
+    pub discovery: Mutex<super::discovery::Bucket>,
 }
 
 /// A live session.
@@ -267,6 +269,7 @@ impl PeerTable {
                         session: Mutex::new(None),
                         endpoint: Mutex::new(None),
                         retired: Retired::default(),
+                        discovery: Mutex::default(),
                     })
                 }
             };

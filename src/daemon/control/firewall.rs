@@ -36,6 +36,9 @@ impl Control {
                 .map_err(|e| internal(format!("cannot apply the device firewall: {e}")))?;
         }
         e.firewall.publish(plan.devices);
+        if let Some(hub) = &e.hub {
+            hub.set_discovery(plan.discovery);
+        }
         *self.fw_next.lock() = plan.next_change;
         self.fw_wake.notify_one();
         // Last, so that a host that will not take temporary addresses holds up no other
