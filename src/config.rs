@@ -58,6 +58,38 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Per-device policy groups: `[groups.NAME]`.
     pub groups: std::collections::BTreeMap<String, GroupConfig>,
+    /// The Cloud PC's inbox (files dropped on it with LocalSend).
+    pub drop: DropConfig,
+}
+
+/// `[drop]`: the inbox of files dropped on the Cloud PC.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DropConfig {
+    /// The inbox holds at most this many bytes.
+    pub max_bytes: u64,
+    /// Files older than this are removed (seconds, or e.g. `"7d"`).
+    #[serde(deserialize_with = "seconds_or_duration")]
+    pub keep: u64,
+}
+
+impl Default for DropConfig {
+    fn default() -> Self {
+        DropConfig {
+            max_bytes: 2 << 30,
+            keep: 7 * 86_400,
+        }
+    }
+}
+
+impl DropConfig {
+    /// The inbox's settings.
+    pub fn settings(&self) -> crate::drop::DropSettings {
+        crate::drop::DropSettings {
+            max_bytes: self.max_bytes,
+            keep_secs: self.keep as i64,
+        }
+    }
 }
 
 /// `[groups.NAME]`: a policy for the devices put in the group (`cloudpc device set NAME

@@ -9,6 +9,7 @@ pub mod config;
 pub mod connect;
 pub mod daemon;
 pub mod dns;
+pub mod drop;
 pub mod egress;
 pub mod enroll;
 pub mod filter;

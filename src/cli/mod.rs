@@ -9,6 +9,7 @@ mod admin;
 mod api;
 mod connect;
 mod device;
+mod drop;
 mod lists;
 mod misc;
 mod people;
@@ -169,6 +170,9 @@ pub enum Command {
     /// Links to other Cloud PCs: each side exports chosen devices to the other.
     #[command(subcommand)]
     Link(people::LinkCmd),
+    /// The Cloud PC's inbox: files devices dropped on it with LocalSend.
+    #[command(subcommand)]
+    Drop(drop::DropCmd),
     /// Show live counters from the running hub.
     Status(misc::StatusArgs),
     /// On a Linux device: join the network with the config `device add` printed (UDP, or
@@ -211,6 +215,7 @@ pub fn main() -> ExitCode {
         Command::Share(c) => people::share(&g, c),
         Command::Invite(c) => people::invite(&g, c),
         Command::Link(c) => people::link(&g, c),
+        Command::Drop(c) => drop::drop_cmd(&g, c),
         Command::Status(a) => misc::status(&g, a),
         Command::Connect(a) => connect::connect(a),
         Command::Tls(c) => misc::tls(&g, c),

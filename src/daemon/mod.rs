@@ -136,6 +136,43 @@ pub fn control_settings(
     })
 }
 
+/// The Cloud PC as a LocalSend peer on its overlay addresses (files go to its inbox).
+async fn serve_localsend(
+    cfg: &Config,
+    state_dir: &Path,
+    certs: &Arc<crate::certs::Certs>,
+    overlay: &Overlay,
+    control: &Arc<Control>,
+) {
+    let inbox = match crate::drop::Inbox::open(state_dir, cfg.drop.settings()) {
+        Ok(i) => Arc::new(i),
+        Err(e) => {
+            tracing::warn!(error = %e, "no inbox: LocalSend not served");
+            return;
+        }
+    };
+    let acc = match crate::dns::tls::server_config(certs, &[b"http/1.1"]) {
+        Ok(c) => tokio_rustls::TlsAcceptor::from(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "LocalSend not served");
+            return;
+        }
+    };
+    let senders: Arc<dyn crate::drop::localsend::Senders> = control.clone();
+    let ls = Arc::new(crate::drop::localsend::LocalSend::new(
+        inbox,
+        senders,
+        &certs.current().sha256,
+    ));
+    let port = crate::drop::localsend::PORT;
+    let addrs = [
+        SocketAddr::from((overlay.hub_v4(), port)),
+        SocketAddr::from((overlay.hub_v6(), port)),
+    ];
+    let bound = crate::drop::localsend::serve(ls, &addrs, acc).await;
+    tracing::info!(listeners = bound.len(), "LocalSend peer serving");
+}
+
 /// Invite links: `https://` the public name (`tls.domain`) or the endpoint's host, on the
 /// port of the first public HTTPS listener (443 by default).
 fn invite_settings(cfg: &Config) -> control::InviteSettings {
@@ -423,6 +460,9 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
         }
     }
     crate::metrics::serve(control.clone(), &cfg.api.metrics_listen).await;
+    if hub.is_some() {
+        serve_localsend(&cfg, &state_dir, &certs, &overlay, &control).await;
+    }
 
     // URL lists download in the background; queries never wait for them.
     lists.spawn_updater(upstreams.clone());

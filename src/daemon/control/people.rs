@@ -330,6 +330,27 @@ impl Control {
     }
 }
 
+impl crate::drop::localsend::Senders for Control {
+    /// The owner's and members' devices may drop files; their files go to the owner's
+    /// query-log keys when set (else the hub's own key).
+    fn sender(&self, ip: std::net::IpAddr) -> Option<(String, Vec<age::x25519::Recipient>)> {
+        let d = self.device_at(ip)?;
+        let store = self.store.lock();
+        if let Some(p) = &d.person {
+            if store.person(p).ok()??.role.is_outsider() {
+                return None;
+            }
+        }
+        let keys = store
+            .querylog_meta()
+            .ok()
+            .and_then(|m| crate::querylog::settings::LogSettings::from_meta(&m).recipients)
+            .map(|r| r.keys().to_vec())
+            .unwrap_or_default();
+        Some((d.name, keys))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,96 @@
+//! `cloudpc drop`: the Cloud PC's inbox of files dropped on it with LocalSend (read from the
+//! state dir, so it works whether or not the hub runs).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::Globals;
+
+#[derive(Debug, Subcommand)]
+pub enum DropCmd {
+    /// List the files in the inbox.
+    List,
+    /// Write a file's contents out (decrypted).
+    Get {
+        id: String,
+        /// Where to write it (default: its own name, in this directory; `-` = standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// The owner's age identity file, for files encrypted to the owner's keys.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Remove a file from the inbox.
+    Remove { id: String },
+}
+
+fn read_identity(p: &PathBuf) -> anyhow::Result<age::x25519::Identity> {
+    let text = std::fs::read_to_string(p)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{} holds no age identity (AGE-SECRET-KEY-1…)", p.display()))
+}
+
+pub fn drop_cmd(g: &Globals, c: DropCmd) -> anyhow::Result<()> {
+    let cfg = g.config()?;
+    let inbox = crate::drop::Inbox::open(&g.state_dir(), cfg.drop.settings())?;
+    match c {
+        DropCmd::List => {
+            println!(
+                "{:<17} {:>12} {:<16} {:<22} NAME",
+                "ID", "BYTES", "FROM", "RECEIVED"
+            );
+            for i in inbox.list() {
+                let when = jiff::Timestamp::from_second(i.received_at)
+                    .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+                    .unwrap_or_default();
+                println!(
+                    "{:<17} {:>12} {:<16} {:<22} {}",
+                    i.id, i.size, i.from, when, i.name
+                );
+            }
+        }
+        DropCmd::Get {
+            id,
+            output,
+            identity,
+        } => {
+            let item = inbox
+                .list()
+                .into_iter()
+                .find(|i| i.id == id)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no file {id} in the inbox; `cloudpc drop list` shows them")
+                })?;
+            let ident = identity.as_ref().map(read_identity).transpose()?;
+            let mut r = inbox
+                .open_plain(&id, ident.as_ref().map(|i| i as &dyn age::Identity))
+                .map_err(anyhow::Error::msg)?;
+            let out = output.unwrap_or_else(|| PathBuf::from(&item.name));
+            if out.as_os_str() == "-" {
+                std::io::copy(&mut r, &mut std::io::stdout().lock())?;
+            } else {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&out)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+                std::io::copy(&mut r, &mut f)?;
+                f.flush()?;
+                eprintln!("Wrote {} ({} bytes).", out.display(), item.size);
+            }
+        }
+        DropCmd::Remove { id } => {
+            if !inbox.remove(&id) {
+                anyhow::bail!("no file {id} in the inbox; `cloudpc drop list` shows them");
+            }
+            eprintln!("Removed {id}.");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! The Cloud PC as a LocalSend peer (root only): an independent LocalSend v2 implementation
+//! (`localsendd` from PyPI, installed by `.ci/run`) on a stock WireGuard device sends a file
+//! to the hub over HTTPS; it lands in the inbox encrypted (no plaintext on disk) and comes back
+//! byte-identical with `cloudpc drop get`; a guest's device does not reach the LocalSend
+//! port; `drop remove` empties the inbox.
+
+#[path = "common/netns.rs"]
+mod netns;
+mod support;
+
+use std::time::Duration;
+
+use netns::{conf_addrs, HubWorld};
+
+/// Starts `localsendd` in `ns` (its own socket and download dir) and waits for its socket.
+fn localsendd(w: &mut HubWorld, ns: &str) -> String {
+    let dir = w.lab.dir.path().join(format!("lsd-{ns}"));
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    let sock = dir.join("lsd.sock");
+    w.lab.spawn(
+        ns,
+        &format!(
+            "env HOME={d} localsendd --socket {s} --alias {ns} --download-dir {d}/in --unattended --log-level debug",
+            d = dir.display(),
+            s = sock.display()
+        ),
+        &dir.join("daemon.log"),
+    );
+    assert!(
+        w.lab.eventually(
+            ns,
+            &format!("test -S {}", sock.display()),
+            Duration::from_secs(15)
+        ),
+        "localsendd did not start: {}",
+        std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+    );
+    sock.display().to_string()
+}
+
+#[test]
+fn a_localsend_app_drops_a_file_on_the_cloud_pc() {
+    if !netns::root_or_skip("localsend") {
+        return;
+    }
+    if !support::have("localsendd") {
+        panic!("localsendd (PyPI package localsendd) must be installed: .ci/run installs it");
+    }
+    let mut w = HubWorld::new("cpls");
+    let mut hub = w.hub("");
+    for n in 1..=2 {
+        w.add_device_ns(n, false);
+    }
+    let laptop = hub.add_device("laptop", true, &["--owner"]);
+    hub.cli_ok(&["person", "add", "alice", "--role", "guest"]);
+    let phone = hub.add_device("alice-phone", true, &["--person", "alice"]);
+    w.start_hub(&mut hub);
+    w.lab.wg_up("d1", &laptop);
+    w.lab.wg_up("d2", &phone);
+    let (hub4, _) = conf_addrs(&laptop, "DNS");
+    assert!(w.lab.eventually(
+        "d1",
+        &format!("curl -sk -m 1 -o /dev/null https://{hub4}:53317/api/localsend/v2/info"),
+        Duration::from_secs(10)
+    ));
+
+    // A file of 3 MB with a marker that must never be on the hub's disk in the clear.
+    let src = w.lab.dir.path().join("holiday.bin");
+    let mut data = b"PLAINTEXT-MARKER-".repeat(10);
+    data.extend((0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8));
+    std::fs::write(&src, &data).unwrap();
+    let sock = localsendd(&mut w, "d1");
+    let sent = w.lab.sh(
+        "d1",
+        &format!(
+            "timeout 60 localsendctl --socket {sock} send {} --to {hub4} --wait",
+            src.display()
+        ),
+    );
+    assert!(
+        sent.status.success(),
+        "localsendctl send failed: {}{}\n{}",
+        String::from_utf8_lossy(&sent.stdout),
+        String::from_utf8_lossy(&sent.stderr),
+        hub.log()
+    );
+    let listed = hub.cli_ok(&["drop", "list"]);
+    let line = listed
+        .lines()
+        .find(|l| l.ends_with("holiday.bin"))
+        .unwrap_or_else(|| panic!("the file is not in the inbox: {listed}"));
+    assert!(
+        line.contains(&data.len().to_string()) && line.contains("laptop"),
+        "{line}"
+    );
+    let id = line.split_whitespace().next().unwrap().to_string();
+
+    // At rest: encrypted, no plaintext anywhere in the inbox.
+    let inbox = hub.state_dir.join("drop");
+    for e in std::fs::read_dir(&inbox).unwrap() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        assert!(!bytes.windows(16).any(|w| w == b"PLAINTEXT-MARKER"));
+    }
+    // Byte-identical back.
+    let out = w.lab.dir.path().join("back.bin");
+    hub.cli_ok(&["drop", "get", &id, "--output", &out.display().to_string()]);
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "the file came back different"
+    );
+
+    // A guest's device does not even reach the hub's LocalSend port (the laptop does).
+    let info = format!("curl -sk -m 3 -o /dev/null https://{hub4}:53317/api/localsend/v2/info");
+    assert!(w.lab.sh_succeeds("d1", &info, 5));
+    assert!(
+        !w.lab.sh_succeeds("d2", &info, 5),
+        "a guest reached the LocalSend port"
+    );
+    assert_eq!(
+        hub.cli_ok(&["drop", "list"]).lines().count(),
+        2,
+        "one file (and the header)"
+    );
+
+    hub.cli_ok(&["drop", "remove", &id]);
+    assert_eq!(hub.cli_ok(&["drop", "list"]).lines().count(), 1);
+}
