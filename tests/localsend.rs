@@ -1,5 +1,6 @@
 //! The Cloud PC as a LocalSend peer (root only): an independent LocalSend v2 implementation
-//! (`localsendd` from PyPI, installed by `.ci/run`) on a stock WireGuard device sends a file
+//! (`localsendd` from PyPI, installed by `.ci/run`) on a stock WireGuard device finds "Cloud
+//! PC" by its multicast announcement (the hub answers it) and sends a file
 //! to the hub over HTTPS; it lands in the inbox encrypted (no plaintext on disk) and comes back
 //! byte-identical with `cloudpc drop get`; a guest's device does not reach the LocalSend
 //! port; `drop remove` empties the inbox.
@@ -70,6 +71,21 @@ fn a_localsend_app_drops_a_file_on_the_cloud_pc() {
     data.extend((0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8));
     std::fs::write(&src, &data).unwrap();
     let sock = localsendd(&mut w, "d1");
+    // The laptop's LocalSend announces itself through the tunnel; the hub answers: "Cloud PC"
+    // is in its list of devices.
+    assert!(
+        w.lab.eventually(
+            "d1",
+            &format!("localsendctl --socket {sock} devices | grep -q 'Cloud PC'"),
+            Duration::from_secs(15)
+        ),
+        "the Cloud PC is not among the laptop's LocalSend devices: {}",
+        String::from_utf8_lossy(
+            &w.lab
+                .sh("d1", &format!("localsendctl --socket {sock} devices"))
+                .stdout
+        )
+    );
     let sent = w.lab.sh(
         "d1",
         &format!(

@@ -143,6 +143,7 @@ async fn serve_localsend(
     certs: &Arc<crate::certs::Certs>,
     overlay: &Overlay,
     control: &Arc<Control>,
+    hub: &crate::hub::HubHandle,
 ) {
     let inbox = match crate::drop::Inbox::open(state_dir, cfg.drop.settings()) {
         Ok(i) => Arc::new(i),
@@ -169,6 +170,10 @@ async fn serve_localsend(
         SocketAddr::from((overlay.hub_v4(), port)),
         SocketAddr::from((overlay.hub_v6(), port)),
     ];
+    // Devices' LocalSend apps that announce themselves get the hub's info back.
+    let mut info = ls.info();
+    info["announce"] = serde_json::Value::Bool(false);
+    hub.set_localsend_info(info.to_string().into_bytes());
     let bound = crate::drop::localsend::serve(ls, &addrs, acc).await;
     tracing::info!(listeners = bound.len(), "LocalSend peer serving");
 }
@@ -460,8 +465,8 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
         }
     }
     crate::metrics::serve(control.clone(), &cfg.api.metrics_listen).await;
-    if hub.is_some() {
-        serve_localsend(&cfg, &state_dir, &certs, &overlay, &control).await;
+    if let Some(h) = &hub {
+        serve_localsend(&cfg, &state_dir, &certs, &overlay, &control, h).await;
     }
 
     // URL lists download in the background; queries never wait for them.

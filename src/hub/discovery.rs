@@ -70,6 +70,11 @@ impl Policy {
         }
     }
 
+    /// Whether `device` takes part.
+    pub fn is_member(&self, device: Ipv4Addr) -> bool {
+        self.members.contains_key(&device)
+    }
+
     /// True when nobody takes part.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
@@ -111,6 +116,51 @@ impl Bucket {
 
 /// The group (and port) of mDNS.
 pub const MDNS: (Ipv4Addr, u16) = GROUPS[0];
+/// The group (and port) of LocalSend's announcements.
+pub const LOCALSEND: (Ipv4Addr, u16) = GROUPS[2];
+
+/// The hub's answer to a LocalSend announcement in `pkt` (`"announce": true`): its own
+/// device info `info` (JSON, `"announce": false`) from `hub` to the group, so the hub shows up
+/// in the sender's LocalSend app.
+pub fn answer_localsend(pkt: &[u8], hub: Ipv4Addr, info: &[u8]) -> Option<Vec<u8>> {
+    if classify(pkt) != Some(LOCALSEND.0) {
+        return None;
+    }
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    let v: serde_json::Value = serde_json::from_slice(pkt.get(ihl + 8..)?).ok()?;
+    (v.get("announce") == Some(&serde_json::Value::Bool(true)))
+        .then(|| udp_from_hub(hub, LOCALSEND, info))
+}
+
+/// An IPv4 UDP packet from `hub` to `to` (same port both sides) carrying `payload`, with
+/// both checksums.
+fn udp_from_hub(hub: Ipv4Addr, to: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
+    use super::nat64::wire::{finish, sum};
+    let udp_len = 8 + payload.len();
+    let total = 20 + udp_len;
+    let mut out = vec![0u8; total];
+    out[0] = 0x45;
+    out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    out[8] = 255;
+    out[9] = 17;
+    out[12..16].copy_from_slice(&hub.octets());
+    out[16..20].copy_from_slice(&to.0.octets());
+    let ip_sum = finish(sum(0, &out[..20]));
+    out[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    out[20..22].copy_from_slice(&to.1.to_be_bytes());
+    out[22..24].copy_from_slice(&to.1.to_be_bytes());
+    out[24..26].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    out[28..].copy_from_slice(payload);
+    let mut acc = sum(0, &out[12..20]);
+    acc += 17 + udp_len as u64;
+    acc = sum(acc, &out[20..]);
+    let c = match finish(acc) {
+        0 => 0xffff,
+        c => c,
+    };
+    out[26..28].copy_from_slice(&c.to_be_bytes());
+    out
+}
 
 /// The hub's answer to an mDNS question in `pkt` for `NAME.local` (type A or ANY): an IPv4
 /// packet from `hub` to the mDNS group carrying the addresses `lookup` gives for the names it
@@ -158,31 +208,7 @@ pub fn answer_local(
     for a in answers {
         m.add_answer(a);
     }
-    let dns = m.to_vec().ok()?;
-    let udp_len = 8 + dns.len();
-    let total = 20 + udp_len;
-    let mut out = vec![0u8; total];
-    out[0] = 0x45;
-    out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    out[8] = 255;
-    out[9] = 17;
-    out[12..16].copy_from_slice(&hub.octets());
-    out[16..20].copy_from_slice(&MDNS.0.octets());
-    let ip_sum = super::nat64::wire::finish(super::nat64::wire::sum(0, &out[..20]));
-    out[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-    out[20..22].copy_from_slice(&MDNS.1.to_be_bytes());
-    out[22..24].copy_from_slice(&MDNS.1.to_be_bytes());
-    out[24..26].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    out[28..].copy_from_slice(&dns);
-    let mut acc = super::nat64::wire::sum(0, &out[12..20]);
-    acc += 17 + udp_len as u64;
-    acc = super::nat64::wire::sum(acc, &out[20..]);
-    let c = match super::nat64::wire::finish(acc) {
-        0 => 0xffff,
-        c => c,
-    };
-    out[26..28].copy_from_slice(&c.to_be_bytes());
-    Some(out)
+    Some(udp_from_hub(hub, MDNS, &m.to_vec().ok()?))
 }
 
 #[cfg(test)]
@@ -298,5 +324,28 @@ mod answer_tests {
         assert!(answer_local(&question("tv.local.", RecordType::AAAA), hub, lookup).is_none());
         assert!(answer_local(&question("a.tv.local.", RecordType::A), hub, lookup).is_none());
         assert!(answer_local(&[0x45, 0, 0], hub, lookup).is_none());
+    }
+
+    #[test]
+    fn the_hub_answers_a_localsend_announcement_with_its_info() {
+        let hub = Ipv4Addr::new(100, 96, 0, 1);
+        let announce = |body: &str| {
+            let mut p = vec![0u8; 28];
+            p[0] = 0x45;
+            p[9] = 17;
+            p[16..20].copy_from_slice(&LOCALSEND.0.octets());
+            p[22..24].copy_from_slice(&LOCALSEND.1.to_be_bytes());
+            p.extend(body.as_bytes());
+            p
+        };
+        let info = br#"{"alias":"Cloud PC","announce":false}"#;
+        let out =
+            answer_localsend(&announce(r#"{"alias":"x","announce":true}"#), hub, info).unwrap();
+        assert_eq!(&out[28..], info);
+        assert_eq!(&out[12..16], &hub.octets());
+        assert!(
+            answer_localsend(&announce(r#"{"alias":"x","announce":false}"#), hub, info).is_none()
+        );
+        assert!(answer_localsend(&announce("not json"), hub, info).is_none());
     }
 }

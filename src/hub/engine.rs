@@ -173,6 +173,8 @@ pub struct Engine {
     firewall: Arc<crate::firewall::Firewall>,
     /// Who takes part in discovery (multicast between devices), and whom each reaches.
     discovery: ArcSwap<super::discovery::Policy>,
+    /// The hub's LocalSend device info (JSON), its answer to a device's announcement.
+    localsend_info: ArcSwap<Vec<u8>>,
 }
 
 /// How [`Engine::identify`] found a datagram's device.
@@ -210,7 +212,13 @@ impl Engine {
             counters: Counters::default(),
             firewall: Arc::default(),
             discovery: ArcSwap::from_pointee(Default::default()),
+            localsend_info: ArcSwap::from_pointee(Vec::new()),
         }
+    }
+
+    /// The hub's LocalSend device info (JSON) it answers announcements with (empty: none).
+    pub fn set_localsend_info(&self, info: Vec<u8>) {
+        self.localsend_info.store(Arc::new(info));
     }
 
     /// Puts a discovery policy in force.
@@ -531,6 +539,12 @@ impl Engine {
         let hub = self.ctx.overlay.hub_v4();
         if let Some(answer) = super::discovery::answer_local(pkt, hub, lookup) {
             self.send_to_peer(from, &answer, now, crypt, sink);
+        }
+        let info = self.localsend_info.load();
+        if !info.is_empty() && policy.is_member(from.addrs.v4) {
+            if let Some(answer) = super::discovery::answer_localsend(pkt, hub, &info) {
+                self.send_to_peer(from, &answer, now, crypt, sink);
+            }
         }
     }
 

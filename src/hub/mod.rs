@@ -381,6 +381,11 @@ impl HubHandle {
         v
     }
 
+    /// The hub's LocalSend device info (JSON): its answer to devices' announcements.
+    pub fn set_localsend_info(&self, info: Vec<u8>) {
+        self.engine.set_localsend_info(info);
+    }
+
     /// Puts the discovery policy in force (who hears whose multicast announcements).
     pub fn set_discovery(&self, p: discovery::Policy) {
         self.engine.set_discovery(p);
