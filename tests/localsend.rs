@@ -3,7 +3,7 @@
 //! PC" by its multicast announcement (the hub answers it) and sends a file
 //! to the hub over HTTPS; it lands in the inbox encrypted (no plaintext on disk) and comes back
 //! byte-identical with `cloudpc drop get`; a guest's device does not reach the LocalSend
-//! port; `drop remove` empties the inbox.
+//! port; the API and the admin page list the file; `drop remove` empties the inbox.
 
 #[path = "common/netns.rs"]
 mod netns;
@@ -137,6 +137,25 @@ fn a_localsend_app_drops_a_file_on_the_cloud_pc() {
         2,
         "one file (and the header)"
     );
+
+    // The API and the admin page (the laptop is the owner's: an admin) list it too.
+    let sock = hub.state_dir.join("api.sock");
+    let api = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "--unix-socket",
+            &sock.display().to_string(),
+            "http://hub/v1/drop",
+        ])
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&api.stdout).expect("GET /v1/drop");
+    assert_eq!(listed[0]["id"], id.as_str(), "{listed}");
+    assert_eq!(listed[0]["size"], data.len() as u64);
+    let page = w
+        .lab
+        .sh_ok("d1", &format!("curl -sfk -m 5 https://{hub4}/inbox"));
+    assert!(page.contains("holiday.bin") && page.contains(&id), "{page}");
 
     hub.cli_ok(&["drop", "remove", &id]);
     assert_eq!(hub.cli_ok(&["drop", "list"]).lines().count(), 1);

@@ -14,6 +14,8 @@ use super::{html, see_other, text, Admin, Form, Resp};
 use crate::api::{ApiError, Manage, NewDevice};
 use crate::store::{DevicePatch, RuleAction};
 
+mod inbox;
+
 const STYLE: &str = include_str!("style.css");
 const HISTORY_JS: &str = include_str!("history.js");
 /// Encrypted entries per `/history/entries` page.
@@ -49,6 +51,7 @@ fn page(a: &Admin, who: &Who, title: &str, body: Markup) -> String {
                         a href="/devices" { "Devices" }
                         a href="/filtering" { "Filtering" }
                         a href="/history" { "History" }
+                        a href="/inbox" { "Inbox" }
                         a href="/settings" { "Settings" }
                         @if let Who::Session { .. } = who {
                             form method="post" action="/logout" class="inline" {
@@ -164,6 +167,7 @@ pub async fn get(a: &Arc<Admin>, who: &Who, path: &str, query: &str) -> Resp {
         "/filtering" => filtering(a, who, &query_value(query, "test")).await,
         "/settings" => settings(a, who).await,
         "/history" => history(a, who).await,
+        "/inbox" => inbox::inbox(a, who).await,
         "/history/entries" => {
             let since = query_value(query, "since").parse::<i64>().unwrap_or(0);
             return match call(a, move |c| {
@@ -733,6 +737,12 @@ pub async fn post(
             call(a, move |c| c.add_list(&url))
                 .await
                 .map(|_| see_other("/filtering"))
+        }
+        "/inbox/remove" => {
+            let id = field("id");
+            call(a, move |c| c.remove_drop(&id))
+                .await
+                .map(|_| see_other("/inbox"))
         }
         "/lists/remove" => {
             let url = field("url");

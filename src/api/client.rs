@@ -273,6 +273,13 @@ impl Manage for Client {
         let _: Value = self.call(Method::DELETE, &format!("/v1/invites/{id}"), None)?;
         Ok(())
     }
+    fn drops(&self) -> Result<Vec<crate::drop::DropItem>, ApiError> {
+        self.call(Method::GET, "/v1/drop", None)
+    }
+    fn remove_drop(&self, id: &str) -> Result<(), ApiError> {
+        let _: Value = self.call(Method::DELETE, &format!("/v1/drop/{}", enc(id)), None)?;
+        Ok(())
+    }
     fn links(&self) -> Result<Vec<crate::api::LinkView>, ApiError> {
         self.call(Method::GET, "/v1/links", None)
     }

@@ -210,6 +210,10 @@ pub trait Manage {
     fn create_invite(&self, req: &NewInvite) -> Result<InviteCreated, ApiError>;
     /// Revokes an invite.
     fn revoke_invite(&self, id: i64) -> Result<(), ApiError>;
+    /// The files in the inbox (dropped with LocalSend; needs a running hub).
+    fn drops(&self) -> Result<Vec<crate::drop::DropItem>, ApiError>;
+    /// Removes a file from the inbox.
+    fn remove_drop(&self, id: &str) -> Result<(), ApiError>;
     /// Every link to another Cloud PC.
     fn links(&self) -> Result<Vec<LinkView>, ApiError>;
     /// Makes a one-time code for another owner to link their Cloud PC with this one.

@@ -174,6 +174,8 @@ pub fn router(control: Arc<Control>) -> Router {
         )
         .route("/v1/invites", get(invites).post(create_invite))
         .route("/v1/invites/{id}", delete(revoke_invite))
+        .route("/v1/drop", get(drops))
+        .route("/v1/drop/{id}", delete(remove_drop))
         .route("/v1/links", get(links).post(create_or_accept_link))
         .route("/v1/links/{name}", delete(remove_link))
         .fallback(|| async {
@@ -479,6 +481,15 @@ async fn revoke_invite(State(c): State<Arc<Control>>, Path(id): Path<String>) ->
         .map_err(|_| ApiError::BadRequest(format!("{id:?} is not an invite id (a number)")))?;
     call(&c, move |c| c.revoke_invite(id)).await?;
     ok(StatusCode::OK, serde_json::json!({ "revoked": id }))
+}
+
+async fn drops(State(c): State<Arc<Control>>) -> Answer {
+    ok(StatusCode::OK, call(&c, |c| c.drops()).await?)
+}
+
+async fn remove_drop(State(c): State<Arc<Control>>, Path(id): Path<String>) -> Answer {
+    call(&c, move |c| c.remove_drop(&id)).await?;
+    ok(StatusCode::OK, serde_json::json!({ "removed": true }))
 }
 
 async fn links(State(c): State<Arc<Control>>) -> Answer {

@@ -57,6 +57,8 @@ pub struct Engines {
     pub dns_tokens: Arc<crate::dns::tokens::DnsTokens>,
     /// The links' tunnels that run, by link name.
     pub links: Mutex<std::collections::HashMap<String, crate::link::tunnel::Tunnel>>,
+    /// The inbox of files dropped with LocalSend (once served).
+    pub inbox: std::sync::OnceLock<Arc<crate::drop::Inbox>>,
 }
 
 mod devices;
@@ -686,6 +688,19 @@ impl Manage for Control {
         self.invite_revoke(id)
     }
 
+    fn drops(&self) -> Result<Vec<crate::drop::DropItem>, ApiError> {
+        Ok(self.inbox()?.list())
+    }
+
+    fn remove_drop(&self, id: &str) -> Result<(), ApiError> {
+        if !self.inbox()?.remove(id) {
+            return Err(ApiError::NotFound(format!(
+                "no file {id:?} in the inbox; GET /v1/drop lists them"
+            )));
+        }
+        Ok(())
+    }
+
     fn links(&self) -> Result<Vec<crate::api::LinkView>, ApiError> {
         self.link_list()
     }
@@ -708,6 +723,22 @@ impl Manage for Control {
 }
 
 impl Control {
+    /// Serves `inbox` through the API (the daemon calls this once it made the inbox).
+    pub fn set_inbox(&self, inbox: Arc<crate::drop::Inbox>) {
+        if let Some(e) = &self.engines {
+            let _ = e.inbox.set(inbox);
+        }
+    }
+
+    /// The inbox, or why there is none.
+    fn inbox(&self) -> Result<&Arc<crate::drop::Inbox>, ApiError> {
+        self.engines()?.inbox.get().ok_or_else(|| {
+            ApiError::NotRunning(
+                "the inbox is served only while the hub runs with its tunnel".into(),
+            )
+        })
+    }
+
     /// The engines, or the error that says the hub is not running.
     fn engines(&self) -> Result<&Engines, ApiError> {
         self.engines.as_ref().ok_or_else(|| {

@@ -159,6 +159,7 @@ async fn serve_localsend(
             return;
         }
     };
+    control.set_inbox(inbox.clone());
     let senders: Arc<dyn crate::drop::localsend::Senders> = control.clone();
     let ls = Arc::new(crate::drop::localsend::LocalSend::new(
         inbox,
@@ -415,6 +416,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
         acme,
         dns_tokens,
         links: Default::default(),
+        inbox: Default::default(),
     };
     let control = Arc::new(
         Control::offline(
