@@ -3,7 +3,9 @@
 //! PC" by its multicast announcement (the hub answers it) and sends a file
 //! to the hub over HTTPS; it lands in the inbox encrypted (no plaintext on disk) and comes back
 //! byte-identical with `cloudpc drop get`; a guest's device does not reach the LocalSend
-//! port; the API and the admin page list the file; `drop remove` empties the inbox.
+//! port; the API and the admin page list the file; `drop send` to an offline phone delivers it,
+//! byte-identical, to the phone's LocalSend app once the phone comes online; `drop remove`
+//! empties the inbox.
 
 #[path = "common/netns.rs"]
 mod netns;
@@ -49,10 +51,11 @@ fn a_localsend_app_drops_a_file_on_the_cloud_pc() {
     }
     let mut w = HubWorld::new("cpls");
     let mut hub = w.hub("");
-    for n in 1..=2 {
+    for n in 1..=3 {
         w.add_device_ns(n, false);
     }
     let laptop = hub.add_device("laptop", true, &["--owner"]);
+    let phone_dev = hub.add_device("phone", true, &[]);
     hub.cli_ok(&["person", "add", "alice", "--role", "guest"]);
     let phone = hub.add_device("alice-phone", true, &["--person", "alice"]);
     w.start_hub(&mut hub);
@@ -156,6 +159,51 @@ fn a_localsend_app_drops_a_file_on_the_cloud_pc() {
         .lab
         .sh_ok("d1", &format!("curl -sfk -m 5 https://{hub4}/inbox"));
     assert!(page.contains("holiday.bin") && page.contains(&id), "{page}");
+
+    // Forwarded to the phone, which is offline now: it arrives once the phone comes online,
+    // byte-identical, in its LocalSend app.
+    let queued = hub
+        .cli()
+        .args(["drop", "send", &id, "--to", "phone"])
+        .output()
+        .unwrap();
+    assert!(
+        queued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&queued.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&queued.stderr).contains("not online"),
+        "{}",
+        String::from_utf8_lossy(&queued.stderr)
+    );
+    w.lab.wg_up("d3", &phone_dev);
+    localsendd(&mut w, "d3");
+    let got = w
+        .lab
+        .dir
+        .path()
+        .join("lsd-d3")
+        .join("in")
+        .join("holiday.bin");
+    let arrived = w.lab.eventually(
+        "d3",
+        &format!(
+            "test \"$(stat -c %s {} 2>/dev/null)\" = {}",
+            got.display(),
+            data.len()
+        ),
+        Duration::from_secs(30),
+    );
+    assert!(
+        arrived,
+        "the queued file did not reach the phone:\n{}",
+        hub.log()
+    );
+    assert!(
+        std::fs::read(&got).unwrap() == data,
+        "the phone got a different file"
+    );
 
     hub.cli_ok(&["drop", "remove", &id]);
     assert_eq!(hub.cli_ok(&["drop", "list"]).lines().count(), 1);

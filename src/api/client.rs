@@ -276,6 +276,11 @@ impl Manage for Client {
     fn drops(&self) -> Result<Vec<crate::drop::DropItem>, ApiError> {
         self.call(Method::GET, "/v1/drop", None)
     }
+    fn send_drop(&self, id: &str, to: &str) -> Result<String, ApiError> {
+        let path = format!("/v1/drop/{}/send", enc(id));
+        let v = self.call(Method::POST, &path, Some(json!({ "to": to })))?;
+        field(v, "state")
+    }
     fn remove_drop(&self, id: &str) -> Result<(), ApiError> {
         let _: Value = self.call(Method::DELETE, &format!("/v1/drop/{}", enc(id)), None)?;
         Ok(())

@@ -212,6 +212,9 @@ pub trait Manage {
     fn revoke_invite(&self, id: i64) -> Result<(), ApiError>;
     /// The files in the inbox (dropped with LocalSend; needs a running hub).
     fn drops(&self) -> Result<Vec<crate::drop::DropItem>, ApiError>;
+    /// Sends a file of the inbox to a device's LocalSend app: at once when it is online, else
+    /// as soon as it comes online (`delivered` or `queued`).
+    fn send_drop(&self, id: &str, to: &str) -> Result<String, ApiError>;
     /// Removes a file from the inbox.
     fn remove_drop(&self, id: &str) -> Result<(), ApiError>;
     /// Every link to another Cloud PC.

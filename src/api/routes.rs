@@ -176,6 +176,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/invites/{id}", delete(revoke_invite))
         .route("/v1/drop", get(drops))
         .route("/v1/drop/{id}", delete(remove_drop))
+        .route("/v1/drop/{id}/send", post(send_drop))
         .route("/v1/links", get(links).post(create_or_accept_link))
         .route("/v1/links/{name}", delete(remove_link))
         .fallback(|| async {
@@ -485,6 +486,23 @@ async fn revoke_invite(State(c): State<Arc<Control>>, Path(id): Path<String>) ->
 
 async fn drops(State(c): State<Arc<Control>>) -> Answer {
     ok(StatusCode::OK, call(&c, |c| c.drops()).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToBody {
+    to: String,
+}
+
+async fn send_drop(
+    State(c): State<Arc<Control>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Answer {
+    let b: ToBody = json_body(&headers, body).await?;
+    let state = call(&c, move |c| c.send_drop(&id, &b.to)).await?;
+    ok(StatusCode::OK, serde_json::json!({ "state": state }))
 }
 
 async fn remove_drop(State(c): State<Arc<Control>>, Path(id): Path<String>) -> Answer {

@@ -22,6 +22,14 @@ pub enum DropCmd {
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
     },
+    /// Send a file to a device's LocalSend app: at once when it is online, else as soon as it
+    /// comes online. FILE is an inbox id, or a file on this machine (put in the inbox first).
+    Send {
+        file: String,
+        /// The device to send it to.
+        #[arg(long)]
+        to: String,
+    },
     /// Remove a file from the inbox.
     Remove { id: String },
 }
@@ -83,6 +91,21 @@ pub fn drop_cmd(g: &Globals, c: DropCmd) -> anyhow::Result<()> {
                 std::io::copy(&mut r, &mut f)?;
                 f.flush()?;
                 eprintln!("Wrote {} ({} bytes).", out.display(), item.size);
+            }
+        }
+        DropCmd::Send { file, to } => {
+            let id = if std::path::Path::new(&file).is_file() {
+                inbox.add_file(std::path::Path::new(&file), "hub")?.id
+            } else {
+                file
+            };
+            let m = super::Manager::open(g)?;
+            if !m.is_running() {
+                anyhow::bail!("files are sent by the running hub: start `cloudpc run` first (the file {id} stays in the inbox)");
+            }
+            match m.api().send_drop(&id, &to)?.as_str() {
+                "delivered" => eprintln!("Sent {id} to {to}."),
+                _ => eprintln!("{to} is not online: {id} goes to it as soon as it is."),
             }
         }
         DropCmd::Remove { id } => {

@@ -128,6 +128,17 @@ pub fn fill_private_key(config: &str, private_b64: &str) -> String {
         + "\n"
 }
 
+/// How the server's certificate is checked.
+pub enum Trust {
+    /// Its SHA-256 (hex) must be this.
+    Pin(String),
+    /// A public CA must vouch for it.
+    PublicCas,
+    /// Any certificate: the WireGuard tunnel the connection runs in authenticates the peer
+    /// (a device's LocalSend app, reached at its overlay address).
+    Tunnel,
+}
+
 /// POSTs JSON `body` to `path` on the hub `link` names, checking its certificate against the
 /// link's pin (or the public CAs); returns the status and the body of the answer.
 pub async fn post_json(
@@ -135,53 +146,87 @@ pub async fn post_json(
     path: &str,
     body: String,
 ) -> anyhow::Result<(u16, bytes::Bytes)> {
+    let trust = match &link.pin {
+        Some(p) => Trust::Pin(p.clone()),
+        None => Trust::PublicCas,
+    };
+    let body = Full::new(bytes::Bytes::from(body));
+    let call = https_post(
+        &link.authority,
+        &link.host,
+        &trust,
+        path,
+        "application/json",
+        body,
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(20), call)
+        .await
+        .map_err(|_| anyhow::anyhow!("{} did not answer in time", link.authority))?
+}
+
+/// POSTs `body` over HTTPS (HTTP/1.1) to `path` at `authority`; returns the status and the
+/// answer's body (up to 64 KiB).
+pub async fn https_post<B>(
+    authority: &str,
+    host: &str,
+    trust: &Trust,
+    path: &str,
+    content_type: &str,
+    body: B,
+) -> anyhow::Result<(u16, bytes::Bytes)>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let mut cfg = match &link.pin {
-        Some(pin) => builder
+    let mut cfg = match trust {
+        Trust::Pin(pin) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Pinned {
                 pin: pin.clone(),
                 provider,
             }))
             .with_no_client_auth(),
-        None => {
+        Trust::PublicCas => {
             let roots = rustls::RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
             };
             builder.with_root_certificates(roots).with_no_client_auth()
         }
+        Trust::Tunnel => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(super::tls::AnyCert(provider)))
+            .with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        tokio::net::TcpStream::connect(&link.authority),
+        tokio::net::TcpStream::connect(authority),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("{} did not answer", link.authority))?
-    .with_context(|| format!("cannot reach {}", link.authority))?;
-    let name = rustls::pki_types::ServerName::try_from(link.host.clone())
-        .map_err(|_| anyhow::anyhow!("{:?} is not a host name", link.host))?;
+    .map_err(|_| anyhow::anyhow!("{authority} did not answer"))?
+    .with_context(|| format!("cannot reach {authority}"))?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|_| anyhow::anyhow!("{host:?} is not a host name"))?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
-        .context("the TLS handshake with the hub failed (is the link's pin still the hub's certificate?)")?;
+        .context("the TLS handshake failed (is the pin still the certificate?)")?;
     let (mut send, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
     tokio::spawn(conn);
     let req = hyper::Request::post(path)
-        .header(hyper::header::HOST, &link.authority)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(bytes::Bytes::from(body)))?;
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(20), send.send_request(req))
-        .await
-        .map_err(|_| anyhow::anyhow!("the hub did not answer"))??;
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::CONTENT_TYPE, content_type)
+        .body(body)?;
+    let resp = send.send_request(req).await?;
     let status = resp.status().as_u16();
     let bytes = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
         .collect()
         .await
-        .map_err(|e| anyhow::anyhow!("reading the hub's answer: {e}"))?
+        .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
         .to_bytes();
     Ok((status, bytes))
 }

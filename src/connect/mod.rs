@@ -24,7 +24,7 @@ pub mod invite;
 pub mod path;
 pub mod status;
 pub mod system;
-mod tls;
+pub(crate) mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

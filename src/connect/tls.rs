@@ -121,7 +121,7 @@ async fn open_tls(
 /// TLS that takes any certificate: the WireGuard handshake inside authenticates the hub;
 /// TLS only makes the stream look like HTTPS (and a self-signed hub works the same).
 #[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct AnyCert(pub(crate) Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for AnyCert {
     fn verify_server_cert(

@@ -159,13 +159,22 @@ async fn serve_localsend(
             return;
         }
     };
-    control.set_inbox(inbox.clone());
     let senders: Arc<dyn crate::drop::localsend::Senders> = control.clone();
     let ls = Arc::new(crate::drop::localsend::LocalSend::new(
-        inbox,
+        inbox.clone(),
         senders,
         &certs.current().sha256,
     ));
+    control.set_inbox(inbox, ls.info());
+    // Queued files go out as soon as their device is online.
+    let c = control.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            let c = c.clone();
+            let _ = tokio::task::spawn_blocking(move || c.forward_now()).await;
+        }
+    });
     let port = crate::drop::localsend::PORT;
     let addrs = [
         SocketAddr::from((overlay.hub_v4(), port)),
@@ -417,6 +426,8 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
         dns_tokens,
         links: Default::default(),
         inbox: Default::default(),
+        localsend_info: Default::default(),
+        forwarding: Default::default(),
     };
     let control = Arc::new(
         Control::offline(

@@ -7,6 +7,7 @@
 //! them (then only the owner's devices can read the files), else a key the hub keeps in
 //! `drop/key.txt` of the state dir. A quota bounds the inbox and old files expire.
 
+pub mod forward;
 pub mod localsend;
 
 use std::io::{Read, Write};
@@ -233,7 +234,7 @@ impl Inbox {
         &self,
         id: &str,
         identity: Option<&dyn age::Identity>,
-    ) -> Result<Box<dyn Read>, String> {
+    ) -> Result<Box<dyn Read + Send>, String> {
         if !valid_id(id) {
             return Err(format!(
                 "{id:?} is not a file id; `cloudpc drop list` shows them"
@@ -250,6 +251,39 @@ impl Inbox {
             e => e.to_string(),
         })?;
         Ok(Box::new(r))
+    }
+
+    /// The files waiting to be forwarded: (file id, device name), oldest first.
+    pub fn outbox(&self) -> Vec<(String, String)> {
+        std::fs::read(self.dir.join("outbox.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the list of files waiting to be forwarded.
+    pub fn set_outbox(&self, items: &[(String, String)]) -> std::io::Result<()> {
+        let tmp = self.dir.join("outbox.json.tmp");
+        write_private(&tmp, &serde_json::to_vec(items).unwrap_or_default())?;
+        std::fs::rename(tmp, self.dir.join("outbox.json"))
+    }
+
+    /// Takes a file from outside into the inbox (encrypted to the hub's key), e.g. one the
+    /// owner sends from the hub with `cloudpc drop send FILE`.
+    pub fn add_file(&self, path: &Path, from: &str) -> Result<DropItem, DropError> {
+        let mut f = std::fs::File::open(path)?;
+        let size = f.metadata()?.len();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let mut i = self.begin(name, size, from, &[])?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            i.write(&buf[..n])?;
+        }
+        i.finish()
     }
 
     /// Removes files older than `drop.keep` and partial ones left by a stop.
