@@ -17,33 +17,6 @@ use std::time::Duration;
 use fantoccini::Locator;
 use netns::{conf_addrs, HubWorld, HUB_PUBLIC, WEB};
 
-/// True when `url` loads from namespace `ns` within 3 s.
-fn curl_ok(w: &HubWorld, ns: &str, url: &str) -> bool {
-    w.lab
-        .sh_succeeds(ns, &format!("curl -sf -m 3 -o /dev/null {url}"), 5)
-}
-
-/// Serves a page on `ip:port` in namespace `short` (the address must be up first).
-fn serve(w: &mut HubWorld, short: &str, ip: &str, port: u16) {
-    let root = w.lab.dir.path().join(format!("www-{short}-{port}"));
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("hello"), format!("{short}:{port}\n")).unwrap();
-    let log = w.lab.dir.path().join(format!("www-{short}-{port}.log"));
-    w.lab.spawn(
-        short,
-        &format!(
-            "python3 -u -m http.server {port} --bind {ip} --directory {}",
-            root.display()
-        ),
-        &log,
-    );
-    assert!(w.lab.eventually(
-        short,
-        &format!("curl -sf -m 1 -o /dev/null http://{ip}:{port}/hello"),
-        Duration::from_secs(10)
-    ));
-}
-
 /// The device's public key for a config's private key.
 fn public_of(conf: &str) -> (String, String) {
     let private = conf
@@ -106,10 +79,10 @@ async fn guests_reach_only_what_is_shared_and_invites_bring_devices_in() {
     let (laptop4, _) = conf_addrs(&laptop, "Address");
     let (nas4, _) = conf_addrs(&nas, "Address");
     let (phone4, _) = conf_addrs(&phone, "Address");
-    serve(&mut w, "d2", &nas4, 445);
-    serve(&mut w, "d2", &nas4, 8080);
-    serve(&mut w, "d1", &laptop4, 8080);
-    serve(&mut w, "d3", &phone4, 8080);
+    w.lab.serve_hello("d2", &nas4, 445);
+    w.lab.serve_hello("d2", &nas4, 8080);
+    w.lab.serve_hello("d1", &laptop4, 8080);
+    w.lab.serve_hello("d3", &phone4, 8080);
     let shared = format!("http://{nas4}:445/hello");
 
     // The shared port, and nothing else.
@@ -122,29 +95,29 @@ async fn guests_reach_only_what_is_shared_and_invites_bring_devices_in() {
         "the guest cannot reach the shared port:\n{}",
         hub.log()
     );
-    assert!(curl_ok(&w, "d1", &format!("http://{nas4}:8080/hello")));
+    assert!(w.lab.loads("d1", &format!("http://{nas4}:8080/hello")));
     assert!(
-        !curl_ok(&w, "d3", &format!("http://{nas4}:8080/hello")),
+        !w.lab.loads("d3", &format!("http://{nas4}:8080/hello")),
         "the guest reached a port that is not shared"
     );
-    assert!(curl_ok(&w, "d2", &format!("http://{laptop4}:8080/hello")));
+    assert!(w.lab.loads("d2", &format!("http://{laptop4}:8080/hello")));
     assert!(
-        !curl_ok(&w, "d3", &format!("http://{laptop4}:8080/hello")),
+        !w.lab.loads("d3", &format!("http://{laptop4}:8080/hello")),
         "the guest reached a device that is not shared"
     );
     let web = format!("http://{WEB}/hello");
-    assert!(curl_ok(&w, "d1", &web), "the owner's laptop has internet");
+    assert!(w.lab.loads("d1", &web), "the owner's laptop has internet");
     assert!(
-        !curl_ok(&w, "d3", &web),
+        !w.lab.loads("d3", &web),
         "the guest used the internet without being allowed"
     );
     hub.cli_ok(&["person", "set", "alice", "--internet", "on"]);
     assert!(
-        curl_ok(&w, "d3", &web),
+        w.lab.loads("d3", &web),
         "a guest allowed the internet has it at once"
     );
     hub.cli_ok(&["person", "set", "alice", "--internet", "default"]);
-    assert!(!curl_ok(&w, "d3", &web));
+    assert!(!w.lab.loads("d3", &web));
 
     // Of the hub itself a guest reaches DNS and HTTPS only (not, e.g., the owners' query-log
     // sync port, which the owner's laptop reaches).
@@ -176,16 +149,16 @@ async fn guests_reach_only_what_is_shared_and_invites_bring_devices_in() {
     // its reach names the guest's device.
     let to_phone = format!("http://{phone4}:8080/hello");
     assert!(
-        !curl_ok(&w, "d2", &to_phone),
+        !w.lab.loads("d2", &to_phone),
         "the shared NAS opened a connection to the guest"
     );
-    assert!(!curl_ok(&w, "d1", &to_phone));
+    assert!(!w.lab.loads("d1", &to_phone));
     hub.cli_ok(&["device", "set", "laptop", "--reach", "alice-phone,nas"]);
     assert!(
-        curl_ok(&w, "d1", &to_phone),
+        w.lab.loads("d1", &to_phone),
         "the owner's rule names the guest's device"
     );
-    assert!(!curl_ok(&w, "d2", &to_phone));
+    assert!(!w.lab.loads("d2", &to_phone));
 
     // A guest's device that sends from the NAS's address gets nowhere (the hub takes from a
     // device only its own addresses); the NAS itself reaches the laptop on that path.
@@ -199,7 +172,7 @@ async fn guests_reach_only_what_is_shared_and_invites_bring_devices_in() {
         ),
         "a guest spoofing the shared NAS's address reached the laptop"
     );
-    assert!(curl_ok(&w, "d2", &format!("http://{laptop4}:8080/hello")));
+    assert!(w.lab.loads("d2", &format!("http://{laptop4}:8080/hello")));
     w.lab
         .sh_ok("d3", &format!("ip addr del {nas4}/32 dev {phone_if}"));
 
@@ -354,7 +327,7 @@ async fn guests_reach_only_what_is_shared_and_invites_bring_devices_in() {
         ),
         "the device from the invite page did not reach the shared NAS"
     );
-    assert!(!curl_ok(&w, "d5", &format!("http://{laptop4}:8080/hello")));
+    assert!(!w.lab.loads("d5", &format!("http://{laptop4}:8080/hello")));
 
     // Expired and revoked invites are refused (from the page's own endpoint).
     let redeem_with = |link: &str| {
@@ -397,13 +370,13 @@ async fn guests_reach_only_what_is_shared_and_invites_bring_devices_in() {
     assert!(out.contains("not known"), "{out}");
 
     // Removing a person cuts their devices at once.
-    assert!(curl_ok(&w, "d3", &shared));
+    assert!(w.lab.loads("d3", &shared));
     hub.cli_ok(&["person", "remove", "alice"]);
     assert!(
-        !curl_ok(&w, "d3", &shared),
+        !w.lab.loads("d3", &shared),
         "the removed person's device still reaches the NAS"
     );
-    assert!(curl_ok(&w, "d5", &shared), "another guest keeps the share");
+    assert!(w.lab.loads("d5", &shared), "another guest keeps the share");
     let devices = hub.cli_ok(&["device", "list"]);
     assert!(!devices.contains("alice-phone"), "{devices}");
 }

@@ -11,31 +11,6 @@ use std::time::{Duration, Instant};
 
 use netns::{conf_addrs, HubWorld, HUB2_PUBLIC, HUB_PUBLIC};
 
-fn curl_ok(w: &HubWorld, ns: &str, url: &str) -> bool {
-    w.lab
-        .sh_succeeds(ns, &format!("curl -sf -m 3 -o /dev/null {url}"), 5)
-}
-
-fn serve(w: &mut HubWorld, short: &str, ip: &str, port: u16) {
-    let root = w.lab.dir.path().join(format!("www-{short}-{port}"));
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("hello"), format!("{short}:{port}\n")).unwrap();
-    let log = w.lab.dir.path().join(format!("www-{short}-{port}.log"));
-    w.lab.spawn(
-        short,
-        &format!(
-            "python3 -u -m http.server {port} --bind {ip} --directory {}",
-            root.display()
-        ),
-        &log,
-    );
-    assert!(w.lab.eventually(
-        short,
-        &format!("curl -sf -m 1 -o /dev/null http://{ip}:{port}/hello"),
-        Duration::from_secs(10)
-    ));
-}
-
 /// The links' kernel state in a hub's namespace.
 fn diag(w: &HubWorld, ns: &str) -> String {
     let o = w.lab.sh(
@@ -77,9 +52,9 @@ fn linked_cloud_pcs_reach_exported_devices_only_and_the_link_survives_restarts()
         nas4.starts_with("100.96.") && laptop4.starts_with("100.96."),
         "both hubs use 100.96.0.0/16"
     );
-    serve(&mut w, "d2", &nas4, 445);
-    serve(&mut w, "d2", &nas4, 8080);
-    serve(&mut w, "d3", &desk4, 8080);
+    w.lab.serve_hello("d2", &nas4, 445);
+    w.lab.serve_hello("d2", &nas4, 8080);
+    w.lab.serve_hello("d3", &desk4, 8080);
 
     // Link: Alice makes the code, Bob accepts it; Bob exports the NAS's port 445.
     let code = alice.cli_ok(&["link", "create", "--name", "bob"]);
@@ -144,9 +119,9 @@ fn linked_cloud_pcs_reach_exported_devices_only_and_the_link_survives_restarts()
         "{listed}"
     );
     // Not another port, not another device (at the address it would have on Alice's side).
-    assert!(curl_ok(&w, "d3", &format!("http://{nas4}:8080/hello")));
+    assert!(w.lab.loads("d3", &format!("http://{nas4}:8080/hello")));
     assert!(
-        !curl_ok(&w, "d1", &format!("http://{nas_here}:8080/hello")),
+        !w.lab.loads("d1", &format!("http://{nas_here}:8080/hello")),
         "a port Bob did not export"
     );
     let prefix: Vec<&str> = nas_here.split('.').collect();
@@ -156,7 +131,7 @@ fn linked_cloud_pcs_reach_exported_devices_only_and_the_link_survives_restarts()
         prefix[0], prefix[1], desk_host[2], desk_host[3]
     );
     assert!(
-        !curl_ok(&w, "d1", &format!("http://{desk_here}:8080/hello")),
+        !w.lab.loads("d1", &format!("http://{desk_here}:8080/hello")),
         "a device Bob did not export"
     );
 
@@ -180,7 +155,7 @@ fn linked_cloud_pcs_reach_exported_devices_only_and_the_link_survives_restarts()
     // Removing the link on one side cuts it at once, on both.
     alice.cli_ok(&["link", "remove", "bob"]);
     assert!(
-        !curl_ok(&w, "d1", &shared),
+        !w.lab.loads("d1", &shared),
         "the link still carries packets after `link remove`"
     );
     let listed = bob.cli_ok(&["link", "list"]);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use http_body_util::{BodyExt, Full};
 
+use super::tls::PeerCert;
 use crate::enroll::keys::KeyPair;
 
 /// An invite link, read.
@@ -184,8 +185,8 @@ where
     let mut cfg = match trust {
         Trust::Pin(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned {
-                pin: pin.clone(),
+            .with_custom_certificate_verifier(Arc::new(PeerCert {
+                pin: Some(pin.clone()),
                 provider,
             }))
             .with_no_client_auth(),
@@ -197,7 +198,10 @@ where
         }
         Trust::Tunnel => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(super::tls::AnyCert(provider)))
+            .with_custom_certificate_verifier(Arc::new(PeerCert {
+                pin: None,
+                provider,
+            }))
             .with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -229,65 +233,6 @@ where
         .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
         .to_bytes();
     Ok((status, bytes))
-}
-
-/// Takes the one certificate whose SHA-256 the link names.
-#[derive(Debug)]
-struct Pinned {
-    pin: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let got = ring::digest::digest(&ring::digest::SHA256, end.as_ref());
-        let hex: String = got.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        if hex == self.pin {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "the hub's certificate is not the one the invite link names".into(),
-            ))
-        }
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            m,
-            c,
-            d,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            m,
-            c,
-            d,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -118,21 +118,37 @@ async fn open_tls(
     Ok(tls)
 }
 
-/// TLS that takes any certificate: the WireGuard handshake inside authenticates the hub;
-/// TLS only makes the stream look like HTTPS (and a self-signed hub works the same).
+/// The server-certificate check of the client's own connections: with `pin`, the certificate
+/// whose SHA-256 (hex) it names, and no other (an invite or link to a self-signed hub);
+/// without, any certificate, where the WireGuard handshake inside (or the tunnel the
+/// connection runs in) authenticates the peer and TLS only makes the stream look like HTTPS.
 #[derive(Debug)]
-pub(crate) struct AnyCert(pub(crate) Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct PeerCert {
+    pub(crate) pin: Option<String>,
+    pub(crate) provider: Arc<rustls::crypto::CryptoProvider>,
+}
 
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
+impl rustls::client::danger::ServerCertVerifier for PeerCert {
     fn verify_server_cert(
         &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
+        end: &rustls::pki_types::CertificateDer<'_>,
         _: &[rustls::pki_types::CertificateDer<'_>],
         _: &rustls::pki_types::ServerName<'_>,
         _: &[u8],
         _: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
+        let Some(pin) = &self.pin else {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        };
+        let got = ring::digest::digest(&ring::digest::SHA256, end.as_ref());
+        let hex: String = got.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        if &hex == pin {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the hub's certificate is not the one the link names".into(),
+            ))
+        }
     }
     fn verify_tls12_signature(
         &self,
@@ -140,7 +156,8 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
         c: &rustls::pki_types::CertificateDer<'_>,
         d: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(m, c, d, algs)
     }
     fn verify_tls13_signature(
         &self,
@@ -148,10 +165,13 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
         c: &rustls::pki_types::CertificateDer<'_>,
         d: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(m, c, d, algs)
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -160,7 +180,10 @@ pub(super) fn connector() -> anyhow::Result<tokio_rustls::TlsConnector> {
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_custom_certificate_verifier(Arc::new(PeerCert {
+            pin: None,
+            provider,
+        }))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![crate::hub::tls::ALPN.to_vec()];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))

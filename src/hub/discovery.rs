@@ -217,11 +217,8 @@ mod tests {
     use std::time::Duration;
 
     fn udp(dst: [u8; 4], dport: u16) -> Vec<u8> {
-        let mut p = vec![0u8; 40];
-        p[0] = 0x45;
-        p[9] = 17;
-        p[12..16].copy_from_slice(&[100, 96, 0, 2]);
-        p[16..20].copy_from_slice(&dst);
+        let src = Ipv4Addr::new(100, 96, 0, 2);
+        let mut p = crate::hub::packet::tests::ipv4(src, dst.into(), 20);
         p[22..24].copy_from_slice(&dport.to_be_bytes());
         p
     }

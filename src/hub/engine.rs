@@ -475,9 +475,6 @@ impl Engine {
         fw: &mut crate::firewall::FastPath,
         sink: &impl Sink,
     ) {
-        if super::discovery::classify(pkt).is_some() {
-            return self.relay_discovery(table, from, pkt, now, crypt, sink);
-        }
         let verdict = route_from_device(&self.ctx, table, from.addrs, pkt);
         if self.firewall.is_active() && !self.firewall_admits(from, &verdict, pkt, now, fw) {
             bump(&self.counters.firewall_dropped);
@@ -500,6 +497,7 @@ impl Engine {
                 }
                 None => self.count_drop(DropReason::Nat64Unavailable),
             },
+            Verdict::Discovery => self.relay_discovery(table, from, pkt, now, crypt, sink),
             Verdict::Drop(r) => self.count_drop(r),
         }
     }
@@ -515,9 +513,6 @@ impl Engine {
         crypt: &mut [u8],
         sink: &impl Sink,
     ) {
-        if pkt.get(12..16) != Some(&from.addrs.v4.octets()[..]) {
-            return self.count_drop(DropReason::Spoofed);
-        }
         let policy = self.discovery.load();
         if policy.is_empty() || !from.discovery.lock().take(now) {
             return bump(&self.counters.discovery_dropped);
@@ -561,7 +556,8 @@ impl Engine {
         let target = match verdict {
             Verdict::Peer(to) => Target::Device(to.addrs.v4),
             Verdict::Nat64 => Target::Nat64,
-            Verdict::Drop(_) => return true,
+            // Who may hear whom is the discovery policy's.
+            Verdict::Drop(_) | Verdict::Discovery => return true,
             Verdict::Tun => {
                 let hub = match pkt[0] >> 4 {
                     4 => pkt.get(16..20) == Some(&self.ctx.overlay.hub_v4().octets()[..]),
@@ -593,7 +589,9 @@ impl Engine {
         match route_from_tun(&**table, pkt) {
             Verdict::Peer(to) => self.send_to_peer(&to, pkt, now, &mut bufs.crypt, sink),
             Verdict::Drop(r) => self.count_drop(r),
-            Verdict::Tun | Verdict::Nat64 => self.count_drop(DropReason::NoRoute),
+            Verdict::Tun | Verdict::Nat64 | Verdict::Discovery => {
+                self.count_drop(DropReason::NoRoute)
+            }
         }
     }
 

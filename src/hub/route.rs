@@ -35,6 +35,8 @@ pub enum Verdict<P> {
     Tun,
     /// Translate IPv6 → IPv4 (destination in the DNS64 prefix).
     Nat64,
+    /// A discovery group (`hub::discovery`): to the other devices that may see it.
+    Discovery,
     /// Drop and count.
     Drop(DropReason),
 }
@@ -46,6 +48,7 @@ impl<P> Verdict<P> {
             Verdict::Peer(_) => Verdict::Peer(()),
             Verdict::Tun => Verdict::Tun,
             Verdict::Nat64 => Verdict::Nat64,
+            Verdict::Discovery => Verdict::Discovery,
             Verdict::Drop(r) => Verdict::Drop(*r),
         }
     }
@@ -106,6 +109,9 @@ pub fn route_from_device<T: OwnerLookup>(
     };
     if !own {
         return Verdict::Drop(DropReason::Spoofed);
+    }
+    if super::discovery::classify(pkt).is_some() {
+        return Verdict::Discovery;
     }
     if never_forwarded(h.dst) {
         return Verdict::Drop(DropReason::NoRoute);
@@ -214,6 +220,22 @@ mod tests {
         assert_eq!(route_from_device(&ctx(), &table(), A, &p), Verdict::Tun);
         let p = ipv6(A.v6, v6("2001:db8::1"), 0);
         assert_eq!(route_from_device(&ctx(), &table(), A, &p), Verdict::Tun);
+    }
+
+    #[test]
+    fn discovery_groups_from_the_own_address_are_discovery() {
+        let mut p = ipv4(A.v4, v4("224.0.0.251"), 20);
+        p[9] = 17;
+        p[22..24].copy_from_slice(&5353u16.to_be_bytes());
+        assert_eq!(
+            route_from_device(&ctx(), &table(), A, &p),
+            Verdict::Discovery
+        );
+        p[12..16].copy_from_slice(&[100, 96, 0, 3]);
+        assert_eq!(
+            route_from_device(&ctx(), &table(), A, &p),
+            Verdict::Drop(DropReason::Spoofed)
+        );
     }
 
     #[test]

@@ -111,6 +111,35 @@ impl Lab {
         );
     }
 
+    /// True when `url` loads (HTTP 2xx) from namespace `short` within 3 s.
+    #[allow(dead_code)] // not every test loads pages
+    pub fn loads(&self, short: &str, url: &str) -> bool {
+        self.sh_succeeds(short, &format!("curl -sf -m 3 -o /dev/null {url}"), 5)
+    }
+
+    /// Serves `/hello` ("SHORT:PORT\n") on `ip:port` in namespace `short` (the address must
+    /// be up) and waits until it answers.
+    #[allow(dead_code)] // not every test serves pages
+    pub fn serve_hello(&mut self, short: &str, ip: &str, port: u16) {
+        let root = self.dir.path().join(format!("www-{short}-{port}"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("hello"), format!("{short}:{port}\n")).unwrap();
+        let log = self.dir.path().join(format!("www-{short}-{port}.log"));
+        self.spawn(
+            short,
+            &format!(
+                "python3 -u -m http.server {port} --bind {ip} --directory {}",
+                root.display()
+            ),
+            &log,
+        );
+        assert!(self.eventually(
+            short,
+            &format!("curl -sf -m 1 -o /dev/null http://{ip}:{port}/hello"),
+            Duration::from_secs(10)
+        ));
+    }
+
     /// Runs `cmd` with `sh -c` in namespace `short`, killed after `secs`.
     pub fn sh_timeout(&self, short: &str, cmd: &str, secs: u32) -> Output {
         Command::new("timeout")

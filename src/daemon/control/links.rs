@@ -66,10 +66,7 @@ impl Control {
             ));
         }
         let endpoint = self.enroll.check().map_err(|e| bad(e.to_string()))?;
-        let pin = self.engines.as_ref().and_then(|e| {
-            let c = e.certs.current();
-            (c.source != crate::certs::CertSource::Acme).then_some(c.sha256)
-        });
+        let pin = self.cert_pin();
         Ok(HubFacts {
             hostname: this_hostname(),
             https: self.invites.base.clone(),
@@ -176,7 +173,7 @@ impl Control {
             crate::store::unix_now() + CODE_LIFETIME_S,
         )?;
         let mut text = format!("{}/link#code={code}", self.invites.base);
-        if let Some(pin) = self.hub_facts("")?.pin {
+        if let Some(pin) = self.cert_pin() {
             text.push_str(&format!("&pin={pin}"));
         }
         Ok(LinkCode {
@@ -239,9 +236,7 @@ impl Control {
             let _ = store.remove_person(&name);
         };
         drop(store);
-        if let Err(e) =
-            self.call_hub::<_, serde_json::Value>(&peer_target(&l), "/link/confirm", &confirm)
-        {
+        if let Err(e) = self.call_peer::<_, serde_json::Value>(&l, "/link/confirm", &confirm) {
             {
                 let store = self.store.lock();
                 undo(&store);
@@ -252,7 +247,7 @@ impl Control {
                 secret: l.secret.clone(),
                 ..Default::default()
             };
-            let _ = self.call_hub::<_, serde_json::Value>(&peer_target(&l), "/link/remove", &call);
+            let _ = self.call_peer::<_, serde_json::Value>(&l, "/link/remove", &call);
             return Err(e);
         }
         let store = self.store.lock();
@@ -279,9 +274,7 @@ impl Control {
             secret: l.secret.clone(),
             ..Default::default()
         };
-        if let Err(e) =
-            self.call_hub::<_, serde_json::Value>(&peer_target(&l), "/link/remove", &call)
-        {
+        if let Err(e) = self.call_peer::<_, serde_json::Value>(&l, "/link/remove", &call) {
             tracing::warn!(error = %e, "the linked hub was not told of the removal");
         }
         Ok(())
@@ -389,9 +382,7 @@ impl Control {
             exports: Some(exports),
             ..Default::default()
         };
-        if let Err(e) =
-            self.call_hub::<_, serde_json::Value>(&peer_target(&l), "/link/exports", &call)
-        {
+        if let Err(e) = self.call_peer::<_, serde_json::Value>(&l, "/link/exports", &call) {
             tracing::warn!(error = %e, "the linked hub was not told what is exported to it");
         }
     }
@@ -489,6 +480,16 @@ impl Control {
         Ok(())
     }
 
+    /// POSTs `body` to the hub at the other end of `l` and reads its JSON answer.
+    fn call_peer<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        l: &Link,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ApiError> {
+        self.call_hub(&peer_target(l)?, path, body)
+    }
+
     /// POSTs `body` to the other hub and reads its JSON answer.
     fn call_hub<B: serde::Serialize, T: serde::de::DeserializeOwned>(
         &self,
@@ -539,26 +540,12 @@ fn exports_of(store: &Store, name: &str) -> Result<Vec<Export>, ApiError> {
 }
 
 /// The other hub's HTTPS listener, as a call target.
-fn peer_target(l: &Link) -> InviteLink {
-    let rest = l.peer_https.trim_start_matches("https://");
-    let host = match rest.strip_prefix('[') {
-        Some(r) => r.split(']').next().unwrap_or("").to_string(),
-        None => rest.split(':').next().unwrap_or("").to_string(),
-    };
-    let authority = if rest.ends_with(']')
-        || !rest.contains(':')
-        || (rest.starts_with('[') && !rest.contains("]:"))
-    {
-        format!("{rest}:443")
-    } else {
-        rest.to_string()
-    };
-    InviteLink {
-        authority,
-        host,
-        code: String::new(),
-        pin: l.peer_pin.clone(),
-    }
+fn peer_target(l: &Link) -> Result<InviteLink, ApiError> {
+    let mut t = parse_hub_link(&format!("{}/link#code=x", l.peer_https), "link").map_err(|_| {
+        ApiError::Internal("the stored HTTPS address of a linked hub does not read".into())
+    })?;
+    t.pin = l.peer_pin.clone();
+    Ok(t)
 }
 
 fn view(l: &Link) -> LinkView {

@@ -67,6 +67,13 @@ fn no_person(name: &str) -> ApiError {
 }
 
 impl Control {
+    /// The SHA-256 of the certificate served, for links that pin it: `None` when a public CA
+    /// vouches for it (ACME), or without a running hub.
+    pub(super) fn cert_pin(&self) -> Option<String> {
+        let c = self.engines.as_ref()?.certs.current();
+        (c.source != crate::certs::CertSource::Acme).then_some(c.sha256)
+    }
+
     pub(super) fn find_person(&self, store: &Store, name: &str) -> Result<Person, ApiError> {
         store.person(name)?.ok_or_else(|| no_person(name))
     }
@@ -237,12 +244,8 @@ impl Control {
         let p = self.find_person(&store, &req.person)?;
         let invite = store.add_invite(&hash, &p.name, crate::store::unix_now() + expires, uses)?;
         let mut link = format!("{}/invite#code={code}", self.invites.base);
-        // A certificate no public CA vouches for is pinned in the link, for the CLI.
-        if let Some(e) = &self.engines {
-            let cert = e.certs.current();
-            if cert.source != crate::certs::CertSource::Acme {
-                link.push_str(&format!("&pin={}", cert.sha256));
-            }
+        if let Some(pin) = self.cert_pin() {
+            link.push_str(&format!("&pin={pin}"));
         }
         Ok(InviteCreated { invite, code, link })
     }
