@@ -205,6 +205,89 @@ fn a_localsend_app_drops_a_file_on_the_cloud_pc() {
         "the phone got a different file"
     );
 
+    // From a device with the cloudpc CLI: the laptop sends a file to the phone through the
+    // Cloud PC. A first try breaks off part-way (curl on the same endpoint, cut by its time
+    // limit); the CLI goes on from where it stopped, and the phone has the file, byte-identical,
+    // when the command returns.
+    let report = w.lab.dir.path().join("report.bin");
+    let mut data = b"PLAINTEXT-MARKER-".repeat(10);
+    data.extend((0..8_000_000u32).map(|i| (i.wrapping_mul(2246822519) >> 23) as u8));
+    std::fs::write(&report, &data).unwrap();
+    let sha = w
+        .lab
+        .sh_ok("d1", &format!("sha256sum {}", report.display()))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let url = format!(
+        "https://{hub4}:53317/api/cloudpc/v1/drop?sha256={sha}&name=report.bin&size={}&to=phone",
+        data.len()
+    );
+    let cut = w.lab.sh(
+        "d1",
+        &format!(
+            "curl -sk --limit-rate 1M -m 2 -o /dev/null --data-binary @{} '{url}&offset=0'",
+            report.display()
+        ),
+    );
+    assert_eq!(
+        cut.status.code(),
+        Some(28),
+        "curl was not cut by its time limit"
+    );
+    let held: serde_json::Value =
+        serde_json::from_str(&w.lab.sh_ok("d1", &format!("curl -sk -X POST '{url}'"))).unwrap();
+    let held = held["offset"].as_u64().unwrap();
+    assert!(held > 0 && held < data.len() as u64, "held {held}");
+    for e in std::fs::read_dir(&inbox).unwrap() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        assert!(!bytes.windows(16).any(|w| w == b"PLAINTEXT-MARKER"));
+    }
+    let sent = w.lab.sh(
+        "d1",
+        &format!(
+            "timeout 60 {} drop send {} --to phone --hub {hub4}",
+            netns::cloudpc_bin(),
+            report.display()
+        ),
+    );
+    let said = String::from_utf8_lossy(&sent.stderr).to_string();
+    assert!(sent.status.success(), "{said}\n{}", hub.log());
+    assert!(
+        said.contains(&format!("Went on from byte {held} ")) && said.contains("Sent "),
+        "{said}"
+    );
+    let got = w
+        .lab
+        .dir
+        .path()
+        .join("lsd-d3")
+        .join("in")
+        .join("report.bin");
+    assert!(
+        std::fs::read(&got).ok().as_deref() == Some(&data[..]),
+        "the phone did not get the same file"
+    );
+    // A guest's device may not drop files this way either.
+    let guest = w.lab.sh(
+        "d2",
+        &format!(
+            "timeout 20 {} drop send {} --to phone --hub {hub4}",
+            netns::cloudpc_bin(),
+            report.display()
+        ),
+    );
+    assert!(!guest.status.success(), "a guest dropped a file");
+
     hub.cli_ok(&["drop", "remove", &id]);
+    let left: Vec<String> = hub
+        .cli_ok(&["drop", "list"])
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    assert_eq!(left.len(), 1, "the report is still in the inbox: {left:?}");
+    hub.cli_ok(&["drop", "remove", &left[0]]);
     assert_eq!(hub.cli_ok(&["drop", "list"]).lines().count(), 1);
 }

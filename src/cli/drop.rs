@@ -24,11 +24,18 @@ pub enum DropCmd {
     },
     /// Send a file to a device's LocalSend app: at once when it is online, else as soon as it
     /// comes online. FILE is an inbox id, or a file on this machine (put in the inbox first).
+    /// On a device (no hub runs here, or with --hub) the file goes through the tunnel to the
+    /// Cloud PC, which forwards it; a transfer that broke off goes on where it stopped when
+    /// the same command runs again.
     Send {
         file: String,
         /// The device to send it to.
         #[arg(long)]
         to: String,
+        /// The Cloud PC to send through, from a device (default: hub.mesh when no hub runs on
+        /// this machine).
+        #[arg(long, value_name = "ADDRESS")]
+        hub: Option<String>,
     },
     /// Remove a file from the inbox.
     Remove { id: String },
@@ -44,7 +51,46 @@ fn read_identity(p: &PathBuf) -> anyhow::Result<age::x25519::Identity> {
         .ok_or_else(|| anyhow::anyhow!("{} holds no age identity (AGE-SECRET-KEY-1…)", p.display()))
 }
 
+/// `drop send FILE` from a device: through the tunnel to the Cloud PC at `hub`.
+fn send_from_device(hub: &str, file: &str, to: &str) -> anyhow::Result<()> {
+    let path = std::path::Path::new(file);
+    if !path.is_file() {
+        anyhow::bail!("{file} is not a file here (inbox ids are sent on the Cloud PC itself)");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let sent = rt.block_on(crate::drop::resume::send(hub, path, Some(to)))?;
+    if sent.resumed_at > 0 {
+        eprintln!(
+            "Went on from byte {} of the broken transfer.",
+            sent.resumed_at
+        );
+    }
+    match sent.status.as_str() {
+        "delivered" => eprintln!(
+            "Sent {file} to {to} (through the Cloud PC, as {}).",
+            sent.id
+        ),
+        _ => eprintln!(
+            "The Cloud PC has {file} ({}); {to} is not online: it goes to it as soon as it is.",
+            sent.id
+        ),
+    }
+    Ok(())
+}
+
 pub fn drop_cmd(g: &Globals, c: DropCmd) -> anyhow::Result<()> {
+    if let DropCmd::Send { file, to, hub } = &c {
+        let here = crate::api::Client::connect(&g.state_dir())?.is_some();
+        match hub {
+            Some(h) => return send_from_device(h, file, to),
+            None if !here && !g.state_dir().exists() => {
+                return send_from_device("hub.mesh", file, to)
+            }
+            None => {}
+        }
+    }
     let cfg = g.config()?;
     let inbox = crate::drop::Inbox::open(&g.state_dir(), cfg.drop.settings())?;
     match c {
@@ -93,7 +139,7 @@ pub fn drop_cmd(g: &Globals, c: DropCmd) -> anyhow::Result<()> {
                 eprintln!("Wrote {} ({} bytes).", out.display(), item.size);
             }
         }
-        DropCmd::Send { file, to } => {
+        DropCmd::Send { file, to, .. } => {
             let id = if std::path::Path::new(&file).is_file() {
                 inbox.add_file(std::path::Path::new(&file), "hub")?.id
             } else {

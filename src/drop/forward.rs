@@ -52,11 +52,36 @@ pub async fn send(
     let (Some(session), Some(token)) = (v["sessionId"].as_str(), v["files"]["f"].as_str()) else {
         return Err("the device did not take the file".into());
     };
-    // The plaintext is read on a blocking thread and streamed to the device.
+    let (body, reader) = read_body(plain);
+    let path = format!("/api/localsend/v2/upload?sessionId={session}&fileId=f&token={token}");
+    let r = https_post(
+        &authority,
+        &host,
+        &Trust::Tunnel,
+        &path,
+        "application/octet-stream",
+        body,
+    )
+    .await;
+    let _ = reader.await;
+    match r {
+        Ok((200..=204, _)) => Ok(()),
+        Ok((s, _)) => Err(format!("the device answered {s} to the upload")),
+        Err(e) => Err(format!("{e:#}")),
+    }
+}
+
+/// A request body streamed from `plain`, read on a blocking thread (await the handle after
+/// the request).
+pub(crate) fn read_body(
+    mut plain: Box<dyn Read + Send>,
+) -> (
+    impl hyper::body::Body<Data = Bytes, Error = std::io::Error> + Send + 'static,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) =
         tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(8);
     let reader = tokio::task::spawn_blocking(move || {
-        let mut plain = plain;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             match plain.read(&mut buf) {
@@ -77,20 +102,5 @@ pub async fn send(
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
-    let path = format!("/api/localsend/v2/upload?sessionId={session}&fileId=f&token={token}");
-    let r = https_post(
-        &authority,
-        &host,
-        &Trust::Tunnel,
-        &path,
-        "application/octet-stream",
-        StreamBody::new(stream),
-    )
-    .await;
-    let _ = reader.await;
-    match r {
-        Ok((200..=204, _)) => Ok(()),
-        Ok((s, _)) => Err(format!("the device answered {s} to the upload")),
-        Err(e) => Err(format!("{e:#}")),
-    }
+    (StreamBody::new(stream), reader)
 }

@@ -36,6 +36,8 @@ type Resp = Response<Full<Bytes>>;
 /// hub's). `None`: it may not drop files.
 pub trait Senders: Send + Sync {
     fn sender(&self, ip: IpAddr) -> Option<(String, Vec<age::x25519::Recipient>)>;
+    /// Forwards inbox file `id` to device `to`: `delivered`, `queued`, or why not.
+    fn send_to(&self, id: &str, to: &str) -> Result<String, String>;
 }
 
 struct File {
@@ -59,6 +61,8 @@ pub struct LocalSend {
     /// SHA-256 of the certificate served, upper-case hex (LocalSend's fingerprint).
     fingerprint: String,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Uploads of the cloudpc CLI that broke off ([`super::resume`]).
+    partials: super::resume::Partials,
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
@@ -100,6 +104,7 @@ impl LocalSend {
             senders,
             fingerprint: fingerprint.to_ascii_uppercase(),
             sessions: Mutex::new(HashMap::new()),
+            partials: Default::default(),
         }
     }
 
@@ -147,6 +152,12 @@ impl LocalSend {
                     }
                 }
                 empty(StatusCode::OK)
+            }
+            (&Method::POST, super::resume::PATH) => {
+                let q = parts.uri.query().unwrap_or("");
+                self.partials
+                    .handle(&self.inbox, &self.senders, peer.ip(), q, body)
+                    .await
             }
             _ => empty(StatusCode::NOT_FOUND),
         }

@@ -9,6 +9,7 @@
 
 pub mod forward;
 pub mod localsend;
+pub mod resume;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

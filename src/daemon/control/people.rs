@@ -352,6 +352,10 @@ impl crate::drop::localsend::Senders for Control {
             .unwrap_or_default();
         Some((d.name, keys))
     }
+
+    fn send_to(&self, id: &str, to: &str) -> Result<String, String> {
+        self.drop_send(id, to).map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]
