@@ -2,7 +2,7 @@
 //! question from one device finds a service another device announces; a LocalSend
 //! announcement from one device reaches another; a guest's device and a device whose group has
 //! discovery off hear neither, and a guest's announcements reach nobody; `tv.local` resolves
-//! over mDNS through the hub (not for a guest); a flood is cut to the sender's rate; a
+//! over mDNS through the hub (not for a guest), over IPv4 and IPv6; a flood is cut to the sender's rate; a
 //! split-tunnel config carries the groups too.
 
 #[path = "common/netns.rs"]
@@ -30,11 +30,13 @@ fn read(p: &std::path::Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-/// Waits until a UDP socket on `port` is open in `ns` (a listener is ready).
-fn bound(w: &HubWorld, ns: &str, port: u16) {
+/// Waits until a UDP socket on `port` is open in `ns` (a listener is ready), of IPv4 or
+/// (`v6`) IPv6.
+fn bound(w: &HubWorld, ns: &str, port: u16, v6: bool) {
+    let fam = if v6 { "-6" } else { "-4" };
     assert!(w.lab.eventually(
         ns,
-        &format!("ss -Hlun 'sport = :{port}' | grep -q ."),
+        &format!("ss -Hlun {fam} 'sport = :{port}' | grep -q ."),
         Duration::from_secs(10)
     ));
 }
@@ -78,7 +80,7 @@ fn discovery_reaches_the_owners_devices_and_no_guest() {
         "respond",
         &format!("respond {a2} {SERVICE} tv 20"),
     );
-    bound(&w, "d2", 5353);
+    bound(&w, "d2", 5353, false);
     let q = w.lab.sh_ok(
         "d1",
         &format!(
@@ -107,6 +109,44 @@ fn discovery_reaches_the_owners_devices_and_no_guest() {
     let r = resolve(&w, "d3", &a3, "tv.local", 3);
     assert!(r.trim().is_empty(), "a guest resolved tv.local: {r}");
 
+    // The same over IPv6: ff02::fb, from the devices' overlay IPv6 addresses (a tunnel has no
+    // link-local address).
+    assert!(laptop.contains("ff02::fb/128"), "{laptop}");
+    let addr6 = |c: &str| conf_addrs(c, "Address").1;
+    let (b1, b2, b3) = (addr6(&laptop), addr6(&tv), addr6(&phone));
+    let (_, hub6) = conf_addrs(&laptop, "DNS");
+    assert!(!b2.is_empty() && !hub6.is_empty());
+    helper(
+        &mut w,
+        "d2",
+        "respond6",
+        &format!("respond {b2} {SERVICE} tv6 20"),
+    );
+    bound(&w, "d2", 5353, true);
+    let q = w.lab.sh_ok(
+        "d1",
+        &format!(
+            "python3 -u {} query {b1} {SERVICE} 10",
+            w.lab.dir.path().join("mcast.py").display()
+        ),
+    );
+    assert!(
+        q.contains(&b2) && q.contains(&format!("tv6.{SERVICE}")),
+        "the laptop's IPv6 mDNS question did not find the TV's service: {q:?}\n{}",
+        hub.log()
+    );
+    let r = resolve(&w, "d1", &b1, "tv.local", 10);
+    assert_eq!(
+        r.trim(),
+        format!("{hub6} {b2}"),
+        "tv.local (AAAA) from the laptop"
+    );
+    let r = resolve(&w, "d3", &b3, "tv.local", 3);
+    assert!(
+        r.trim().is_empty(),
+        "a guest resolved tv.local over IPv6: {r}"
+    );
+
     // LocalSend announcements: the laptop's reaches the TV, not the guest or the quiet box.
     let logs: Vec<_> = [("d2", &a2), ("d3", &a3), ("d4", &a4)]
         .into_iter()
@@ -117,7 +157,7 @@ fn discovery_reaches_the_owners_devices_and_no_guest() {
                 "ls",
                 &format!("listen 224.0.0.167 53317 {a} 30"),
             );
-            bound(&w, ns, 53317);
+            bound(&w, ns, 53317, false);
             (ns, l)
         })
         .collect();
@@ -173,7 +213,7 @@ fn discovery_reaches_the_owners_devices_and_no_guest() {
         "flood",
         &format!("listen 239.255.255.250 1900 {a2} 4"),
     );
-    bound(&w, "d2", 1900);
+    bound(&w, "d2", 1900, false);
     w.lab.sh_ok(
         "d1",
         &format!(

@@ -100,6 +100,9 @@ impl DeviceConfig<'_> {
             for (g, _) in crate::hub::discovery::GROUPS {
                 s.push_str(&format!(", {g}/32"));
             }
+            for (g, _) in crate::hub::discovery::GROUPS6 {
+                s.push_str(&format!(", {g}/128"));
+            }
             s
         } else {
             "0.0.0.0/0, ::/0".to_string()
@@ -263,6 +266,9 @@ mod tests {
         let mut want = overlay().nets().to_vec();
         for (g, _) in crate::hub::discovery::GROUPS {
             want.push(ipnet::IpNet::from(ipnet::Ipv4Net::new(g, 32).unwrap()));
+        }
+        for (g, _) in crate::hub::discovery::GROUPS6 {
+            want.push(ipnet::IpNet::from(ipnet::Ipv6Net::new(g, 128).unwrap()));
         }
         assert_eq!(nets, want);
     }

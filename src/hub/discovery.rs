@@ -3,10 +3,10 @@
 //! may see them, since multicast does not cross a routed VPN by itself. No I/O here: a packet
 //! in, whether it is one of these; who may see whose; a per-device rate limit.
 //!
-//! IPv4 only for now (IPv6 mDNS comes from link-local addresses, which a device's tunnel does
-//! not carry).
+//! IPv4 and IPv6 (`ff02::fb`, `ff02::c`): a device's tunnel has no link-local address, so its
+//! IPv6 multicast comes from its overlay address, which the hub can tell devices by.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,26 +22,72 @@ pub const GROUPS: [(Ipv4Addr, u16); 3] = [
     (Ipv4Addr::new(224, 0, 0, 167), 53317),
 ];
 
+/// The IPv6 groups relayed (link-local scope), with their UDP ports (LocalSend announces
+/// over IPv4 only).
+pub const GROUPS6: [(Ipv6Addr, u16); 2] = [
+    (Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfb), 5353),
+    (Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xc), 1900),
+];
+
 /// Packets per second a device may send to these groups (and the burst above it).
 pub const RATE_PER_SEC: f32 = 20.0;
 pub const BURST: f32 = 40.0;
 
-/// Whether `pkt` is an IPv4 UDP datagram to one of [`GROUPS`] on its port (first fragment).
-pub fn classify(pkt: &[u8]) -> Option<Ipv4Addr> {
-    if pkt.len() < 28 || pkt[0] >> 4 != 4 || pkt[9] != 17 {
-        return None;
+/// Where a UDP datagram's payload starts: after the IPv4 header (first fragment) or the fixed
+/// IPv6 header (no extension headers), `None` for anything else.
+fn udp_start(pkt: &[u8]) -> Option<usize> {
+    match pkt.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(pkt[0] & 0x0f) * 4;
+            let frag_offset = u16::from_be_bytes([*pkt.get(6)?, *pkt.get(7)?]) & 0x1fff;
+            (pkt.len() >= 28 && pkt[9] == 17 && ihl >= 20 && frag_offset == 0)
+                .then_some(ihl)
+                .filter(|i| pkt.len() >= i + 8)
+        }
+        6 => (pkt.len() >= 48 && pkt[6] == 17).then_some(40),
+        _ => None,
     }
-    let ihl = usize::from(pkt[0] & 0x0f) * 4;
-    let frag_offset = u16::from_be_bytes([pkt[6], pkt[7]]) & 0x1fff;
-    if ihl < 20 || frag_offset != 0 || pkt.len() < ihl + 8 {
-        return None;
+}
+
+/// Whether `pkt` is a UDP datagram to one of [`GROUPS`] or [`GROUPS6`] on its port: the group.
+pub fn classify(pkt: &[u8]) -> Option<IpAddr> {
+    let at = udp_start(pkt)?;
+    let dport = u16::from_be_bytes([pkt[at + 2], pkt[at + 3]]);
+    if at == 40 {
+        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&pkt[24..40]).ok()?);
+        return GROUPS6
+            .iter()
+            .any(|(g, p)| *g == dst && *p == dport)
+            .then_some(IpAddr::V6(dst));
     }
     let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
-    let dport = u16::from_be_bytes([pkt[ihl + 2], pkt[ihl + 3]]);
     GROUPS
         .iter()
         .any(|(g, p)| *g == dst && *p == dport)
-        .then_some(dst)
+        .then_some(IpAddr::V4(dst))
+}
+
+/// `pkt` (a discovery packet, see [`classify`]) with `own` as its IPv6 source when it came
+/// from another one (a device's link-local address): the UDP checksum made anew. `None` when
+/// it already has it, or is IPv4.
+pub fn own_source(pkt: &[u8], own: Ipv6Addr) -> Option<Vec<u8>> {
+    use super::nat64::wire::{finish, sum};
+    if udp_start(pkt)? != 40 || pkt[8..24] == own.octets() {
+        return None;
+    }
+    let mut out = pkt.to_vec();
+    out[8..24].copy_from_slice(&own.octets());
+    out[46..48].copy_from_slice(&[0, 0]);
+    let udp_len = out.len() - 40;
+    let mut acc = sum(0, &out[8..40]);
+    acc += 17 + udp_len as u64;
+    acc = sum(acc, &out[40..]);
+    let c = match finish(acc) {
+        0 => 0xffff,
+        c => c,
+    };
+    out[46..48].copy_from_slice(&c.to_be_bytes());
+    Some(out)
 }
 
 /// Who takes part in discovery, and whom each one's packets reach.
@@ -123,7 +169,7 @@ pub const LOCALSEND: (Ipv4Addr, u16) = GROUPS[2];
 /// device info `info` (JSON, `"announce": false`) from `hub` to the group, so the hub shows up
 /// in the sender's LocalSend app.
 pub fn answer_localsend(pkt: &[u8], hub: Ipv4Addr, info: &[u8]) -> Option<Vec<u8>> {
-    if classify(pkt) != Some(LOCALSEND.0) {
+    if classify(pkt) != Some(IpAddr::V4(LOCALSEND.0)) {
         return None;
     }
     let ihl = usize::from(pkt[0] & 0x0f) * 4;
@@ -162,27 +208,54 @@ fn udp_from_hub(hub: Ipv4Addr, to: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The hub's answer to an mDNS question in `pkt` for `NAME.local` (type A or ANY): an IPv4
-/// packet from `hub` to the mDNS group carrying the addresses `lookup` gives for the names it
-/// knows, or `None` (not a question, or for no name it knows).
+/// An IPv6 UDP packet from `hub` to `to` (same port both sides) carrying `payload`.
+fn udp6_from_hub(hub: Ipv6Addr, to: (Ipv6Addr, u16), payload: &[u8]) -> Vec<u8> {
+    use super::nat64::wire::{finish, sum};
+    let udp_len = 8 + payload.len();
+    let mut out = vec![0u8; 40 + udp_len];
+    out[0] = 0x60;
+    out[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    out[6] = 17;
+    out[7] = 255;
+    out[8..24].copy_from_slice(&hub.octets());
+    out[24..40].copy_from_slice(&to.0.octets());
+    out[40..42].copy_from_slice(&to.1.to_be_bytes());
+    out[42..44].copy_from_slice(&to.1.to_be_bytes());
+    out[44..46].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    out[48..].copy_from_slice(payload);
+    let mut acc = sum(0, &out[8..40]);
+    acc += 17 + udp_len as u64;
+    acc = sum(acc, &out[40..]);
+    let c = match finish(acc) {
+        0 => 0xffff,
+        c => c,
+    };
+    out[46..48].copy_from_slice(&c.to_be_bytes());
+    out
+}
+
+/// The hub's answer to an mDNS question in `pkt` for `NAME.local` (A, AAAA or ANY): a packet
+/// from the hub (`hub`, in the question's IP family) to the mDNS group carrying the addresses
+/// `lookup` gives for the names it knows, or `None` (not a question, or for no name it knows).
 pub fn answer_local(
     pkt: &[u8],
-    hub: Ipv4Addr,
-    lookup: impl Fn(&str) -> Option<Ipv4Addr>,
+    hub: (Ipv4Addr, Ipv6Addr),
+    lookup: impl Fn(&str) -> Option<(Ipv4Addr, Ipv6Addr)>,
 ) -> Option<Vec<u8>> {
     use hickory_proto::op::{Message, MessageType, OpCode};
-    use hickory_proto::rr::{rdata::A, RData, Record, RecordType};
-    if classify(pkt) != Some(MDNS.0) {
+    use hickory_proto::rr::{rdata::A, rdata::AAAA, RData, Record, RecordType};
+    let group = classify(pkt)?;
+    if group != IpAddr::V4(MDNS.0) && group != IpAddr::V6(GROUPS6[0].0) {
         return None;
     }
-    let ihl = usize::from(pkt[0] & 0x0f) * 4;
-    let q = Message::from_vec(pkt.get(ihl + 8..)?).ok()?;
+    let q = Message::from_vec(pkt.get(udp_start(pkt)? + 8..)?).ok()?;
     if q.message_type != MessageType::Query || q.op_code != OpCode::Query {
         return None;
     }
     let mut answers = Vec::new();
     for query in q.queries.iter() {
-        if !matches!(query.query_type(), RecordType::A | RecordType::ANY) {
+        let t = query.query_type();
+        if !matches!(t, RecordType::A | RecordType::AAAA | RecordType::ANY) {
             continue;
         }
         let name = query.name().to_ascii().to_ascii_lowercase();
@@ -192,11 +265,21 @@ pub fn answer_local(
         if label.contains('.') {
             continue;
         }
-        if let Some(a) = lookup(label) {
+        let Some((v4, v6)) = lookup(label) else {
+            continue;
+        };
+        if t != RecordType::AAAA {
             answers.push(Record::from_rdata(
                 query.name().clone(),
                 120,
-                RData::A(A(a)),
+                RData::A(A(v4)),
+            ));
+        }
+        if t != RecordType::A {
+            answers.push(Record::from_rdata(
+                query.name().clone(),
+                120,
+                RData::AAAA(AAAA(v6)),
             ));
         }
     }
@@ -208,7 +291,11 @@ pub fn answer_local(
     for a in answers {
         m.add_answer(a);
     }
-    Some(udp_from_hub(hub, MDNS, &m.to_vec().ok()?))
+    let wire = m.to_vec().ok()?;
+    Some(match group {
+        IpAddr::V4(_) => udp_from_hub(hub.0, MDNS, &wire),
+        IpAddr::V6(_) => udp6_from_hub(hub.1, GROUPS6[0], &wire),
+    })
 }
 
 #[cfg(test)]
@@ -238,6 +325,23 @@ mod tests {
         frag[7] = 1;
         assert!(classify(&frag).is_none());
         assert!(classify(&[0x45; 10]).is_none());
+        // IPv6: the mDNS and SSDP groups of link-local scope, UDP right after the header.
+        let v6 = |dst: &str, dport: u16, next: u8| {
+            let mut p = vec![0u8; 48];
+            p[0] = 0x60;
+            p[6] = next;
+            p[8..24].copy_from_slice(&"fd00::2".parse::<Ipv6Addr>().unwrap().octets());
+            p[24..40].copy_from_slice(&dst.parse::<Ipv6Addr>().unwrap().octets());
+            p[42..44].copy_from_slice(&dport.to_be_bytes());
+            p
+        };
+        assert!(classify(&v6("ff02::fb", 5353, 17)).is_some());
+        assert!(classify(&v6("ff02::c", 1900, 17)).is_some());
+        assert!(classify(&v6("ff02::fb", 5353, 6)).is_none());
+        assert!(classify(&v6("ff02::fb", 53, 17)).is_none());
+        assert!(classify(&v6("ff05::fb", 5353, 17)).is_none());
+        assert!(classify(&v6("fd00::3", 5353, 17)).is_none());
+        assert!(classify(&v6("ff02::fb", 5353, 17)[..47]).is_none());
     }
 
     #[test]
@@ -283,10 +387,36 @@ mod answer_tests {
     use hickory_proto::op::{Message, MessageType, OpCode, Query};
     use hickory_proto::rr::{Name, RData, RecordType};
 
-    fn question(name: &str, t: RecordType) -> Vec<u8> {
+    const HUB: (Ipv4Addr, Ipv6Addr) = (
+        Ipv4Addr::new(100, 96, 0, 1),
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
+    );
+    const TV: (Ipv4Addr, Ipv6Addr) = (
+        Ipv4Addr::new(100, 96, 0, 3),
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3),
+    );
+
+    fn dns(name: &str, t: RecordType) -> Vec<u8> {
         let mut m = Message::new(0, MessageType::Query, OpCode::Query);
         m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
-        let dns = m.to_vec().unwrap();
+        m.to_vec().unwrap()
+    }
+
+    fn question6(name: &str, t: RecordType) -> Vec<u8> {
+        let dns = dns(name, t);
+        let mut p = vec![0u8; 48];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&((8 + dns.len()) as u16).to_be_bytes());
+        p[6] = 17;
+        p[8..24].copy_from_slice(&Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2).octets());
+        p[24..40].copy_from_slice(&GROUPS6[0].0.octets());
+        p[42..44].copy_from_slice(&5353u16.to_be_bytes());
+        p.extend(dns);
+        p
+    }
+
+    fn question(name: &str, t: RecordType) -> Vec<u8> {
+        let dns = dns(name, t);
         let mut p = vec![0u8; 28];
         p[0] = 0x45;
         p[9] = 17;
@@ -299,33 +429,39 @@ mod answer_tests {
 
     #[test]
     fn the_hub_answers_device_names_under_local_with_valid_checksums() {
-        let hub = Ipv4Addr::new(100, 96, 0, 1);
-        let tv = Ipv4Addr::new(100, 96, 0, 3);
-        let lookup = |n: &str| (n == "tv").then_some(tv);
-        let out = answer_local(&question("TV.local.", RecordType::A), hub, lookup).unwrap();
-        assert_eq!(
-            super::super::nat64::wire::finish(super::super::nat64::wire::sum(0, &out[..20])),
-            0
-        );
-        let mut acc = super::super::nat64::wire::sum(0, &out[12..20]);
+        use super::super::nat64::wire::{finish, sum};
+        let lookup = |n: &str| (n == "tv").then_some(TV);
+        let out = answer_local(&question("TV.local.", RecordType::A), HUB, lookup).unwrap();
+        assert_eq!(finish(sum(0, &out[..20])), 0);
+        let mut acc = sum(0, &out[12..20]);
         acc += 17 + (out.len() - 20) as u64;
-        assert_eq!(
-            super::super::nat64::wire::finish(super::super::nat64::wire::sum(acc, &out[20..])),
-            0
-        );
+        assert_eq!(finish(sum(acc, &out[20..])), 0);
         let m = Message::from_vec(&out[28..]).unwrap();
         assert_eq!(m.message_type, MessageType::Response);
-        assert!(matches!(&m.answers[0].data, RData::A(a) if a.0 == tv));
-        assert!(answer_local(&question("laptop.local.", RecordType::A), hub, lookup).is_none());
-        assert!(answer_local(&question("tv.mesh.", RecordType::A), hub, lookup).is_none());
-        assert!(answer_local(&question("tv.local.", RecordType::AAAA), hub, lookup).is_none());
-        assert!(answer_local(&question("a.tv.local.", RecordType::A), hub, lookup).is_none());
-        assert!(answer_local(&[0x45, 0, 0], hub, lookup).is_none());
+        assert_eq!(m.answers.len(), 1);
+        assert!(matches!(&m.answers[0].data, RData::A(a) if a.0 == TV.0));
+        assert!(answer_local(&question("laptop.local.", RecordType::A), HUB, lookup).is_none());
+        assert!(answer_local(&question("tv.mesh.", RecordType::A), HUB, lookup).is_none());
+        assert!(answer_local(&question("tv.local.", RecordType::MX), HUB, lookup).is_none());
+        assert!(answer_local(&question("a.tv.local.", RecordType::A), HUB, lookup).is_none());
+        assert!(answer_local(&[0x45, 0, 0], HUB, lookup).is_none());
+        // Asked over IPv6: the answer goes from the hub's IPv6 address to ff02::fb.
+        let out = answer_local(&question6("tv.local.", RecordType::AAAA), HUB, lookup).unwrap();
+        assert_eq!(&out[8..24], &HUB.1.octets());
+        assert_eq!(&out[24..40], &GROUPS6[0].0.octets());
+        let mut acc = sum(0, &out[8..40]);
+        acc += 17 + (out.len() - 40) as u64;
+        assert_eq!(finish(sum(acc, &out[40..])), 0);
+        let m = Message::from_vec(&out[48..]).unwrap();
+        assert_eq!(m.answers.len(), 1);
+        assert!(matches!(&m.answers[0].data, RData::AAAA(a) if a.0 == TV.1));
+        let any = answer_local(&question6("tv.local.", RecordType::ANY), HUB, lookup).unwrap();
+        assert_eq!(Message::from_vec(&any[48..]).unwrap().answers.len(), 2);
     }
 
     #[test]
     fn the_hub_answers_a_localsend_announcement_with_its_info() {
-        let hub = Ipv4Addr::new(100, 96, 0, 1);
+        let hub = HUB.0;
         let announce = |body: &str| {
             let mut p = vec![0u8; 28];
             p[0] = 0x45;

@@ -517,6 +517,8 @@ impl Engine {
         if policy.is_empty() || !from.discovery.lock().take(now) {
             return bump(&self.counters.discovery_dropped);
         }
+        let own = super::discovery::own_source(pkt, from.addrs.v6);
+        let pkt = own.as_deref().unwrap_or(pkt);
         for to in table.peers() {
             if policy.may(from.addrs.v4, to.addrs.v4) && to.endpoint().is_some() {
                 self.send_to_peer(to, pkt, now, crypt, sink);
@@ -529,15 +531,15 @@ impl Engine {
                 .peers()
                 .find(|p| p.name.read().eq_ignore_ascii_case(name))
                 .filter(|p| policy.may(from.addrs.v4, p.addrs.v4))
-                .map(|p| p.addrs.v4)
+                .map(|p| (p.addrs.v4, p.addrs.v6))
         };
-        let hub = self.ctx.overlay.hub_v4();
+        let hub = (self.ctx.overlay.hub_v4(), self.ctx.overlay.hub_v6());
         if let Some(answer) = super::discovery::answer_local(pkt, hub, lookup) {
             self.send_to_peer(from, &answer, now, crypt, sink);
         }
         let info = self.localsend_info.load();
         if !info.is_empty() && policy.is_member(from.addrs.v4) {
-            if let Some(answer) = super::discovery::answer_localsend(pkt, hub, &info) {
+            if let Some(answer) = super::discovery::answer_localsend(pkt, hub.0, &info) {
                 self.send_to_peer(from, &answer, now, crypt, sink);
             }
         }

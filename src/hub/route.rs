@@ -107,11 +107,15 @@ pub fn route_from_device<T: OwnerLookup>(
         IpAddr::V4(s) => s == from.v4,
         IpAddr::V6(s) => s == from.v6,
     };
+    let discovery = super::discovery::classify(pkt).is_some();
+    // IPv6 multicast leaves a device's tunnel from its link-local address: the hub puts the
+    // device's own address in (`discovery::own_source`), so no device can pass as another.
+    let link_local = matches!(h.src, IpAddr::V6(s) if (s.segments()[0] & 0xffc0) == 0xfe80);
+    if discovery && (own || link_local) {
+        return Verdict::Discovery;
+    }
     if !own {
         return Verdict::Drop(DropReason::Spoofed);
-    }
-    if super::discovery::classify(pkt).is_some() {
-        return Verdict::Discovery;
     }
     if never_forwarded(h.dst) {
         return Verdict::Drop(DropReason::NoRoute);
@@ -232,6 +236,23 @@ mod tests {
             Verdict::Discovery
         );
         p[12..16].copy_from_slice(&[100, 96, 0, 3]);
+        assert_eq!(
+            route_from_device(&ctx(), &table(), A, &p),
+            Verdict::Drop(DropReason::Spoofed)
+        );
+        // IPv6 mDNS comes from the device's link-local address: discovery (the hub puts the
+        // device's own address in); anything else from there is spoofed.
+        let mut p = ipv6(v6("fe80::1234"), v6("ff02::fb"), 20);
+        p[6] = 17;
+        p[42..44].copy_from_slice(&5353u16.to_be_bytes());
+        assert_eq!(
+            route_from_device(&ctx(), &table(), A, &p),
+            Verdict::Discovery
+        );
+        let out = super::super::discovery::own_source(&p, A.v6).unwrap();
+        assert_eq!(&out[8..24], &A.v6.octets());
+        assert!(super::super::discovery::own_source(&out, A.v6).is_none());
+        p[42..44].copy_from_slice(&53u16.to_be_bytes());
         assert_eq!(
             route_from_device(&ctx(), &table(), A, &p),
             Verdict::Drop(DropReason::Spoofed)

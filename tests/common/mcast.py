@@ -5,11 +5,43 @@
   mcast.py respond IFADDR SERVICE INSTANCE SECS an mDNS responder: answers PTR questions for SERVICE
   mcast.py query IFADDR SERVICE SECS            asks for SERVICE over mDNS; prints the PTR answers
   mcast.py resolve IFADDR NAME SECS             asks for NAME's A record over mDNS; prints "FROM ADDR"
+
+An IPv6 IFADDR (an address of the interface to use) makes mDNS go over ff02::fb (and
+resolve ask for AAAA); an IPv6 GROUP is sent and heard on the interface holding IFADDR.
 """
 import socket, struct, sys, time
 
 
+def ifindex(addr):
+    packed = socket.inet_pton(socket.AF_INET6, addr).hex()
+    for line in open("/proc/net/if_inet6"):
+        f = line.split()
+        if f[0] == packed:
+            return int(f[1], 16)
+    raise SystemExit(f"no interface has {addr}")
+
+
+def dest(group, port, ifaddr):
+    return (group, port, 0, ifindex(ifaddr)) if ":" in group else (group, port)
+
+
+def mdns_group(ifaddr):
+    return "ff02::fb" if ":" in ifaddr else "224.0.0.251"
+
+
 def sock(group, port, ifaddr, bind=True):
+    if ":" in group:
+        idx = ifindex(ifaddr)
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if bind:
+            s.bind((group, port, 0, idx))
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                         socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", idx))
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        return s
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if bind:
@@ -59,10 +91,11 @@ def main():
         n = int(sys.argv[6]) if len(sys.argv) > 6 else 1
         s = sock(group, port, ifaddr, bind=False)
         for i in range(n):
-            s.sendto((text if n == 1 else f"{text}-{i}").encode(), (group, port))
+            s.sendto((text if n == 1 else f"{text}-{i}").encode(), dest(group, port, ifaddr))
     elif mode == "respond":
         ifaddr, service, instance, secs = sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
-        s = sock("224.0.0.251", 5353, ifaddr)
+        group = mdns_group(ifaddr)
+        s = sock(group, 5353, ifaddr)
         end = time.time() + secs
         while time.time() < end:
             s.settimeout(max(0.05, end - time.time()))
@@ -78,17 +111,19 @@ def main():
             target = name(instance + "." + service)
             rr = name(service) + struct.pack(">HHIH", 12, 1, 120, len(target)) + target
             resp = struct.pack(">HHHHHH", 0, 0x8400, 0, 1, 0, 0) + rr
-            s.sendto(resp, ("224.0.0.251", 5353))
+            s.sendto(resp, dest(group, 5353, ifaddr))
     elif mode in ("query", "resolve"):
         ifaddr, service, secs = sys.argv[2], sys.argv[3], float(sys.argv[4])
-        qtype = 12 if mode == "query" else 1
-        s = sock("224.0.0.251", 5353, ifaddr)
+        v6 = ":" in ifaddr
+        qtype = 12 if mode == "query" else (28 if v6 else 1)
+        group = mdns_group(ifaddr)
+        s = sock(group, 5353, ifaddr)
         q = struct.pack(">HHHHHH", 0, 0, 1, 0, 0, 0) + name(service) + struct.pack(">HH", qtype, 1)
         end = time.time() + secs
         next_ask = 0.0
         while time.time() < end:
             if time.time() >= next_ask:
-                s.sendto(q, ("224.0.0.251", 5353))
+                s.sendto(q, dest(group, 5353, ifaddr))
                 next_ask = time.time() + 0.5
             s.settimeout(0.1)
             try:
@@ -109,8 +144,9 @@ def main():
                 if t == 12 and qtype == 12:
                     print(a[0], read_name(m, i)[0], flush=True)
                     return
-                if t == 1 and qtype == 1 and owner.lower() == service.lower().rstrip("."):
-                    print(a[0], socket.inet_ntoa(m[i:i + 4]), flush=True)
+                if t == qtype and owner.lower() == service.lower().rstrip("."):
+                    fam = socket.AF_INET6 if v6 else socket.AF_INET
+                    print(a[0], socket.inet_ntop(fam, m[i:i + rdlen]), flush=True)
                     return
                 i += rdlen
 
