@@ -19,6 +19,7 @@ pub mod batch;
 pub mod discovery;
 pub mod engine;
 pub mod io;
+pub mod nat46;
 pub mod nat64;
 pub mod packet;
 pub mod peers;
