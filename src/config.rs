@@ -122,6 +122,8 @@ pub struct GroupConfig {
     pub egress: Option<crate::egress::EgressMode>,
     /// Discovery (mDNS, SSDP, LocalSend announcements) with the other devices (default on).
     pub discovery: Option<bool>,
+    /// DNS46 and NAT46 for these devices (default on).
+    pub dns46: Option<bool>,
 }
 
 impl GroupConfig {
@@ -155,6 +157,7 @@ impl GroupConfig {
             reach: self.reach.clone(),
             internet_off: self.internet_off.clone(),
             egress: self.egress,
+            dns46: None,
         }
     }
 }
@@ -232,6 +235,14 @@ pub struct DnsConfig {
     pub zones_dir: String,
     pub dns64: bool,
     pub dns64_prefix: Ipv6Net,
+    /// DNS46: the IPv4 pool that A answers for IPv6-only names come from (`""` = off).
+    pub dns46_pool: String,
+    /// DNS46: a mapping unused this long (and past its answer's TTL) ends (seconds, or e.g.
+    /// `"10m"`).
+    #[serde(deserialize_with = "seconds_or_duration")]
+    pub dns46_idle: u64,
+    /// DNS46: mappings one device may hold at once.
+    pub dns46_per_device: usize,
     pub blocked_answer: BlockedAnswer,
     /// TTL of synthesised blocked answers, seconds.
     pub blocked_ttl: u32,
@@ -270,6 +281,9 @@ impl Default for DnsConfig {
             zones_dir: "zones".into(),
             dns64: true,
             dns64_prefix: "64:ff9b::/96".parse().expect("constant"),
+            dns46_pool: "100.127.0.0/16".into(),
+            dns46_idle: 600,
+            dns46_per_device: 1024,
             blocked_answer: BlockedAnswer::Null,
             blocked_ttl: 10,
             tls_cert: String::new(),
@@ -313,6 +327,33 @@ impl Default for TlsConfig {
 }
 
 impl Config {
+    /// The DNS46 pool (`None`: DNS46 is off), checked: a range of at least 4 addresses that
+    /// does not overlap the overlay.
+    pub fn dns46_pool(&self) -> Result<Option<ipnet::Ipv4Net>, String> {
+        let v = self.dns.dns46_pool.trim();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        let net: ipnet::Ipv4Net = v.parse().map_err(|_| {
+            format!("{v:?} is not an IPv4 range, e.g. \"100.127.0.0/16\" (\"\" = off)")
+        })?;
+        let net = net.trunc();
+        if net.prefix_len() > 30 {
+            return Err(format!("{v} is too small: use a /30 or larger"));
+        }
+        let o = self.wireguard.ipv4;
+        if net.contains(&o.network()) || o.contains(&net.network()) {
+            return Err(format!("{v} overlaps the overlay ({o})"));
+        }
+        if net.network().is_loopback()
+            || net.network().is_multicast()
+            || net.network().is_unspecified()
+        {
+            return Err(format!("{v} cannot be a pool"));
+        }
+        Ok(Some(net))
+    }
+
     /// The public host name: `tls.domain`, else the host of `wireguard.endpoint` when it is a
     /// name (not an address); empty when there is none.
     pub fn public_domain(&self) -> String {
@@ -582,6 +623,9 @@ impl Config {
                 "dns.dns64_prefix",
                 "only a /96 prefix is supported, e.g. \"64:ff9b::/96\"".into(),
             );
+        }
+        if let Err(e) = self.dns46_pool() {
+            return inv("dns.dns46_pool", e);
         }
         if !crate::dns::name::is_valid_zone(&self.dns.zone) {
             return inv(

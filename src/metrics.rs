@@ -84,6 +84,8 @@ pub struct Sources<'a> {
     pub now_unix: i64,
     /// The devices' firewalls, for their drop counters.
     pub firewall: Option<&'a crate::firewall::Firewall>,
+    /// NAT46's counters, when it is on.
+    pub nat46: Option<crate::hub::nat46::Nat46Stats>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -327,6 +329,33 @@ pub fn render(s: &Sources<'_>) -> String {
             "hub_discovery_relayed_packets",
             "Discovery (mDNS, SSDP, LocalSend) packets delivered to other devices, one per copy",
             c.discovery_relayed.load(Relaxed),
+        );
+    }
+    if let Some(n) = s.nat46 {
+        gauge(
+            &mut reg,
+            "nat46_mappings",
+            "DNS46/NAT46 mappings held (all devices)",
+            n.mappings as f64,
+        );
+        counters(
+            &mut reg,
+            "nat46_translated_packets",
+            "Packets NAT46 translated, by direction",
+            vec![
+                (label("direction", "out"), n.translated_out),
+                (label("direction", "in"), n.translated_in),
+            ],
+        );
+        counters(
+            &mut reg,
+            "nat46_refused",
+            "NAT46 packets dropped (no mapping: answered unreachable; or untranslatable) and names answered without DNS46 (a device's mappings full), by reason",
+            vec![
+                (label("reason", "no_mapping"), n.no_mapping),
+                (label("reason", "untranslatable"), n.dropped),
+                (label("reason", "device_full"), n.device_full),
+            ],
         );
     }
     counter(

@@ -93,6 +93,9 @@ pub struct StatusReport {
     /// Where temporary egress addresses come from, and how many are in use.
     #[serde(default)]
     pub egress: Option<crate::egress::live::EgressReport>,
+    /// DNS46/NAT46's counters (`None`: off).
+    #[serde(default)]
+    pub nat46: Option<crate::hub::nat46::Nat46Stats>,
 }
 
 /// A device's DNS addresses off the tunnel (`GET /v1/devices/{name}/dns`).

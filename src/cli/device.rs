@@ -153,6 +153,10 @@ pub struct SetArgs {
     /// or default (follow the group).
     #[arg(long, value_name = "MODE")]
     pub egress: Option<String>,
+    /// DNS46/NAT46 (IPv4 to IPv6-only sites through the Cloud PC): on, off, or default
+    /// (follow the group).
+    #[arg(long, value_name = "on|off|default")]
+    pub dns46: Option<String>,
     /// A new temporary egress address at once: new connections use it, open ones keep the
     /// old one until they end or `egress.drain` is over.
     #[arg(long)]
@@ -538,10 +542,11 @@ fn set(m: &Manager, s: SetArgs) -> anyhow::Result<()> {
         reach: list_arg(&s.reach),
         internet_off: list_arg(&s.internet_off),
         egress: s.egress.clone(),
+        dns46: s.dns46.clone(),
     };
     if patch == DevicePatch::default() && fw.is_empty() && !s.new_dns_token && !s.new_address {
         bail!(
-            "nothing to change: give --group G, --no-group, --owner, --no-owner, --admin, --no-admin, --log, --no-log, --new-dns-token, --egress MODE, --new-address, or a firewall setting (--internet, --allow-sites, --deny-sites, --allow, --deny, --reach, --internet-off)"
+            "nothing to change: give --group G, --no-group, --owner, --no-owner, --admin, --no-admin, --log, --no-log, --new-dns-token, --egress MODE, --dns46 on|off|default, --new-address, or a firewall setting (--internet, --allow-sites, --deny-sites, --allow, --deny, --reach, --internet-off)"
         );
     }
     if s.new_dns_token {

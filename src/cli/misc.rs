@@ -172,6 +172,13 @@ pub fn status(g: &Globals, a: StatusArgs) -> anyhow::Result<()> {
     for l in egress_lines(&r) {
         println!("{l}");
     }
+    match &r.nat46 {
+        Some(n) => println!(
+            "nat46: {} mappings; {} packets out, {} in; {} to no mapping, {} untranslatable; {} names left unmapped (a device full)",
+            n.mappings, n.translated_out, n.translated_in, n.no_mapping, n.dropped, n.device_full
+        ),
+        None => println!("nat46: off"),
+    }
     Ok(())
 }
 

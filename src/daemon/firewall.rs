@@ -25,6 +25,8 @@ pub struct GroupFw {
     pub spec: FirewallSpec,
     /// Takes part in discovery (multicast between devices).
     pub discovery: bool,
+    /// DNS46/NAT46 on (unless a device's own setting says otherwise).
+    pub dns46: bool,
     allow_sites: Arc<Sites>,
     deny_sites: Arc<Sites>,
 }
@@ -46,6 +48,7 @@ impl FwSettings {
                 let spec = g.firewall();
                 let fw = GroupFw {
                     discovery: g.discovery.unwrap_or(true),
+                    dns46: g.dns46.unwrap_or(true),
                     allow_sites: Arc::new(Sites::build(&spec.allow_sites)),
                     deny_sites: Arc::new(Sites::build(&spec.deny_sites)),
                     spec,
@@ -103,6 +106,8 @@ pub struct Plan {
     /// Who takes part in discovery: the owner's and members' devices whose group has it on;
     /// each reaches the others, or those its `reach` names.
     pub discovery: crate::hub::discovery::Policy,
+    /// The devices DNS46/NAT46 is on for: their own setting, else their group's, else on.
+    pub dns46: Vec<(std::net::Ipv4Addr, std::net::Ipv6Addr)>,
 }
 
 /// A device's egress mode: its own setting, else its group's, else `hub`.
@@ -197,6 +202,9 @@ pub fn plan(
         let group = d.group.as_deref().and_then(|g| s.groups.get(g));
         let empty = FirewallSpec::default();
         let spec = own.map_or(&empty, |o| &o.spec);
+        if spec.dns46.unwrap_or(group.is_none_or(|g| g.dns46)) {
+            out.dns46.push((d.ipv4, d.ipv6));
+        }
         let mut c = compile(group, spec, eff.internet, devices);
         c.quarantined = quarantined.clone();
         let person = sharing.person_of(d);

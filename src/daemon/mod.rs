@@ -137,6 +137,35 @@ pub fn control_settings(
 }
 
 /// The Cloud PC as a LocalSend peer on its overlay addresses (files go to its inbox).
+/// NAT46 from the config, when on and the Cloud PC has a global IPv6 address to leave from
+/// (without one it says so and stays off).
+fn nat46_setup(
+    cfg: &Config,
+    overlay: &crate::store::Overlay,
+) -> Option<Arc<crate::hub::nat46::Nat46>> {
+    // The config was validated: an error here is a pool of "".
+    let pool = cfg.dns46_pool().ok().flatten()?;
+    let text = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+    let global = crate::egress::host::parse_if_inet6(&text)
+        .into_iter()
+        .any(|a| (a.addr.segments()[0] & 0xe000) == 0x2000 && !overlay.v6.contains(&a.addr));
+    if !global {
+        tracing::warn!(
+            "DNS46/NAT46 is off: this machine has no global IPv6 address to reach IPv6-only sites from"
+        );
+        return None;
+    }
+    tracing::info!("DNS46/NAT46 on");
+    Some(Arc::new(crate::hub::nat46::Nat46::new(
+        crate::hub::nat46::Settings {
+            pool,
+            overlay_v6: overlay.v6,
+            idle: std::time::Duration::from_secs(cfg.dns.dns46_idle.max(1)),
+            per_device: cfg.dns.dns46_per_device.max(1),
+        },
+    )))
+}
+
 async fn serve_localsend(
     cfg: &Config,
     state_dir: &Path,
@@ -285,6 +314,14 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
     );
     fw.publish(plan.devices);
 
+    let nat46 = if cfg.wireguard.enabled {
+        nat46_setup(&cfg, &overlay)
+    } else {
+        None
+    };
+    if let Some(n) = &nat46 {
+        n.set_devices(&plan.dns46);
+    }
     let hub = if cfg.wireguard.enabled {
         let hub = crate::hub::start(crate::hub::HubParams {
             wireguard: cfg.wireguard.clone(),
@@ -301,6 +338,7 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
             temp_egress: cfg.egress.temp_settings()?,
             temporary: plan.temporary,
             firewall: fw.clone(),
+            nat46: nat46.clone(),
         })
         .await?;
         hub.set_discovery(plan.discovery);
@@ -344,7 +382,8 @@ async fn serve(state_dir: PathBuf, base: PathBuf, cfg: Config) -> Result<(), Dae
             stats,
         )
         .with_querylog(querylog.clone())
-        .with_firewall(fw.clone()),
+        .with_firewall(fw.clone())
+        .with_nat46(nat46.clone()),
     );
     resolver.set_groups(settings.policy.groups(
         &rules,

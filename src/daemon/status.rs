@@ -21,6 +21,7 @@ pub fn report(e: &Engines, devices: &[Device]) -> StatusReport {
         devices: device_report(devices, &e.resolver.stats, &hub, e.hub.as_deref()),
         tls: Some(e.certs.status()),
         egress: e.hub.as_ref().map(|h| h.egress().report()),
+        nat46: e.hub.as_ref().and_then(|h| h.nat46()).map(|n| n.stats()),
     }
 }
 

@@ -48,6 +48,11 @@ impl Entry {
         self.wire.get(3).map(|f| f & 0x0F).unwrap_or(0)
     }
 
+    /// True when the answer section has records.
+    pub fn has_answers(&self) -> bool {
+        self.wire.get(6..8).is_some_and(|c| c != [0, 0])
+    }
+
     /// Writes this answer for query `q` (bytes `query`) into `out`: id, RD/CD, the client's
     /// spelling of the name, TTLs counted down, and an OPT when the client sent one.
     pub fn write_answer(&self, q: &QueryView<'_>, now: Instant, out: &mut Vec<u8>) {

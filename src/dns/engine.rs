@@ -86,6 +86,11 @@ enum Stage {
     First,
     /// DNS64: the A records of a name whose AAAA answer (kept here) had none.
     Dns64 { own: UpstreamAnswer },
+    /// DNS46: the AAAA records of a name whose A answer (kept here) had none, for a device.
+    Dns46 {
+        own: UpstreamAnswer,
+        device: std::net::Ipv4Addr,
+    },
 }
 
 impl std::fmt::Debug for Pending {
@@ -118,6 +123,7 @@ impl Pending {
         let t = match self.stage {
             Stage::First => RecordType::from(self.qtype),
             Stage::Dns64 { .. } => RecordType::A,
+            Stage::Dns46 { .. } => RecordType::AAAA,
         };
         (&self.name, t)
     }
@@ -174,6 +180,8 @@ pub struct Resolver {
     querylog: QueryLog,
     /// The devices' firewalls: denied and allowlisted sites, and the addresses answers hand out.
     firewall: Arc<crate::firewall::Firewall>,
+    /// NAT46's mappings, when DNS46 is on (shared with the hub).
+    nat46: Option<Arc<crate::hub::nat46::Nat46>>,
 }
 
 thread_local! {
@@ -198,7 +206,15 @@ impl Resolver {
             stats,
             querylog: QueryLog::disabled(),
             firewall: Arc::default(),
+            nat46: None,
         }
+    }
+
+    /// Answers devices' A questions for IPv6-only names from NAT46's pool (shared with the
+    /// hub).
+    pub fn with_nat46(mut self, n: Option<Arc<crate::hub::nat46::Nat46>>) -> Resolver {
+        self.nat46 = n;
+        self
     }
 
     /// Checks and records devices' queries with their firewalls in `fw` (shared with the hub).
@@ -432,7 +448,13 @@ impl Resolver {
             }
             let mut kb = [0u8; 263];
             let key = cache::key(&q, pid, &mut kb);
-            if let Some(e) = self.cache.get(key, now) {
+            let cached = self.cache.get(key, now).filter(|e| {
+                q.qtype != wire::TYPE_A
+                    || super::dns46::device(self.nat46.as_deref(), client).is_none()
+                    || e.rcode() != wire::RCODE_NOERROR
+                    || e.has_answers()
+            });
+            if let Some(e) = cached {
                 e.write_answer(&q, now, out);
                 Stats::bump(&self.stats.cache_hits);
                 self.finish(&q, query, transport, out);
@@ -580,7 +602,28 @@ impl Resolver {
                     pending.stage = Stage::Dns64 { own: a };
                     return Step::Ask(pending);
                 }
+                if pending.qtype == wire::TYPE_A && super::dns46::wanted(&a) {
+                    if let Some(device) =
+                        super::dns46::device(self.nat46.as_deref(), pending.client)
+                    {
+                        pending.stage = Stage::Dns46 { own: a, device };
+                        return Step::Ask(pending);
+                    }
+                }
                 a
+            }
+            Stage::Dns46 { own, device } => {
+                let policy = self.policy_of(&pending.group).1;
+                let mine = match (answer, &self.nat46) {
+                    (Ok(a6), Some(n)) if !chain_blocked(policy, &a6) => {
+                        super::dns46::synthesise(n, device, &a6, now)
+                    }
+                    _ => None,
+                };
+                // The device's own answer: not cached (the empty A answer was, for others).
+                let a = mine.unwrap_or(own);
+                self.answer_forwarded(&pending, a, now, out, false);
+                return Step::Answered;
             }
             Stage::Dns64 { own } => match (answer, self.settings.dns64) {
                 (Ok(a4), Some(prefix)) if !chain_blocked(self.policy_of(&pending.group).1, &a4) => {
@@ -589,7 +632,7 @@ impl Resolver {
                 _ => own,
             },
         };
-        self.answer_forwarded(&pending, answer, now, out);
+        self.answer_forwarded(&pending, answer, now, out, true);
         Step::Answered
     }
 
@@ -660,6 +703,7 @@ impl Resolver {
         answer: UpstreamAnswer,
         now: Instant,
         out: &mut Vec<u8>,
+        cache: bool,
     ) {
         let q = p.query();
         let ttl = cache_ttl(&answer);
@@ -683,7 +727,7 @@ impl Resolver {
             self.count(p.client, false);
             self.log_query(p.client, &p.text, q.qtype, LogVerdict::Forwarded, out, ms);
         }
-        if ttl > 0 && entry.rcode() != wire::RCODE_SERVFAIL {
+        if cache && ttl > 0 && entry.rcode() != wire::RCODE_SERVFAIL {
             let pid = p.group.as_ref().map(|g| g.0).unwrap_or(0);
             let mut kb = [0u8; 263];
             self.cache.insert(cache::key(&q, pid, &mut kb), entry, now);

@@ -6,6 +6,7 @@
 //! allocating beyond the reused output buffer.
 
 pub mod cache;
+pub mod dns46;
 pub mod doh;
 pub mod engine;
 pub mod local;

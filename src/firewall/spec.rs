@@ -76,6 +76,9 @@ pub struct FirewallSpec {
     /// How the device's internet traffic leaves the Cloud PC (`hub` or `temporary`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<crate::egress::EgressMode>,
+    /// DNS46/NAT46 for the device (unset: its group's, else on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns46: Option<bool>,
 }
 
 impl FirewallSpec {
@@ -112,6 +115,9 @@ pub struct FirewallPatch {
     /// `hub`, `temporary`, or `default` (follow the group).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<String>,
+    /// DNS46/NAT46: `on`, `off`, or `default` (follow the group).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns46: Option<String>,
 }
 
 impl FirewallPatch {
@@ -555,6 +561,14 @@ pub fn apply_patch(
         next.egress = match m.as_str() {
             "default" => None,
             m => Some(crate::egress::EgressMode::parse(m)?),
+        };
+    }
+    if let Some(m) = &patch.dns46 {
+        next.dns46 = match m.as_str() {
+            "default" => None,
+            "on" => Some(true),
+            "off" => Some(false),
+            m => return Err(format!("dns46 is on, off or default, not {m:?}")),
         };
     }
     check(&next)?;

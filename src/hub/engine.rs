@@ -175,6 +175,8 @@ pub struct Engine {
     discovery: ArcSwap<super::discovery::Policy>,
     /// The hub's LocalSend device info (JSON), its answer to a device's announcement.
     localsend_info: ArcSwap<Vec<u8>>,
+    /// NAT46 (IPv4 devices to IPv6-only sites), when on.
+    nat46: Option<Arc<super::nat46::Nat46>>,
 }
 
 /// How [`Engine::identify`] found a datagram's device.
@@ -213,7 +215,19 @@ impl Engine {
             firewall: Arc::default(),
             discovery: ArcSwap::from_pointee(Default::default()),
             localsend_info: ArcSwap::from_pointee(Vec::new()),
+            nat46: None,
         }
+    }
+
+    /// NAT46, when on.
+    pub fn nat46(&self) -> Option<&Arc<super::nat46::Nat46>> {
+        self.nat46.as_ref()
+    }
+
+    /// The engine with NAT46 (shared with the resolver's DNS46).
+    pub fn with_nat46(mut self, n: Option<Arc<super::nat46::Nat46>>) -> Engine {
+        self.nat46 = n;
+        self
     }
 
     /// The hub's LocalSend device info (JSON) it answers announcements with (empty: none).
@@ -486,7 +500,20 @@ impl Engine {
         }
         match verdict {
             Verdict::Peer(to) => self.send_to_peer(&to, pkt, now, crypt, sink),
-            Verdict::Tun => sink.write_tun(pkt),
+            Verdict::Tun => match &self.nat46 {
+                Some(n) if pkt[0] >> 4 == 4 && n.pool().contains(&packet_dst_v4(pkt)) => {
+                    match n.outbound(pkt, from.addrs.v4, now, nat) {
+                        Ok(()) => sink.write_tun(nat),
+                        Err(true) => {
+                            if let Some(icmp) = super::nat46::unreachable(pkt) {
+                                self.send_to_peer(from, &icmp, now, crypt, sink);
+                            }
+                        }
+                        Err(false) => {}
+                    }
+                }
+                _ => sink.write_tun(pkt),
+            },
             Verdict::Nat64 => match &self.nat64 {
                 Some(t) => {
                     if t.translate_6to4(pkt, now, nat) {
@@ -580,13 +607,23 @@ impl Engine {
     pub fn handle_tun_packet(&self, pkt: &[u8], now: Instant, bufs: &mut Bufs, sink: &impl Sink) {
         let table = self.table.load();
         let mut pkt = pkt;
-        if let Some(t) = &self.nat64 {
-            if pkt.len() >= 20 && pkt[0] >> 4 == 4 && pkt[16..20] == t.pool_v4().octets() {
-                if !t.translate_4to6(pkt, now, &mut bufs.nat) {
-                    return bump(&self.counters.nat64_dropped);
-                }
-                pkt = &bufs.nat;
+        let nat64 = self
+            .nat64
+            .as_ref()
+            .filter(|t| pkt.len() >= 20 && pkt[0] >> 4 == 4 && pkt[16..20] == t.pool_v4().octets());
+        let nat46 = self.nat46.as_ref().filter(|n| {
+            pkt.len() >= 40 && pkt[0] >> 4 == 6 && n.source_range().contains(&packet_dst_v6(pkt))
+        });
+        if let Some(t) = nat64 {
+            if !t.translate_4to6(pkt, now, &mut bufs.nat) {
+                return bump(&self.counters.nat64_dropped);
             }
+            pkt = &bufs.nat;
+        } else if let Some(n) = nat46 {
+            if n.inbound(pkt, now, &mut bufs.nat).is_none() {
+                return;
+            }
+            pkt = &bufs.nat;
         }
         match route_from_tun(&**table, pkt) {
             Verdict::Peer(to) => self.send_to_peer(&to, pkt, now, &mut bufs.crypt, sink),
@@ -659,6 +696,9 @@ impl Engine {
         if let Some(t) = &self.nat64 {
             t.expire(now);
         }
+        if let Some(n) = &self.nat46 {
+            n.expire(now);
+        }
         for peer in table.peers() {
             let mut slot = peer.session.lock();
             let Some(session) = slot.as_mut() else {
@@ -697,3 +737,15 @@ impl Engine {
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+/// The destination of an IPv4 packet (at least 20 bytes).
+fn packet_dst_v4(pkt: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19])
+}
+
+/// The destination of an IPv6 packet (at least 40 bytes).
+fn packet_dst_v6(pkt: &[u8]) -> std::net::Ipv6Addr {
+    let mut o = [0u8; 16];
+    o.copy_from_slice(&pkt[24..40]);
+    std::net::Ipv6Addr::from(o)
+}

@@ -62,6 +62,8 @@ pub struct HubParams {
     pub temporary: Vec<crate::egress::temporary::Want>,
     /// The devices' firewalls (shared with the resolver).
     pub firewall: Arc<crate::firewall::Firewall>,
+    /// NAT46, when on (shared with the resolver's DNS46).
+    pub nat46: Option<Arc<nat46::Nat46>>,
 }
 
 /// Devices heard from this recently before a start are sent a handshake by the hub.
@@ -210,7 +212,8 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
     };
     let engine = Arc::new(
         Engine::new(key.private.clone(), ctx, nat64_translator(&p))
-            .with_firewall(p.firewall.clone()),
+            .with_firewall(p.firewall.clone())
+            .with_nat46(p.nat46.clone()),
     );
     let mut next_index: u32 = rand::random::<u32>();
     publish_devices(&engine, &p.devices, &mut next_index);
@@ -390,6 +393,11 @@ impl HubHandle {
     /// Puts the discovery policy in force (who hears whose multicast announcements).
     pub fn set_discovery(&self, p: discovery::Policy) {
         self.engine.set_discovery(p);
+    }
+
+    /// NAT46, when on.
+    pub fn nat46(&self) -> Option<&Arc<nat46::Nat46>> {
+        self.engine.nat46()
     }
 
     /// Replaces the device table: a new device can handshake, and a removed one is cut off,

@@ -210,7 +210,7 @@ impl Nat46 {
     }
 
     /// Translates `pkt` (IPv4 from `device` to a pool address) into `out` (IPv6). `Err(true)`:
-    /// no mapping (answer with [`unreachable`]); `Err(false)`: dropped.
+    /// no mapping (answer with [`unreachable()`]); `Err(false)`: dropped.
     pub fn outbound(
         &self,
         pkt: &[u8],

@@ -43,6 +43,8 @@ big.example.test.       IN TXT  "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
 big.example.test.       IN TXT  "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
 web.example.test.       IN A    127.0.0.1
 web64.example.test.     IN A    192.0.2.80
+web6.example.test.   30 IN AAAA 2001:db8:80::80
+alias6.example.test.    IN CNAME web6.example.test.
 www.wiki.test.      1   IN CNAME edge.cdn-a.test.
 edge.cdn-a.test.    1   IN A    192.0.2.80
 other.test.         1   IN A    192.0.2.81

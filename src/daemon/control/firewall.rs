@@ -38,6 +38,9 @@ impl Control {
         e.firewall.publish(plan.devices);
         if let Some(hub) = &e.hub {
             hub.set_discovery(plan.discovery);
+            if let Some(n) = hub.nat46() {
+                n.set_devices(&plan.dns46);
+            }
         }
         *self.fw_next.lock() = plan.next_change;
         self.fw_wake.notify_one();

@@ -72,6 +72,7 @@ impl Control {
             querylog: e.querylog.stats(),
             now_unix: jiff::Timestamp::now().as_second(),
             firewall: Some(&e.firewall),
+            nat46: e.hub.as_ref().and_then(|h| h.nat46()).map(|n| n.stats()),
         }))
     }
 
