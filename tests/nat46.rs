@@ -3,7 +3,7 @@
 //! ping and a UDP exchange to that address reach the IPv6-only server in the test internet,
 //! which sees the Cloud PC's IPv6 address; a name with its own A record is answered as it is;
 //! a device with DNS46 off gets no pool address; an address with no mapping is unreachable at
-//! once; `status` counts mappings and packets; after the idle time the mapping is gone, and a
+//! once; `status` and `/metrics` count mappings and packets; after the idle time the mapping is gone, and a
 //! new lookup works again.
 
 #[path = "common/netns.rs"]
@@ -138,6 +138,17 @@ fn an_ipv4_device_reaches_an_ipv6_only_site_by_name() {
         .filter_map(|x| x.parse().ok())
         .collect();
     assert!(n[0] >= 1 && n[1] >= 3 && n[2] >= 3 && n[3] >= 1, "{line}");
+
+    // And /metrics.
+    let m = w
+        .lab
+        .sh_ok("hub", "curl -sf -m 5 http://127.0.0.1:9153/metrics");
+    let out: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("cloudpc_nat46_translated_packets_total{direction=\"out\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no NAT46 counter in /metrics:\n{m}"));
+    assert!(out >= 3.0, "{out}");
 
     // Idle past its time (2 s, and the answer's TTL of 2 s): the mapping goes; a new lookup
     // gets an address again, and it works.

@@ -71,22 +71,12 @@ pub fn classify(pkt: &[u8]) -> Option<IpAddr> {
 /// from another one (a device's link-local address): the UDP checksum made anew. `None` when
 /// it already has it, or is IPv4.
 pub fn own_source(pkt: &[u8], own: Ipv6Addr) -> Option<Vec<u8>> {
-    use super::nat64::wire::{finish, sum};
     if udp_start(pkt)? != 40 || pkt[8..24] == own.octets() {
         return None;
     }
     let mut out = pkt.to_vec();
     out[8..24].copy_from_slice(&own.octets());
-    out[46..48].copy_from_slice(&[0, 0]);
-    let udp_len = out.len() - 40;
-    let mut acc = sum(0, &out[8..40]);
-    acc += 17 + udp_len as u64;
-    acc = sum(acc, &out[40..]);
-    let c = match finish(acc) {
-        0 => 0xffff,
-        c => c,
-    };
-    out[46..48].copy_from_slice(&c.to_be_bytes());
+    set_udp_checksum(&mut out);
     Some(out)
 }
 
@@ -175,63 +165,45 @@ pub fn answer_localsend(pkt: &[u8], hub: Ipv4Addr, info: &[u8]) -> Option<Vec<u8
     let ihl = usize::from(pkt[0] & 0x0f) * 4;
     let v: serde_json::Value = serde_json::from_slice(pkt.get(ihl + 8..)?).ok()?;
     (v.get("announce") == Some(&serde_json::Value::Bool(true)))
-        .then(|| udp_from_hub(hub, LOCALSEND, info))
+        .then(|| udp_from_hub(hub.into(), (LOCALSEND.0.into(), LOCALSEND.1), info))
 }
 
-/// An IPv4 UDP packet from `hub` to `to` (same port both sides) carrying `payload`, with
-/// both checksums.
-fn udp_from_hub(hub: Ipv4Addr, to: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
-    use super::nat64::wire::{finish, sum};
-    let udp_len = 8 + payload.len();
-    let total = 20 + udp_len;
-    let mut out = vec![0u8; total];
-    out[0] = 0x45;
-    out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    out[8] = 255;
-    out[9] = 17;
-    out[12..16].copy_from_slice(&hub.octets());
-    out[16..20].copy_from_slice(&to.0.octets());
-    let ip_sum = finish(sum(0, &out[..20]));
-    out[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-    out[20..22].copy_from_slice(&to.1.to_be_bytes());
-    out[22..24].copy_from_slice(&to.1.to_be_bytes());
-    out[24..26].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    out[28..].copy_from_slice(payload);
-    let mut acc = sum(0, &out[12..20]);
-    acc += 17 + udp_len as u64;
-    acc = sum(acc, &out[20..]);
-    let c = match finish(acc) {
-        0 => 0xffff,
-        c => c,
-    };
-    out[26..28].copy_from_slice(&c.to_be_bytes());
+/// A UDP packet from `from` to `to` (the same port both sides, one IP family) carrying
+/// `payload`, with its checksums.
+fn udp_from_hub(from: IpAddr, to: (IpAddr, u16), payload: &[u8]) -> Vec<u8> {
+    use super::nat64::wire::{emit_ipv4, emit_ipv6};
+    let udp_len = (8 + payload.len()) as u16;
+    let mut out = Vec::with_capacity(48 + payload.len());
+    match (from, to.0) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => emit_ipv6(&mut out, 0, udp_len, 17, 255, s, d),
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            emit_ipv4(&mut out, 0, 20 + udp_len, 0, false, 255, 17, s, d)
+        }
+        _ => return out,
+    }
+    for v in [to.1, to.1, udp_len, 0] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+    set_udp_checksum(&mut out);
     out
 }
 
-/// An IPv6 UDP packet from `hub` to `to` (same port both sides) carrying `payload`.
-fn udp6_from_hub(hub: Ipv6Addr, to: (Ipv6Addr, u16), payload: &[u8]) -> Vec<u8> {
+/// Writes the UDP checksum of `pkt` (IPv4, or IPv6 without extension headers).
+fn set_udp_checksum(pkt: &mut [u8]) {
     use super::nat64::wire::{finish, sum};
-    let udp_len = 8 + payload.len();
-    let mut out = vec![0u8; 40 + udp_len];
-    out[0] = 0x60;
-    out[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    out[6] = 17;
-    out[7] = 255;
-    out[8..24].copy_from_slice(&hub.octets());
-    out[24..40].copy_from_slice(&to.0.octets());
-    out[40..42].copy_from_slice(&to.1.to_be_bytes());
-    out[42..44].copy_from_slice(&to.1.to_be_bytes());
-    out[44..46].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    out[48..].copy_from_slice(payload);
-    let mut acc = sum(0, &out[8..40]);
-    acc += 17 + udp_len as u64;
-    acc = sum(acc, &out[40..]);
-    let c = match finish(acc) {
+    let (at, addrs) = if pkt[0] >> 4 == 6 {
+        (40, 8..40)
+    } else {
+        (20, 12..20)
+    };
+    pkt[at + 6..at + 8].copy_from_slice(&[0, 0]);
+    let acc = sum(0, &pkt[addrs]) + 17 + (pkt.len() - at) as u64;
+    let c = match finish(sum(acc, &pkt[at..])) {
         0 => 0xffff,
         c => c,
     };
-    out[46..48].copy_from_slice(&c.to_be_bytes());
-    out
+    pkt[at + 6..at + 8].copy_from_slice(&c.to_be_bytes());
 }
 
 /// The hub's answer to an mDNS question in `pkt` for `NAME.local` (A, AAAA or ANY): a packet
@@ -292,10 +264,11 @@ pub fn answer_local(
         m.add_answer(a);
     }
     let wire = m.to_vec().ok()?;
-    Some(match group {
-        IpAddr::V4(_) => udp_from_hub(hub.0, MDNS, &wire),
-        IpAddr::V6(_) => udp6_from_hub(hub.1, GROUPS6[0], &wire),
-    })
+    let from = match group {
+        IpAddr::V4(_) => IpAddr::V4(hub.0),
+        IpAddr::V6(_) => IpAddr::V6(hub.1),
+    };
+    Some(udp_from_hub(from, (group, 5353), &wire))
 }
 
 #[cfg(test)]
