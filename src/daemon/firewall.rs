@@ -492,4 +492,40 @@ mod tests {
         // Egress alone gives no device a firewall of its own.
         assert!(p.devices.is_empty());
     }
+
+    #[test]
+    fn dns46_is_the_devices_own_switch_else_its_groups_else_on() {
+        let cfg = Config::parse(
+            "[groups.consoles]\ndns46 = false\n[groups.home]\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let s = FwSettings::from_config(&cfg);
+        let devices = [
+            device(2, Some("consoles")),
+            device(3, Some("consoles")),
+            device(4, Some("home")),
+            device(5, None),
+        ];
+        let mut stored = HashMap::new();
+        let own = |on| DeviceFirewall {
+            spec: FirewallSpec {
+                dns46: Some(on),
+                ..Default::default()
+            },
+            timer: None,
+        };
+        stored.insert("key3".to_string(), own(true));
+        stored.insert("key5".to_string(), own(false));
+        let p = plan(
+            &s,
+            &devices,
+            &stored,
+            &Sharing::default(),
+            &Default::default(),
+            &s.now(),
+        );
+        let on: Vec<_> = p.dns46.iter().map(|(v4, _)| v4.octets()[3]).collect();
+        assert_eq!(on, vec![3, 4]);
+    }
 }

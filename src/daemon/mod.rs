@@ -146,10 +146,7 @@ fn nat46_setup(
     // The config was validated: an error here is a pool of "".
     let pool = cfg.dns46_pool().ok().flatten()?;
     let text = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
-    let global = crate::egress::host::parse_if_inet6(&text)
-        .into_iter()
-        .any(|a| (a.addr.segments()[0] & 0xe000) == 0x2000 && !overlay.v6.contains(&a.addr));
-    if !global {
+    if !has_global_v6(&text, overlay.v6) {
         tracing::warn!(
             "DNS46/NAT46 is off: this machine has no global IPv6 address to reach IPv6-only sites from"
         );
@@ -164,6 +161,13 @@ fn nat46_setup(
             per_device: cfg.dns.dns46_per_device.max(1),
         },
     )))
+}
+
+/// Whether `/proc/net/if_inet6` (`text`) lists a global unicast address outside the overlay.
+fn has_global_v6(text: &str, overlay: ipnet::Ipv6Net) -> bool {
+    crate::egress::host::parse_if_inet6(text)
+        .into_iter()
+        .any(|a| (a.addr.segments()[0] & 0xe000) == 0x2000 && !overlay.contains(&a.addr))
 }
 
 async fn serve_localsend(
@@ -642,5 +646,21 @@ async fn wait_for_exit(control: &Arc<Control>, lists: &Arc<ListManager>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nat46_needs_a_global_ipv6_address_outside_the_overlay() {
+        let overlay: ipnet::Ipv6Net = "2001:db8:aa::/48".parse().unwrap();
+        // Loopback, link-local, a ULA, and the overlay's own (global) address: none will do.
+        let none = "00000000000000000000000000000001 01 80 10 80       lo\n\
+                    fe800000000000000000000000000001 02 40 20 80     eth0\n\
+                    fd000000000000000000000000000001 02 40 00 80     eth0\n\
+                    20010db800aa00000000000000000001 05 30 00 80 cloudpc0\n";
+        assert!(!super::has_global_v6(none, overlay));
+        let with = format!("{none}20010db8000100000000000000000001 02 40 00 80     eth0\n");
+        assert!(super::has_global_v6(&with, overlay));
     }
 }
