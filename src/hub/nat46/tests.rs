@@ -358,3 +358,37 @@ proptest! {
         let _ = n.inbound(&b, Instant::now(), &mut out);
     }
 }
+
+#[test]
+fn fuzz_nat46_packets() {
+    let src6: Ipv6Addr = "fd00:1:2:4646::6460:2".parse().unwrap();
+    let tcp = v4(PROTO_TCP, DEV, POOL, l4(PROTO_TCP, b"GET / HTTP/1.1\r\n"));
+    let ping = v4(PROTO_ICMP, DEV, POOL, l4(PROTO_ICMP, b"ping"));
+    let mut six = Vec::new();
+    to_v6(&tcp, src6, SITE, &mut six).unwrap();
+    let mut err = vec![1u8, 4, 0, 0, 0, 0, 0, 0];
+    err.extend_from_slice(&six);
+    let mut err6 = Vec::new();
+    emit_ipv6(&mut err6, 0, err.len() as u16, 58, 60, SITE, src6);
+    err6.extend_from_slice(&err);
+    let seeds = vec![tcp, ping, six, err6];
+    let n = nat(8);
+    let pool = n.map(DEV, SITE, 30, Instant::now()).unwrap();
+    crate::fuzz::run("nat46_packets", crate::fuzz::bytes(seeds, 1500), |b| {
+        let mut out = Vec::new();
+        if to_v6(b, src6, SITE, &mut out).is_ok() {
+            // What comes out is a whole IPv6 packet.
+            assert_eq!(usize::from(be16(&out, 4)) + 40, out.len());
+        }
+        if to_v4(b, pool, DEV, &mut out).is_ok() {
+            assert_eq!(usize::from(be16(&out, 2)), out.len());
+            assert!(Ipv4View::new_checked(&out, false)
+                .unwrap()
+                .header_checksum_ok());
+        }
+        let _ = n.inbound(b, Instant::now(), &mut out);
+        if let Some(u) = unreachable(b) {
+            assert!(v4_ok(&u));
+        }
+    });
+}
