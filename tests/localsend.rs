@@ -269,6 +269,23 @@ fn a_localsend_app_drops_a_file_on_the_cloud_pc() {
         std::fs::read(&got).ok().as_deref() == Some(&data[..]),
         "the phone did not get the same file"
     );
+    // Only to devices the sender may reach: with the laptop's reach narrowed to the guest's
+    // phone, the same command for the phone is refused before a byte goes.
+    hub.cli_ok(&["device", "set", "laptop", "--reach", "alice-phone"]);
+    let refused = w.lab.sh(
+        "d1",
+        &format!(
+            "timeout 20 {} drop send {} --to phone --hub {hub4}",
+            netns::cloudpc_bin(),
+            report.display()
+        ),
+    );
+    let said = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(
+        !refused.status.success() && said.contains("may not reach phone"),
+        "{said}"
+    );
+    hub.cli_ok(&["device", "set", "laptop", "--reach", "all"]);
     // A guest's device may not drop files this way either.
     let guest = w.lab.sh(
         "d2",

@@ -202,7 +202,8 @@ pub fn plan(
         let group = d.group.as_deref().and_then(|g| s.groups.get(g));
         let empty = FirewallSpec::default();
         let spec = own.map_or(&empty, |o| &o.spec);
-        if spec.dns46.unwrap_or(group.is_none_or(|g| g.dns46)) {
+        // Guests' devices reach no private range, the pool among them: no DNS46 for them.
+        if spec.dns46.unwrap_or(group.is_none_or(|g| g.dns46)) && sharing.guest_of(d).is_none() {
             out.dns46.push((d.ipv4, d.ipv6));
         }
         let mut c = compile(group, spec, eff.internet, devices);

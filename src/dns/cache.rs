@@ -48,9 +48,12 @@ impl Entry {
         self.wire.get(3).map(|f| f & 0x0F).unwrap_or(0)
     }
 
-    /// True when the answer section has records.
-    pub fn has_answers(&self) -> bool {
-        self.wire.get(6..8).is_some_and(|c| c != [0, 0])
+    /// True when the answer holds a record of type `rtype`.
+    pub fn has_record(&self, rtype: u16) -> bool {
+        self.ttls.iter().any(|&(off, _)| {
+            let at = usize::from(off).saturating_sub(4);
+            self.wire.get(at..at + 2) == Some(&rtype.to_be_bytes()[..])
+        })
     }
 
     /// Writes this answer for query `q` (bytes `query`) into `out`: id, RD/CD, the client's

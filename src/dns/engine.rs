@@ -452,7 +452,7 @@ impl Resolver {
                 q.qtype != wire::TYPE_A
                     || super::dns46::device(self.nat46.as_deref(), client).is_none()
                     || e.rcode() != wire::RCODE_NOERROR
-                    || e.has_answers()
+                    || e.has_record(wire::TYPE_A)
             });
             if let Some(e) = cached {
                 e.write_answer(&q, now, out);

@@ -36,8 +36,16 @@ type Resp = Response<Full<Bytes>>;
 /// hub's). `None`: it may not drop files.
 pub trait Senders: Send + Sync {
     fn sender(&self, ip: IpAddr) -> Option<(String, Vec<age::x25519::Recipient>)>;
+    /// Whether the device at `from` may send files to device `to` (why not, else).
+    fn may_send(&self, from: IpAddr, to: &str) -> Result<(), String>;
+    /// Forwards inbox file `id` to device `to` for the device at `from`: `delivered`,
+    /// `queued`, or why not.
+    fn send_to(&self, from: IpAddr, id: &str, to: &str) -> Result<String, String> {
+        self.may_send(from, to)?;
+        self.forward(id, to)
+    }
     /// Forwards inbox file `id` to device `to`: `delivered`, `queued`, or why not.
-    fn send_to(&self, id: &str, to: &str) -> Result<String, String>;
+    fn forward(&self, id: &str, to: &str) -> Result<String, String>;
 }
 
 struct File {

@@ -13,6 +13,8 @@ pub mod resume;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use age::x25519;
 
@@ -69,6 +71,22 @@ pub struct Inbox {
     dir: PathBuf,
     key: x25519::Identity,
     settings: DropSettings,
+    /// Bytes promised to the files arriving now (their whole announced size).
+    reserved: Arc<AtomicU64>,
+    /// Held while a file is let in (the check and the promise are one step).
+    gate: parking_lot::Mutex<()>,
+}
+
+/// A file's place in the quota while it arrives; given back when it is done or dropped.
+struct Reservation {
+    pool: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.pool.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// A safe file name: the last path component, no control characters, no leading dots.
@@ -117,7 +135,13 @@ impl Inbox {
                 k
             }
         };
-        Ok(Inbox { dir, key, settings })
+        Ok(Inbox {
+            dir,
+            key,
+            settings,
+            reserved: Arc::default(),
+            gate: parking_lot::Mutex::new(()),
+        })
     }
 
     /// The hub's own key (the recipient when the owner set no keys).
@@ -149,20 +173,17 @@ impl Inbox {
         out
     }
 
-    /// Bytes held (complete files and the ones arriving).
+    /// Bytes held: complete files, and the whole size of the ones arriving.
     pub fn used(&self) -> u64 {
-        std::fs::read_dir(&self.dir)
+        let done: u64 = std::fs::read_dir(&self.dir)
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| {
-                e.path()
-                    .extension()
-                    .is_some_and(|x| x == "age" || x == "part")
-            })
+            .filter(|e| e.path().extension().is_some_and(|x| x == "age"))
             .filter_map(|e| e.metadata().ok())
             .map(|m| m.len())
-            .sum()
+            .sum();
+        done + self.reserved.load(Ordering::Relaxed)
     }
 
     fn path(&self, id: &str, ext: &str) -> PathBuf {
@@ -179,6 +200,7 @@ impl Inbox {
         recipients: &[x25519::Recipient],
     ) -> Result<Incoming, DropError> {
         self.expire(crate::store::unix_now());
+        let _gate = self.gate.lock();
         let used = self.used();
         if used.saturating_add(size) > self.settings.max_bytes {
             return Err(DropError::Full {
@@ -186,6 +208,12 @@ impl Inbox {
                 max: self.settings.max_bytes,
             });
         }
+        // Promised now, so that files arriving side by side cannot pass the quota together.
+        self.reserved.fetch_add(size, Ordering::Relaxed);
+        let reservation = Reservation {
+            pool: self.reserved.clone(),
+            bytes: size,
+        };
         let id: String = rand::random::<[u8; 8]>()
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -217,6 +245,7 @@ impl Inbox {
             meta: self.path(&id, "json"),
             writer: Some(writer),
             written: 0,
+            _reservation: reservation,
         })
     }
 
@@ -306,6 +335,7 @@ pub struct Incoming {
     meta: PathBuf,
     writer: Option<age::stream::StreamWriter<std::io::BufWriter<std::fs::File>>>,
     written: u64,
+    _reservation: Reservation,
 }
 
 impl Incoming {
@@ -413,6 +443,18 @@ mod tests {
             inbox.begin("big", 101, "laptop", &[]),
             Err(DropError::Full { .. })
         ));
+        // Files arriving side by side share the quota from their first byte.
+        let first = inbox.begin("a", 60, "laptop", &[]).unwrap();
+        assert!(matches!(
+            inbox.begin("b", 60, "laptop", &[]),
+            Err(DropError::Full { .. })
+        ));
+        drop(first);
+        assert_eq!(
+            inbox.used(),
+            0,
+            "a file dropped unfinished gives its place back"
+        );
         let owner = x25519::Identity::generate();
         let mut i = inbox.begin("a", 3, "laptop", &[owner.to_public()]).unwrap();
         i.write(b"abc").unwrap();

@@ -49,21 +49,32 @@ struct Partial {
 
 type Key = (IpAddr, String);
 
-/// The broken uploads, by device address and the file's SHA-256 (`None`: arriving now, on a
-/// connection).
-#[derive(Default)]
-pub struct Partials(Mutex<HashMap<Key, Option<Partial>>>);
+/// An upload by device and file: arriving now on a connection (that connection's number), or
+/// kept after it broke off.
+enum Slot {
+    Arriving(u64),
+    Kept(Box<Partial>),
+}
 
-/// Marks an upload as arriving; the mark goes when this does (unless the upload was kept).
+/// The broken uploads, by device address and the file's SHA-256.
+#[derive(Default)]
+pub struct Partials {
+    slots: Mutex<HashMap<Key, Slot>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// Marks an upload as arriving on one connection; the mark goes with it (unless the upload
+/// was kept, or another connection has it by now).
 struct Arriving<'a> {
     partials: &'a Partials,
     key: Key,
+    id: u64,
 }
 
 impl Drop for Arriving<'_> {
     fn drop(&mut self) {
-        let mut m = self.partials.0.lock();
-        if m.get(&self.key).is_some_and(|x| x.is_none()) {
+        let mut m = self.partials.slots.lock();
+        if matches!(m.get(&self.key), Some(Slot::Arriving(id)) if *id == self.id) {
             m.remove(&self.key);
         }
     }
@@ -172,20 +183,30 @@ impl Partials {
                 "sha256 (64 hex digits), name and size are needed",
             );
         };
+        if let Some(to) = &p.to {
+            let (s, to) = (senders.clone(), to.clone());
+            match tokio::task::spawn_blocking(move || s.may_send(ip, &to)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => return message(StatusCode::FORBIDDEN, &why),
+                Err(_) => return message(StatusCode::INTERNAL_SERVER_ERROR, "cannot check"),
+            }
+        }
         let key = (ip, p.sha256.clone());
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The same file arriving on a connection that just broke: wait for it to let go.
         let mut tries = 0;
         let held = loop {
             {
-                let mut m = self.0.lock();
-                m.retain(|_, x| x.as_ref().is_none_or(|x| x.seen.elapsed() < KEEP_PARTIAL));
-                match m.get(&key) {
-                    Some(None) => {}
-                    Some(Some(_)) => break m.insert(key.clone(), None).flatten(),
-                    None => {
-                        m.insert(key.clone(), None);
-                        break None;
-                    }
+                let mut m = self.slots.lock();
+                m.retain(|_, x| match x {
+                    Slot::Kept(x) => x.seen.elapsed() < KEEP_PARTIAL,
+                    Slot::Arriving(_) => true,
+                });
+                if !matches!(m.get(&key), Some(Slot::Arriving(_))) {
+                    break match m.insert(key.clone(), Slot::Arriving(id)) {
+                        Some(Slot::Kept(x)) => Some(*x),
+                        _ => None,
+                    };
                 }
             }
             tries += 1;
@@ -200,6 +221,7 @@ impl Partials {
         let _arriving = Arriving {
             partials: self,
             key: key.clone(),
+            id,
         };
         let held_bytes = held.as_ref().map_or(0, |h| h.incoming.written);
         let Some(offset) = p.offset else {
@@ -286,7 +308,7 @@ impl Partials {
             );
         };
         let (s, id) = (senders.clone(), item.id.clone());
-        match tokio::task::spawn_blocking(move || s.send_to(&id, &to)).await {
+        match tokio::task::spawn_blocking(move || s.send_to(ip, &id, &to)).await {
             Ok(Ok(status)) => answer(
                 StatusCode::OK,
                 serde_json::json!({ "id": item.id, "status": status }),
@@ -301,18 +323,21 @@ impl Partials {
 
     /// Keeps a broken upload (a device keeps at most a few: its oldest goes first).
     fn keep(&self, key: Key, up: Partial) {
-        let mut m = self.0.lock();
+        let mut m = self.slots.lock();
         let mine: Vec<(Key, Instant)> = m
             .iter()
             .filter(|(k, _)| k.0 == key.0 && **k != key)
-            .filter_map(|(k, v)| Some((k.clone(), v.as_ref()?.seen)))
+            .filter_map(|(k, v)| match v {
+                Slot::Kept(x) => Some((k.clone(), x.seen)),
+                Slot::Arriving(_) => None,
+            })
             .collect();
         if mine.len() >= PARTIALS_PER_DEVICE {
             if let Some((old, _)) = mine.into_iter().min_by_key(|x| x.1) {
                 m.remove(&old);
             }
         }
-        m.insert(key, Some(up));
+        m.insert(key, Slot::Kept(Box::new(up)));
     }
 }
 

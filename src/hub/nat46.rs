@@ -5,11 +5,14 @@
 //!   [`Nat46::map`] binds to the first AAAA address, for that device.
 //! - **device → internet**: an IPv4 packet from the device to a pool address it has a
 //!   mapping for is translated (RFC 7915, [`translate::to_v6`]) to IPv6 from the device's
-//!   NAT46 source (`<overlay /48>:4646::<device IPv4>`) to the mapped address and written to
+//!   NAT46 source to the mapped address and written to
 //!   the TUN; the kernel masquerades it like any overlay source, so it leaves from the Cloud
 //!   PC's global IPv6 address. No mapping: ICMP host unreachable back to the device.
 //! - **internet → device**: an IPv6 packet read from the TUN for a NAT46 source is translated
 //!   back (from the pool address of its source, to the device's IPv4 address).
+//!
+//! The NAT46 source is `<overlay>::4646:<device IPv4>` (in the overlay's host part, so the
+//! egress masquerade and the TUN route cover it).
 //!
 //! Mappings are per device (each device has the whole pool), bounded per device (the least
 //! recently used one whose DNS answer's TTL has run out goes first; none: the name is answered
@@ -94,9 +97,10 @@ fn bump(c: &AtomicU64) {
 
 impl Nat46 {
     pub fn new(s: Settings) -> Nat46 {
-        let mut seg = s.overlay_v6.network().segments();
-        seg[3] = 0x4646;
-        let source = Ipv6Net::new(Ipv6Addr::from(seg), 96).expect("96 is a prefix length");
+        // In the host part of the overlay (a /64 or larger, as the config requires), clear of
+        // the devices' addresses (the lowest ones).
+        let base = u128::from(s.overlay_v6.network()) | (0x4646u128 << 32);
+        let source = Ipv6Net::new(Ipv6Addr::from(base), 96).expect("96 is a prefix length");
         Nat46 {
             s,
             source,
@@ -160,7 +164,10 @@ impl Nat46 {
                 return Some(p);
             }
         }
-        if d.by_pool.len() >= self.s.per_device {
+        let hosts = (1u64 << (32 - self.s.pool.prefix_len()))
+            .saturating_sub(2)
+            .max(1);
+        if d.by_pool.len() as u64 >= (self.s.per_device as u64).min(hosts) {
             let oldest = d
                 .by_pool
                 .iter()
@@ -181,9 +188,6 @@ impl Nat46 {
         }
         // The next free host address of the pool, round robin (a freed address is the last
         // to come back).
-        let hosts = (1u64 << (32 - self.s.pool.prefix_len()))
-            .saturating_sub(2)
-            .max(1);
         let base = u32::from(self.s.pool.network());
         for _ in 0..hosts {
             d.next = (d.next % hosts as u32) + 1;

@@ -353,7 +353,25 @@ impl crate::drop::localsend::Senders for Control {
         Some((d.name, keys))
     }
 
-    fn send_to(&self, id: &str, to: &str) -> Result<String, String> {
+    fn may_send(&self, from: std::net::IpAddr, to: &str) -> Result<(), String> {
+        // A device sends files only to the devices it may open connections to: its `reach`,
+        // and no guest's device that `reach` does not name.
+        let target = self.store.lock().device(to).map_err(|e| e.to_string())?;
+        let t = std::net::IpAddr::V4(target.ipv4);
+        if let Some(fw) = self.engines().ok().and_then(|e| e.firewall.device(from)) {
+            let r = fw.rules();
+            let named = r
+                .reach
+                .as_ref()
+                .map(|l| l.iter().any(|a| a.v4 == target.ipv4));
+            if named == Some(false) || (named.is_none() && r.quarantined.contains(&t)) {
+                return Err(format!("this device may not reach {to}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn forward(&self, id: &str, to: &str) -> Result<String, String> {
         self.drop_send(id, to).map_err(|e| e.to_string())
     }
 }

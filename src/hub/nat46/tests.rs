@@ -368,6 +368,8 @@ fn fuzz_nat46_packets() {
     to_v6(&tcp, src6, SITE, &mut six).unwrap();
     let mut err = vec![1u8, 4, 0, 0, 0, 0, 0, 0];
     err.extend_from_slice(&six);
+    let c = finish(sum(pseudo_v6(&SITE, &src6, err.len() as u32, 58), &err));
+    put16(&mut err, 2, c);
     let mut err6 = Vec::new();
     emit_ipv6(&mut err6, 0, err.len() as u16, 58, 60, SITE, src6);
     err6.extend_from_slice(&err);

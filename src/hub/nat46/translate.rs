@@ -161,7 +161,7 @@ pub fn to_v4(pkt: &[u8], src: Ipv4Addr, dst: Ipv4Addr, out: &mut Vec<u8>) -> Res
         if frag.is_some() {
             return Err(Drop46::Unsupported("fragmented ICMPv6"));
         }
-        Some(icmp_to_v4(payload, src, dst)?)
+        Some(icmp_to_v4(payload, (v6.src(), v6.dst()), src, dst)?)
     } else {
         None
     };
@@ -199,6 +199,10 @@ pub fn to_v4(pkt: &[u8], src: Ipv4Addr, dst: Ipv4Addr, out: &mut Vec<u8>) -> Res
 fn icmp_to_v6(icmp: &[u8], src: Ipv6Addr, dst: Ipv6Addr) -> Result<Vec<u8>, Drop46> {
     if icmp.len() < 8 {
         return Err(Drop46::Malformed("ICMP header truncated"));
+    }
+    // The new checksum is made from scratch: a broken message must not come out whole.
+    if finish(sum(0, icmp)) != 0 {
+        return Err(Drop46::Malformed("ICMP checksum"));
     }
     let mut out = Vec::with_capacity(icmp.len() + 20);
     match icmp[0] {
@@ -238,10 +242,23 @@ fn icmp_to_v6(icmp: &[u8], src: Ipv6Addr, dst: Ipv6Addr) -> Result<Vec<u8>, Drop
     Ok(out)
 }
 
-/// An ICMPv6 message (from the remote) as ICMPv4 from `src` to `dst`, checksum made.
-fn icmp_to_v4(icmp: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Result<Vec<u8>, Drop46> {
+/// An ICMPv6 message (from the remote, with the IPv6 addresses `from`) as ICMPv4 from `src` to
+/// `dst`, checksum made.
+fn icmp_to_v4(
+    icmp: &[u8],
+    from: (Ipv6Addr, Ipv6Addr),
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> Result<Vec<u8>, Drop46> {
     if icmp.len() < 8 {
         return Err(Drop46::Malformed("ICMPv6 header truncated"));
+    }
+    if finish(sum(
+        pseudo_v6(&from.0, &from.1, icmp.len() as u32, PROTO_ICMPV6),
+        icmp,
+    )) != 0
+    {
+        return Err(Drop46::Malformed("ICMPv6 checksum"));
     }
     let mut out = Vec::with_capacity(icmp.len());
     match icmp[0] {
