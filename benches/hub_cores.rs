@@ -168,6 +168,33 @@ fn floor(packets: usize) -> (f64, f64) {
     (dec / gb, enc / gb)
 }
 
+/// The machine's own scaling: bare boringtun decryption on `threads` threads at once (each
+/// its own session pair and packets); returns GB/s of inner packets in all.
+fn floor_parallel(packets: usize, threads: usize) -> f64 {
+    let per = packets / threads;
+    let barrier = Arc::new(std::sync::Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let (mut ta, mut tb) = session_pair();
+                let sealed = encrypt(&mut ta, Ipv4Addr::new(100, 96, 0, 2), per);
+                let mut out = vec![0u8; INNER + 64];
+                barrier.wait();
+                for d in &sealed {
+                    let _ = tb.decapsulate(None, d, &mut out);
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    let t0 = Instant::now();
+    for h in handles {
+        h.join().expect("worker");
+    }
+    (per * threads * INNER) as f64 / 1e9 / t0.elapsed().as_secs_f64()
+}
+
 struct Hub {
     engine: Arc<Engine>,
     devices: Vec<(Tunn, Endpoint, Ipv4Addr)>,
@@ -299,12 +326,16 @@ fn main() {
     let (mut fd, mut fe) = (Vec::new(), Vec::new());
     let (mut pps1, mut pps2, mut cpu1, mut cpu2, mut x1, mut x2, mut scale) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut m1, mut m2) = (Vec::new(), Vec::new());
     let mut h = hub(n);
     let p0 = process_cpu();
     for _ in 0..rounds {
         let (d, e) = floor(packets);
         fd.push(d);
         fe.push(e);
+        let one = floor_parallel(packets, 1);
+        m1.push(one);
+        m2.push(floor_parallel(packets, 2) / one);
         for threads in [1, 2] {
             let per = packets / n;
             let traffic: Vec<_> = h
@@ -337,6 +368,8 @@ fn main() {
     println!("crypto floor (bare boringtun, one core):");
     show("decrypt CPU-s/GB", &fd, "");
     show("encrypt CPU-s/GB", &fe, "");
+    show("decrypt GB/s, 1 thread", &m1, "");
+    show("decrypt on 2 threads / 1 (the machine's scaling)", &m2, "");
     println!("hub data path (device→hub→internet: decrypt, route, to the TUN):");
     show("1 worker: packets/s", &pps1, "");
     show(
