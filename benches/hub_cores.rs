@@ -15,7 +15,8 @@
 //!    the 2-thread / 1-thread ratio (issue 18's target: ≥ 1.7×).
 //!
 //! Prints medians (min–max) over `ROUNDS`; every round encrypts new packets (WireGuard refuses
-//! replays), untimed.
+//! replays), untimed. With `FLOOR_ONLY=1` it measures the floor alone and prints one JSON line
+//! (`benches/tunnel` puts the hub's CPU per GB beside it).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -319,10 +320,19 @@ fn main() {
     let packets = env("PACKETS", 40_000);
     let n = env("DEVICES", 8).clamp(2, 200);
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    println!(
+    eprintln!(
         "hub_cores: {rounds} rounds, {packets} packets of {INNER} B per run over {n} devices; {cores} cores"
     );
     let gb = (packets * INNER) as f64 / 1e9;
+    if std::env::var("FLOOR_ONLY").is_ok_and(|v| v == "1") {
+        let (mut d, mut e): (Vec<f64>, Vec<f64>) = (0..rounds).map(|_| floor(packets)).unzip();
+        println!(
+            "{{\"decrypt_cpu_s_per_gb\":{:.4},\"encrypt_cpu_s_per_gb\":{:.4}}}",
+            median(&mut d),
+            median(&mut e)
+        );
+        return;
+    }
     let (mut fd, mut fe) = (Vec::new(), Vec::new());
     let (mut pps1, mut pps2, mut cpu1, mut cpu2, mut x1, mut x2, mut scale) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
