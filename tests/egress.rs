@@ -8,6 +8,7 @@
 
 #[path = "common/netns.rs"]
 mod netns;
+mod support;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -140,9 +141,13 @@ fn temporary_addresses_per_device_rotate_drain_and_go_away_with_the_hub() {
             .join(" && "),
     );
     std::fs::write(w.web_root.join("big"), vec![b'x'; BIG]).unwrap();
+    // The test internet's DNS (for an IPv6-only name, reached with NAT46).
+    w.lab.sh_ok("inet", "ip addr add 192.0.2.53/32 dev lo");
+    let inet = w.lab.ns("inet");
+    let _knot = support::Knot::start_with("192.0.2.53", &["ip", "netns", "exec", &inet]);
     let pool = POOL.map(|a| format!("\"{a}\"")).join(", ");
     let mut hub = w.hub(&format!(
-        "ipv4_pool = [{pool}]\nrotate = \"1m\"\ndrain = \"15s\"\n"
+        "ipv4_pool = [{pool}]\nrotate = \"1m\"\ndrain = \"15s\"\n[dns]\nupstreams = [\"udp://192.0.2.53:53\"]\n"
     ));
     for n in 1..=3 {
         w.add_device_ns(n, false);
@@ -187,6 +192,26 @@ fn temporary_addresses_per_device_rotate_drain_and_go_away_with_the_hub() {
     let pe = egress_of(&hub, "phone");
     assert_eq!(pe["mode"], "temporary");
     assert_eq!((addr(&pe, "ipv6"), addr(&pe, "ipv4")), (Some(p6), Some(p4)));
+    // IPv4 to an IPv6-only site (DNS46 + NAT46) leaves with the device's temporary IPv6
+    // address too; the hub device's with the hub's.
+    let nat46 = |ns: &str, tag: &str| -> IpAddr {
+        let a = w.lab.sh_ok(
+            ns,
+            &format!("dig @{hub4} +short +time=2 +tries=2 web6.example.test A"),
+        );
+        let a = a.trim();
+        assert!(
+            a.starts_with("100.127."),
+            "no pool address from DNS46: {a:?}"
+        );
+        w.lab.sh_ok(
+            ns,
+            &format!("curl -4 -sf -m 5 -o /dev/null 'http://{a}/hello?{tag}'"),
+        );
+        peer_of(&w, tag).unwrap_or_else(|| panic!("no request {tag}:\n{}", w.web_log()))
+    };
+    assert_eq!(nat46("d1", "n46p"), p6);
+    assert_eq!(nat46("d3", "n46d"), HUB_PUBLIC6.parse::<IpAddr>().unwrap());
     assert_eq!(egress_of(&hub, "desk")["mode"], "hub");
     // The hub answers neighbour discovery for exactly the addresses in use.
     let proxies = w.lab.sh_ok("hub", "ip -6 neigh show proxy");

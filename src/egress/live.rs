@@ -97,7 +97,7 @@ impl Egress {
             t = TempEgress::new(super::temporary::Pool { v6: None, ..pool });
             t.set_wanted(wanted, now(), &mut rng);
         }
-        spec.snat = t.snat();
+        spec.snat = t.snat_with_nat46();
         spec.cut = t.cut();
         spec.temp_prefix = in_use_prefix(&t, report.ipv6_prefix);
         spec.temp_pool4 = report.ipv4_pool.clone();
@@ -161,7 +161,7 @@ impl Egress {
             return Ok(out);
         }
         let mut next = i.spec.clone();
-        next.snat = i.temp.snat();
+        next.snat = i.temp.snat_with_nat46();
         next.cut = i.temp.cut();
         next.temp_prefix = in_use_prefix(&i.temp, i.report.ipv6_prefix);
         let installed = i

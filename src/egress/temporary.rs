@@ -278,6 +278,20 @@ impl TempEgress {
         v
     }
 
+    /// [`Self::snat`], and for each IPv6 lease the device's NAT46 source too: its IPv4
+    /// traffic to IPv6-only sites (`hub::nat46`) leaves with the same address.
+    pub fn snat_with_nat46(&self) -> Vec<(IpAddr, IpAddr)> {
+        let mut v = self.snat();
+        for h in self.held.values() {
+            if let Some(a) = h.lease.ipv6 {
+                let n46 = crate::hub::nat46::source_for(h.want.overlay6, h.want.overlay4);
+                v.push((n46.into(), a.into()));
+            }
+        }
+        v.sort();
+        v
+    }
+
     /// (overlay address, old public address) pairs whose connections are cut.
     pub fn cut(&self) -> Vec<(IpAddr, IpAddr)> {
         let mut v: Vec<_> = self.cut.iter().map(|c| c.0).collect();

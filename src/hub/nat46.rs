@@ -321,6 +321,13 @@ impl Nat46 {
     }
 }
 
+/// The NAT46 source of the device with these overlay addresses (what [`Nat46::source_of`]
+/// gives, for an overlay of /64 or larger: the devices' addresses are its lowest).
+pub fn source_for(device_v6: Ipv6Addr, device_v4: Ipv4Addr) -> Ipv6Addr {
+    let net = u128::from(device_v6) & !((1u128 << 64) - 1);
+    Ipv6Addr::from(net | (0x4646u128 << 32) | u128::from(u32::from(device_v4)))
+}
+
 /// ICMP host unreachable for IPv4 `pkt` (from the device to an unmapped pool address), from
 /// that address back to the device.
 pub fn unreachable(pkt: &[u8]) -> Option<Vec<u8>> {

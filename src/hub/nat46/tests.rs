@@ -175,6 +175,26 @@ fn never_mapped_addresses() {
 }
 
 #[test]
+fn the_source_is_in_the_overlay_and_the_egress_can_name_it() {
+    for overlay in ["fd00:1:2::/48", "2001:db8:aa:bb::/64", "fd12::/16"] {
+        let n = Nat46::new(Settings {
+            pool: "100.127.0.0/16".parse().unwrap(),
+            overlay_v6: overlay.parse().unwrap(),
+            idle: Duration::from_secs(60),
+            per_device: 4,
+        });
+        let net: Ipv6Net = overlay.parse().unwrap();
+        let dev6 = Ipv6Addr::from(u128::from(net.network()) + 2);
+        let s = n.source_of(DEV);
+        assert!(
+            net.contains(&s) && n.source_range().contains(&s),
+            "{overlay}: {s}"
+        );
+        assert_eq!(source_for(dev6, DEV), s, "{overlay}");
+    }
+}
+
+#[test]
 fn only_devices_it_is_on_for() {
     let n = nat(10);
     assert_eq!(n.device_of(IpAddr::V4(DEV)), Some(DEV));
