@@ -4,7 +4,7 @@
 //! which sees the Cloud PC's IPv6 address; a name with its own A record is answered as it is;
 //! a device with DNS46 off gets no pool address; an address with no mapping is unreachable at
 //! once; `status` and `/metrics` count mappings and packets; after the idle time the mapping is gone, and a
-//! new lookup works again.
+//! new lookup works again; a deny rule on the site's IPv6 range stops it.
 
 #[path = "common/netns.rs"]
 mod netns;
@@ -168,4 +168,14 @@ fn an_ipv4_device_reaches_an_ipv6_only_site_by_name() {
         &format!("curl -4 -sf -m 5 'http://{again}/hello?from=nat46-again'"),
     );
     assert_eq!(page, "hello from the internet\n");
+
+    // The device's packet rules see the real IPv6 destination: a deny of the site's range
+    // stops the same request at once (it went through just above).
+    hub.cli_ok(&["device", "set", "laptop", "--deny", "2001:db8:80::/48"]);
+    let denied = w.lab.sh(
+        "d1",
+        &format!("curl -4 -sf -m 3 -o /dev/null 'http://{again}/hello?from=nat46-denied'"),
+    );
+    assert!(!denied.status.success(), "a denied IPv6 site was reached");
+    assert!(!w.web_log().contains("from=nat46-denied"));
 }

@@ -706,6 +706,18 @@ impl Firewall {
         L4::parse(pkt).is_none_or(|l4| self.decide(from, target, &l4, now))
     }
 
+    /// Whether the packet rules of the device at `from` deny `pkt`: a packet NAT46 made from
+    /// one the firewall admitted to a pool address, now to its real (IPv6) destination.
+    pub fn denies(&self, from: Ipv4Addr, pkt: &[u8]) -> bool {
+        let m = self.devices.load();
+        let (Some(fw), Some(l4)) = (m.get(&IpAddr::V4(from)), L4::parse(pkt)) else {
+            return false;
+        };
+        let r = fw.rules.load();
+        let port = l4.ports.then_some(l4.dport);
+        r.deny.iter().any(|d| d.matches(l4.dst, l4.proto, port))
+    }
+
     /// The decision on a read packet: the sender's firewall judges it, and the receiver's
     /// remembers a connection opened to it.
     fn decide(&self, from: Ipv4Addr, target: Target, l4: &L4, now: Instant) -> bool {

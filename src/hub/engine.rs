@@ -503,6 +503,13 @@ impl Engine {
             Verdict::Tun => match &self.nat46 {
                 Some(n) if pkt[0] >> 4 == 4 && n.pool().contains(&packet_dst_v4(pkt)) => {
                     match n.outbound(pkt, from.addrs.v4, now, nat) {
+                        // The device's packet rules see the real destination too.
+                        Ok(())
+                            if self.firewall.is_active()
+                                && self.firewall.denies(from.addrs.v4, nat) =>
+                        {
+                            bump(&self.counters.firewall_dropped)
+                        }
                         Ok(()) => sink.write_tun(nat),
                         Err(true) => {
                             if let Some(icmp) = super::nat46::unreachable(pkt) {
