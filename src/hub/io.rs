@@ -43,6 +43,10 @@ pub struct UdpPort {
 pub struct NetSink {
     pub v4: UdpPort,
     pub v6: Option<UdpPort>,
+    /// More sockets on the same ports (SO_REUSEPORT), read by their own tasks so that devices
+    /// are decrypted on every core (the kernel spreads them over the sockets by address);
+    /// the hub sends from `v4` and `v6`.
+    pub more: Vec<UdpPort>,
     pub tun: Arc<AsyncDevice>,
     /// The TUN carries virtio-net headers (offloads on).
     pub offload: bool,
@@ -159,20 +163,42 @@ impl Sink for NetSink {
     }
 }
 
-/// Binds the WireGuard port on one family, with large buffers and GSO/GRO where the kernel
-/// has them.
-pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpPort> {
-    let opts = crate::udp::Options {
+/// Binds the WireGuard port on one family: `n` sockets sharing it (SO_REUSEPORT), with large
+/// buffers and GSO/GRO where the kernel has them. The port is first checked free with a
+/// socket that does not share: another program's socket on it is an error, never a share.
+pub fn bind_udp(addr: SocketAddr, n: usize) -> io::Result<Vec<UdpPort>> {
+    let mut opts = crate::udp::Options {
+        buffer: 4096,
+        force_buffers: false,
+        reuse_port: false,
+        gro: false,
+    };
+    drop(crate::udp::bind(addr, opts)?);
+    opts = crate::udp::Options {
         buffer: SOCKET_BUFFER,
         force_buffers: true,
-        reuse_port: false,
+        reuse_port: true,
         gro: true,
     };
-    let p = crate::udp::bind(addr, opts)?;
-    Ok(UdpPort {
-        sock: UdpSocket::from_std(p.sock)?,
-        state: p.state,
-    })
+    (0..n.max(1))
+        .map(|_| {
+            let p = crate::udp::bind(addr, opts)?;
+            Ok(UdpPort {
+                sock: UdpSocket::from_std(p.sock)?,
+                state: p.state,
+            })
+        })
+        .collect()
+}
+
+/// How many sockets share each WireGuard port: one per core (`CLOUDPC_HUB_UDP_SOCKETS`
+/// overrides it, e.g. 1 to compare).
+pub fn udp_sockets() -> usize {
+    std::env::var("CLOUDPC_HUB_UDP_SOCKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, 16)
 }
 
 /// Creates the TUN carrying the hub's overlay addresses; the kernel adds the overlay routes
@@ -201,12 +227,24 @@ pub fn create_tun(name: &str, overlay: &Overlay, mtu: u16) -> io::Result<(AsyncD
     build(false).map(|d| (d, false))
 }
 
-/// Reads datagram batches from the v4 (`v6 == false`) or v6 socket into the engine.
-pub async fn udp_task(v6: bool, net: Arc<NetSink>, engine: Arc<Engine>) {
-    let port = match (v6, &net.v6) {
-        (false, _) => &net.v4,
-        (true, Some(p)) => p,
-        (true, None) => return,
+/// Which socket a [`udp_task`] reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Reads {
+    V4,
+    V6,
+    /// `NetSink::more[i]`.
+    More(usize),
+}
+
+/// Reads datagram batches from one socket into the engine.
+pub async fn udp_task(reads: Reads, net: Arc<NetSink>, engine: Arc<Engine>) {
+    let port = match reads {
+        Reads::V4 => &net.v4,
+        Reads::V6 => match &net.v6 {
+            Some(p) => p,
+            None => return,
+        },
+        Reads::More(i) => &net.more[i],
     };
     let mut batch = crate::udp::RecvBatch::new(MAX_PACKET);
     let mut bufs = Bufs::default();
@@ -333,6 +371,23 @@ pub async fn timer_task(engine: Arc<Engine>, net: Arc<NetSink>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_port_is_shared_by_our_sockets_and_never_with_another_program() {
+        // Another program holds a port: an error, not a share.
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let taken = other.local_addr().unwrap();
+        assert!(bind_udp(taken, 2).is_err());
+        drop(other);
+        // A free port: two sockets on it, each receiving.
+        let socks = bind_udp(taken, 2).unwrap();
+        assert_eq!(socks.len(), 2);
+        for s in &socks {
+            assert_eq!(s.sock.local_addr().unwrap(), taken);
+        }
+        // And nobody else joins them.
+        assert!(std::net::UdpSocket::bind(taken).is_err());
+    }
 
     #[test]
     fn a_steady_flow_gets_the_coalescing_wait_and_lone_packets_never_do() {

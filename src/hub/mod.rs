@@ -218,14 +218,20 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
     let mut next_index: u32 = rand::random::<u32>();
     publish_devices(&engine, &p.devices, &mut next_index);
 
+    let n = io::udp_sockets();
     let v4_addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, wg.listen_port));
-    let v4 = io::bind_udp(v4_addr).map_err(|source| HubError::Udp {
+    let mut more = io::bind_udp(v4_addr, n).map_err(|source| HubError::Udp {
         addr: v4_addr,
         source,
     })?;
+    let v4 = more.remove(0);
     let v6_addr = SocketAddr::from((io::V6_ANY, wg.listen_port));
-    let v6 = match io::bind_udp(v6_addr) {
-        Ok(s) => Some(s),
+    let v6 = match io::bind_udp(v6_addr, n) {
+        Ok(mut s) => {
+            let first = s.remove(0);
+            more.extend(s);
+            Some(first)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "no IPv6 WireGuard socket; serving IPv4 only");
             None
@@ -276,13 +282,14 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
     let sink = Arc::new(io::NetSink {
         v4,
         v6,
+        more,
         tun,
         offload,
         send_drops: Default::default(),
         tls: Default::default(),
     });
     let mut tasks = vec![
-        tokio::spawn(io::udp_task(false, sink.clone(), engine.clone())),
+        tokio::spawn(io::udp_task(io::Reads::V4, sink.clone(), engine.clone())),
         tokio::spawn(io::tun_task(sink.clone(), engine.clone(), wg.mtu)),
         tokio::spawn(io::timer_task(engine.clone(), sink.clone())),
         tokio::spawn(uapi::serve(uapi.0, engine.clone(), wg.listen_port)),
@@ -290,7 +297,14 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
     ];
     if sink.v6.is_some() {
         tasks.push(tokio::spawn(io::udp_task(
-            true,
+            io::Reads::V6,
+            sink.clone(),
+            engine.clone(),
+        )));
+    }
+    for i in 0..sink.more.len() {
+        tasks.push(tokio::spawn(io::udp_task(
+            io::Reads::More(i),
             sink.clone(),
             engine.clone(),
         )));
