@@ -244,14 +244,18 @@ fn a_localsend_app_drops_a_file_on_the_cloud_pc() {
         let bytes = std::fs::read(e.unwrap().path()).unwrap();
         assert!(!bytes.windows(16).any(|w| w == b"PLAINTEXT-MARKER"));
     }
-    let sent = w.lab.sh(
-        "d1",
-        &format!(
-            "timeout 60 {} drop send {} --to phone --hub {hub4}",
-            netns::cloudpc_bin(),
-            report.display()
-        ),
-    );
+    // `cloudpc drop send` of the report to the phone, run on device `ns`.
+    let send_report = |w: &HubWorld, ns: &str| {
+        w.lab.sh(
+            ns,
+            &format!(
+                "timeout 60 {} drop send {} --to phone --hub {hub4}",
+                netns::cloudpc_bin(),
+                report.display()
+            ),
+        )
+    };
+    let sent = send_report(&w, "d1");
     let said = String::from_utf8_lossy(&sent.stderr).to_string();
     assert!(sent.status.success(), "{said}\n{}", hub.log());
     assert!(
@@ -272,14 +276,7 @@ fn a_localsend_app_drops_a_file_on_the_cloud_pc() {
     // Only to devices the sender may reach: with the laptop's reach narrowed to the guest's
     // phone, the same command for the phone is refused before a byte goes.
     hub.cli_ok(&["device", "set", "laptop", "--reach", "alice-phone"]);
-    let refused = w.lab.sh(
-        "d1",
-        &format!(
-            "timeout 20 {} drop send {} --to phone --hub {hub4}",
-            netns::cloudpc_bin(),
-            report.display()
-        ),
-    );
+    let refused = send_report(&w, "d1");
     let said = String::from_utf8_lossy(&refused.stderr).to_string();
     assert!(
         !refused.status.success() && said.contains("may not reach phone"),
@@ -287,14 +284,7 @@ fn a_localsend_app_drops_a_file_on_the_cloud_pc() {
     );
     hub.cli_ok(&["device", "set", "laptop", "--reach", "all"]);
     // A guest's device may not drop files this way either.
-    let guest = w.lab.sh(
-        "d2",
-        &format!(
-            "timeout 20 {} drop send {} --to phone --hub {hub4}",
-            netns::cloudpc_bin(),
-            report.display()
-        ),
-    );
+    let guest = send_report(&w, "d2");
     assert!(!guest.status.success(), "a guest dropped a file");
 
     hub.cli_ok(&["drop", "remove", &id]);

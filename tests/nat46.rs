@@ -4,7 +4,8 @@
 //! which sees the Cloud PC's IPv6 address; a name with its own A record is answered as it is;
 //! a device with DNS46 off gets no pool address; an address with no mapping is unreachable at
 //! once; `status` and `/metrics` count mappings and packets; after the idle time the mapping is gone, and a
-//! new lookup works again; a deny rule on the site's IPv6 range stops it.
+//! new lookup works again; a deny rule on the site's IPv6 range stops it; turning DNS46 on
+//! for the console is in force when the command returns.
 
 #[path = "common/netns.rs"]
 mod netns;
@@ -178,4 +179,11 @@ fn an_ipv4_device_reaches_an_ipv6_only_site_by_name() {
     );
     assert!(!denied.status.success(), "a denied IPv6 site was reached");
     assert!(!w.web_log().contains("from=nat46-denied"));
+
+    // The switch is in force when the command returns: the console gets a pool address now.
+    hub.cli_ok(&["device", "set", "console", "--dns46", "on"]);
+    let a: std::net::Ipv4Addr = short(&w, "d2", "web6.example.test A")
+        .parse()
+        .expect("a pool address for the console");
+    assert!(pool.contains(&a));
 }

@@ -455,30 +455,26 @@ mod tests {
         assert_eq!(ghost.mode, InternetMode::Off);
     }
 
-    #[test]
-    fn a_devices_own_egress_mode_beats_its_groups() {
-        let cfg = Config::parse(
-            "[groups.kids]\negress = \"temporary\"\n[groups.home]\n",
-            std::path::Path::new("t.toml"),
-        )
-        .unwrap();
+    /// The plan for devices 2 and 3 in group `a`, 4 in `b`, 5 in none (`config` defines the
+    /// groups), with the devices' own settings `own` (by public key).
+    fn plan_of_groups(
+        config: &str,
+        a: &str,
+        b: &str,
+        own: Vec<(&str, FirewallSpec)>,
+    ) -> (Plan, Vec<Device>) {
+        let cfg = Config::parse(config, std::path::Path::new("t.toml")).unwrap();
         let s = FwSettings::from_config(&cfg);
-        let devices = [
-            device(2, Some("kids")),
-            device(3, Some("kids")),
-            device(4, Some("home")),
+        let devices = vec![
+            device(2, Some(a)),
+            device(3, Some(a)),
+            device(4, Some(b)),
             device(5, None),
         ];
-        let mut stored = HashMap::new();
-        let own = |m| DeviceFirewall {
-            spec: FirewallSpec {
-                egress: Some(m),
-                ..Default::default()
-            },
-            timer: None,
-        };
-        stored.insert("key3".to_string(), own(EgressMode::Hub));
-        stored.insert("key5".to_string(), own(EgressMode::Temporary));
+        let stored: HashMap<String, DeviceFirewall> = own
+            .into_iter()
+            .map(|(k, spec)| (k.to_string(), DeviceFirewall { spec, timer: None }))
+            .collect();
         let p = plan(
             &s,
             &devices,
@@ -486,6 +482,24 @@ mod tests {
             &Sharing::default(),
             &Default::default(),
             &s.now(),
+        );
+        (p, devices)
+    }
+
+    #[test]
+    fn a_devices_own_egress_mode_beats_its_groups() {
+        let own = |m| FirewallSpec {
+            egress: Some(m),
+            ..Default::default()
+        };
+        let (p, devices) = plan_of_groups(
+            "[groups.kids]\negress = \"temporary\"\n[groups.home]\n",
+            "kids",
+            "home",
+            vec![
+                ("key3", own(EgressMode::Hub)),
+                ("key5", own(EgressMode::Temporary)),
+            ],
         );
         let keys: Vec<&str> = p.temporary.iter().map(|w| w.key.as_str()).collect();
         assert_eq!(keys, vec!["key2", "key5"]);
@@ -496,35 +510,15 @@ mod tests {
 
     #[test]
     fn dns46_is_the_devices_own_switch_else_its_groups_else_on() {
-        let cfg = Config::parse(
-            "[groups.consoles]\ndns46 = false\n[groups.home]\n",
-            std::path::Path::new("t.toml"),
-        )
-        .unwrap();
-        let s = FwSettings::from_config(&cfg);
-        let devices = [
-            device(2, Some("consoles")),
-            device(3, Some("consoles")),
-            device(4, Some("home")),
-            device(5, None),
-        ];
-        let mut stored = HashMap::new();
-        let own = |on| DeviceFirewall {
-            spec: FirewallSpec {
-                dns46: Some(on),
-                ..Default::default()
-            },
-            timer: None,
+        let own = |on| FirewallSpec {
+            dns46: Some(on),
+            ..Default::default()
         };
-        stored.insert("key3".to_string(), own(true));
-        stored.insert("key5".to_string(), own(false));
-        let p = plan(
-            &s,
-            &devices,
-            &stored,
-            &Sharing::default(),
-            &Default::default(),
-            &s.now(),
+        let (p, _) = plan_of_groups(
+            "[groups.consoles]\ndns46 = false\n[groups.home]\n",
+            "consoles",
+            "home",
+            vec![("key3", own(true)), ("key5", own(false))],
         );
         let on: Vec<_> = p.dns46.iter().map(|(v4, _)| v4.octets()[3]).collect();
         assert_eq!(on, vec![3, 4]);

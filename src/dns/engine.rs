@@ -448,11 +448,12 @@ impl Resolver {
             }
             let mut kb = [0u8; 263];
             let key = cache::key(&q, pid, &mut kb);
+            // An A answer without A records is DNS46's to make, for a device it is on for.
             let cached = self.cache.get(key, now).filter(|e| {
                 q.qtype != wire::TYPE_A
-                    || super::dns46::device(self.nat46.as_deref(), client).is_none()
                     || e.rcode() != wire::RCODE_NOERROR
                     || e.has_record(wire::TYPE_A)
+                    || super::dns46::device(self.nat46.as_deref(), client).is_none()
             });
             if let Some(e) = cached {
                 e.write_answer(&q, now, out);

@@ -90,10 +90,7 @@ fn empty(status: StatusCode) -> Resp {
 }
 
 fn token() -> String {
-    rand::random::<[u8; 16]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::certs::hex(&rand::random::<[u8; 16]>())
 }
 
 fn query(uri: &hyper::Uri) -> HashMap<String, String> {

@@ -131,7 +131,10 @@ impl Inbox {
             Err(_) => {
                 use age::secrecy::ExposeSecret;
                 let k = x25519::Identity::generate();
-                write_private(&key_path, k.to_string().expose_secret().as_bytes())?;
+                crate::enroll::qr::write_private_file(
+                    &key_path,
+                    k.to_string().expose_secret().as_bytes(),
+                )?;
                 k
             }
         };
@@ -214,10 +217,7 @@ impl Inbox {
             pool: self.reserved.clone(),
             bytes: size,
         };
-        let id: String = rand::random::<[u8; 8]>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let id = crate::certs::hex(&rand::random::<[u8; 8]>());
         let owner_keys = !recipients.is_empty();
         let hub = [self.hub_recipient()];
         let to: &[x25519::Recipient] = if owner_keys { recipients } else { &hub };
@@ -294,7 +294,10 @@ impl Inbox {
     /// Replaces the list of files waiting to be forwarded.
     pub fn set_outbox(&self, items: &[(String, String)]) -> std::io::Result<()> {
         let tmp = self.dir.join("outbox.json.tmp");
-        write_private(&tmp, &serde_json::to_vec(items).unwrap_or_default())?;
+        crate::enroll::qr::write_private_file(
+            &tmp,
+            &serde_json::to_vec(items).unwrap_or_default(),
+        )?;
         std::fs::rename(tmp, self.dir.join("outbox.json"))
     }
 
@@ -361,7 +364,7 @@ impl Incoming {
         let file = buf.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&self.part, &self.done)?;
-        write_private(
+        crate::enroll::qr::write_private_file(
             &self.meta,
             &serde_json::to_vec(&self.item).unwrap_or_default(),
         )?;
@@ -375,17 +378,6 @@ impl Drop for Incoming {
             let _ = std::fs::remove_file(&self.part);
         }
     }
-}
-
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(data)
 }
 
 #[cfg(test)]

@@ -90,28 +90,27 @@ pub struct Params {
     pub offset: Option<u64>,
 }
 
+/// Characters sent as they are in a query value (RFC 3986 unreserved).
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// A query value decoded (`+` is a space); `None` for a `%` without two hex digits or bytes
+/// that are not UTF-8.
 fn unescape(v: &str) -> Option<String> {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
+    let well_formed = v
+        .split('%')
+        .skip(1)
+        .all(|p| p.len() >= 2 && p.as_bytes()[..2].iter().all(u8::is_ascii_hexdigit));
+    if !well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(&v.replace('+', " "))
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 /// Reads an upload's query string; `None` when it is not a valid one.
@@ -158,10 +157,6 @@ fn answer(status: StatusCode, v: serde_json::Value) -> Resp {
 
 fn message(status: StatusCode, m: &str) -> Resp {
     answer(status, serde_json::json!({ "message": m }))
-}
-
-fn hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Partials {
@@ -287,7 +282,7 @@ impl Partials {
             }
             return answer(StatusCode::ACCEPTED, serde_json::json!({ "offset": n }));
         }
-        if hex(up.hash.finish().as_ref()) != up.sha256 {
+        if crate::certs::hex(up.hash.finish().as_ref()) != up.sha256 {
             return message(
                 StatusCode::BAD_REQUEST,
                 "the bytes do not match the SHA-256 given (did the file change?)",
@@ -342,14 +337,7 @@ impl Partials {
 }
 
 fn escape(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(v, QUERY_VALUE).to_string()
 }
 
 /// What [`send`] did.
@@ -387,7 +375,7 @@ pub async fn send(hub: &str, path: &Path, to: Option<&str>) -> anyhow::Result<Se
         loop {
             let k = f.read(&mut buf)?;
             if k == 0 {
-                return Ok((n, hex(ctx.finish().as_ref())));
+                return Ok((n, crate::certs::hex(ctx.finish().as_ref())));
             }
             ctx.update(&buf[..k]);
             n += k as u64;
