@@ -257,6 +257,9 @@ pub struct DnsConfig {
     pub tcp_idle_timeout: u64,
     /// Seconds to wait for an upstream answer.
     pub upstream_timeout: u64,
+    /// Threads answering plain DNS over UDP, each with its own socket (0 = one per core the
+    /// process may run on).
+    pub threads: usize,
 }
 
 impl Default for DnsConfig {
@@ -292,6 +295,7 @@ impl Default for DnsConfig {
             cache_size: 100_000,
             tcp_idle_timeout: 10,
             upstream_timeout: 3,
+            threads: 0,
         }
     }
 }

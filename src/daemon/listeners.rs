@@ -261,7 +261,12 @@ pub async fn serve_dns(
         crate::dns::slots::PER_ADDRESS,
     );
     for a in &listen {
-        crate::dns::server::serve_udp(service.clone(), *a, tokio::runtime::Handle::current())?;
+        crate::dns::server::serve_udp(
+            service.clone(),
+            *a,
+            cfg.dns.threads,
+            tokio::runtime::Handle::current(),
+        )?;
         let l = crate::dns::server::bind_tcp(*a).await?;
         crate::dns::server::serve_stream(service.clone(), l, None, idle, slots.clone());
     }

@@ -49,17 +49,20 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<crate::udp::Port> {
     crate::udp::bind(addr, opts)
 }
 
-/// Serves UDP on `addr`: one socket and one thread per core (SO_REUSEPORT). Each thread
+/// Serves UDP on `addr`: `threads` sockets (SO_REUSEPORT) and threads, 0 meaning one per core
+/// the process may run on. Each thread
 /// receives and answers in batches (recvmmsg/sendmmsg), answering cache hits and blocked names
 /// in place; queries that need an upstream go to the async runtime and are answered from there.
 pub fn serve_udp(
     service: Arc<DnsService>,
     addr: SocketAddr,
+    threads: usize,
     rt: tokio::runtime::Handle,
 ) -> Result<(), ServeError> {
-    let n = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let n = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let mut sockets = Vec::new();
     for _ in 0..n {
         let s = bind_udp(addr).map_err(|cause| ServeError::Bind { addr, cause })?;
