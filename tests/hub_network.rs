@@ -93,6 +93,30 @@ fn devices_reach_each_other_the_hub_and_the_internet_and_wg_show_lists_them() {
         "source was not the hub: {line}"
     );
 
+    // The TUN has one queue per core, and every queue is read: the kernel spreads the
+    // answers of 16 connections over the queues by flow, and all 16 arrive.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let link = w
+        .lab
+        .sh_ok("hub", &format!("ip -d link show {}", hub.interface));
+    if cores > 1 {
+        assert!(
+            link.contains(&format!("multi_queue numqueues {cores} ")),
+            "{link}"
+        );
+    }
+    let many = w.lab.sh_ok(
+        "d1",
+        &format!(
+            "for i in $(seq 16); do curl -sf -m 5 http://{WEB}/hello?flow=$i & done 2>/dev/null; wait"
+        ),
+    );
+    assert_eq!(
+        many.matches("hello from the internet").count(),
+        16,
+        "{many}"
+    );
+
     // IPv6 to the internet leaves from the hub's public IPv6 address (the device's uplink
     // has no IPv6 at all).
     let body = w.lab.sh_ok(

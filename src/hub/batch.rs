@@ -133,15 +133,18 @@ impl TunQueue {
 /// A [`Sink`] that queues; see the module docs.
 pub struct BatchSink<'a> {
     net: &'a NetSink,
+    /// The TUN queue this batch writes to.
+    queue: usize,
     udp: RefCell<UdpQueue>,
     tun: RefCell<TunQueue>,
 }
 
 impl<'a> BatchSink<'a> {
-    /// An empty batch over the real sockets and TUN.
-    pub fn new(net: &'a NetSink) -> BatchSink<'a> {
+    /// An empty batch over the real sockets and TUN queue `queue`.
+    pub fn new(net: &'a NetSink, queue: usize) -> BatchSink<'a> {
         BatchSink {
             net,
+            queue,
             udp: RefCell::new(UdpQueue::default()),
             tun: RefCell::new(TunQueue::default()),
         }
@@ -173,7 +176,12 @@ impl<'a> BatchSink<'a> {
     }
 
     async fn flush_tun(&mut self) {
-        if !self.tun.get_mut().flush(&self.net.tun).await {
+        if !self
+            .tun
+            .get_mut()
+            .flush(self.net.tun_queue(self.queue))
+            .await
+        {
             self.net.send_drops.fetch_add(1, Ordering::Relaxed);
         }
     }

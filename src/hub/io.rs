@@ -47,7 +47,9 @@ pub struct NetSink {
     /// are decrypted on every core (the kernel spreads them over the sockets by address);
     /// the hub sends from `v4` and `v6`.
     pub more: Vec<UdpPort>,
-    pub tun: Arc<AsyncDevice>,
+    /// The TUN's queues (IFF_MULTI_QUEUE: one per core), each read by its own task; the
+    /// kernel spreads the packets it routes into the TUN over them by flow. Writes go to any.
+    pub tun: Vec<AsyncDevice>,
     /// The TUN carries virtio-net headers (offloads on).
     pub offload: bool,
     /// Packets dropped because a queue was full or a send failed.
@@ -57,6 +59,11 @@ pub struct NetSink {
 }
 
 impl NetSink {
+    /// TUN queue `i` (wrapping around), for a task to write to a queue of its own.
+    pub fn tun_queue(&self, i: usize) -> &AsyncDevice {
+        &self.tun[i % self.tun.len()]
+    }
+
     fn port(&self, to: SocketAddr) -> Option<&UdpPort> {
         match to {
             SocketAddr::V4(_) => Some(&self.v4),
@@ -152,10 +159,9 @@ impl Sink for NetSink {
         // A zeroed virtio-net header means "no offload" for this one packet.
         let r = if self.offload {
             let hdr = [0u8; VIRTIO_NET_HDR_LEN];
-            self.tun
-                .try_send_vectored(&[IoSlice::new(&hdr), IoSlice::new(pkt)])
+            self.tun[0].try_send_vectored(&[IoSlice::new(&hdr), IoSlice::new(pkt)])
         } else {
-            self.tun.try_send(pkt)
+            self.tun[0].try_send(pkt)
         };
         if r.is_err() {
             self.send_drops.fetch_add(1, Ordering::Relaxed);
@@ -191,20 +197,37 @@ pub fn bind_udp(addr: SocketAddr, n: usize) -> io::Result<Vec<UdpPort>> {
         .collect()
 }
 
-/// How many sockets share each WireGuard port: one per core (`CLOUDPC_HUB_UDP_SOCKETS`
-/// overrides it, e.g. 1 to compare).
-pub fn udp_sockets() -> usize {
-    std::env::var("CLOUDPC_HUB_UDP_SOCKETS")
+/// One per core the process may run on, or the number in the environment variable `var`
+/// (e.g. 1 to compare), at most 16.
+fn per_core(var: &str) -> usize {
+    std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .clamp(1, 16)
 }
 
-/// Creates the TUN carrying the hub's overlay addresses; the kernel adds the overlay routes
-/// with the addresses (`hub_v4` in the IPv4 range, `hub_v6` in the IPv6 prefix). Offloads
-/// are asked for and dropped when the kernel refuses them; the bool says which it got.
-pub fn create_tun(name: &str, overlay: &Overlay, mtu: u16) -> io::Result<(AsyncDevice, bool)> {
+/// How many sockets share each WireGuard port: one per core (`CLOUDPC_HUB_UDP_SOCKETS`
+/// overrides it).
+pub fn udp_sockets() -> usize {
+    per_core("CLOUDPC_HUB_UDP_SOCKETS")
+}
+
+/// How many queues the TUN has: one per core (`CLOUDPC_HUB_TUN_QUEUES` overrides it).
+pub fn tun_queues() -> usize {
+    per_core("CLOUDPC_HUB_TUN_QUEUES")
+}
+
+/// Creates the TUN carrying the hub's overlay addresses, with `queues` queues (one when the
+/// kernel refuses more); the kernel adds the overlay routes with the addresses (`hub_v4` in
+/// the IPv4 range, `hub_v6` in the IPv6 prefix). Offloads are asked for and dropped when the
+/// kernel refuses them; the bool says which it got.
+pub fn create_tun(
+    name: &str,
+    overlay: &Overlay,
+    mtu: u16,
+    queues: usize,
+) -> io::Result<(Vec<AsyncDevice>, bool)> {
     let build = |offload: bool| {
         tun_rs::DeviceBuilder::new()
             .name(name)
@@ -212,19 +235,34 @@ pub fn create_tun(name: &str, overlay: &Overlay, mtu: u16) -> io::Result<(AsyncD
             .ipv4(overlay.hub_v4(), overlay.v4.prefix_len(), None)
             .ipv6(overlay.hub_v6(), overlay.v6.prefix_len())
             .offload(offload)
+            .multi_queue(queues > 1)
             .build_async()
     };
     let want = std::env::var("CLOUDPC_HUB_OFFLOAD").map_or(true, |v| v != "0");
-    if want {
-        match build(true) {
-            Ok(d) => {
-                let on = d.tcp_gso();
-                return Ok((d, on));
+    let (first, offload) = match want.then(|| build(true)) {
+        Some(Ok(d)) => {
+            let on = d.tcp_gso();
+            (d, on)
+        }
+        other => {
+            if let Some(Err(e)) = other {
+                tracing::info!(error = %e, "TUN offload unavailable; one packet per read");
             }
-            Err(e) => tracing::info!(error = %e, "TUN offload unavailable; one packet per read"),
+            (build(false)?, false)
+        }
+    };
+    let mut all = Vec::with_capacity(queues);
+    for _ in 1..queues {
+        match first.try_clone() {
+            Ok(q) => all.push(q),
+            Err(e) => {
+                tracing::info!(error = %e, "no more TUN queues");
+                break;
+            }
         }
     }
-    build(false).map(|d| (d, false))
+    all.insert(0, first);
+    Ok((all, offload))
 }
 
 /// Which socket a [`udp_task`] reads.
@@ -246,9 +284,14 @@ pub async fn udp_task(reads: Reads, net: Arc<NetSink>, engine: Arc<Engine>) {
         },
         Reads::More(i) => &net.more[i],
     };
+    let queue = match reads {
+        Reads::V4 => 0,
+        Reads::V6 => 1,
+        Reads::More(i) => i + 2,
+    };
     let mut batch = crate::udp::RecvBatch::new(MAX_PACKET);
     let mut bufs = Bufs::default();
-    let mut sink = BatchSink::new(&net);
+    let mut sink = BatchSink::new(&net, queue);
     let mut pacer = Pacer::default();
     loop {
         let r = port
@@ -319,18 +362,18 @@ impl Pacer {
     }
 }
 
-/// Reads packet batches from the TUN into the engine.
-pub async fn tun_task(net: Arc<NetSink>, engine: Arc<Engine>, mtu: u16) {
+/// Reads packet batches from TUN queue `queue` into the engine.
+pub async fn tun_task(net: Arc<NetSink>, queue: usize, engine: Arc<Engine>, mtu: u16) {
     let seg = (usize::from(mtu) + 128).max(2048);
     let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET];
     let mut segs: Vec<Vec<u8>> = (0..IDEAL_BATCH_SIZE).map(|_| vec![0u8; seg]).collect();
     let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
     let mut bufs = Bufs::default();
-    let mut sink = BatchSink::new(&net);
+    let mut sink = BatchSink::new(&net, queue);
+    let tun = net.tun_queue(queue);
     let mut errors = 0u32;
     loop {
-        let n = match net
-            .tun
+        let n = match tun
             .recv_multiple(&mut original, &mut segs, &mut sizes, 0)
             .await
         {

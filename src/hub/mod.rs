@@ -237,12 +237,11 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
             None
         }
     };
-    let (tun, offload) =
-        io::create_tun(&wg.interface, &p.overlay, wg.mtu).map_err(|source| HubError::Tun {
+    let (tun, offload) = io::create_tun(&wg.interface, &p.overlay, wg.mtu, io::tun_queues())
+        .map_err(|source| HubError::Tun {
             name: wg.interface.clone(),
             source,
         })?;
-    let tun = Arc::new(tun);
 
     let egress_out = crate::egress::resolve_interface(&p.egress_interface);
     let spec = crate::egress::EgressSpec {
@@ -290,7 +289,6 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
     });
     let mut tasks = vec![
         tokio::spawn(io::udp_task(io::Reads::V4, sink.clone(), engine.clone())),
-        tokio::spawn(io::tun_task(sink.clone(), engine.clone(), wg.mtu)),
         tokio::spawn(io::timer_task(engine.clone(), sink.clone())),
         tokio::spawn(uapi::serve(uapi.0, engine.clone(), wg.listen_port)),
         tokio::spawn(egress.clone().run_clock()),
@@ -300,6 +298,14 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
             io::Reads::V6,
             sink.clone(),
             engine.clone(),
+        )));
+    }
+    for q in 0..sink.tun.len() {
+        tasks.push(tokio::spawn(io::tun_task(
+            sink.clone(),
+            q,
+            engine.clone(),
+            wg.mtu,
         )));
     }
     for i in 0..sink.more.len() {
@@ -317,6 +323,7 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
         reconnected,
         internet = p.internet,
         offload,
+        tun_queues = sink.tun.len(),
         gso_segments = sink.max_gso_segments(),
         "hub up"
     );

@@ -240,7 +240,7 @@ impl WgTls {
         let mut buf = vec![0u8; READ_BUF];
         let mut filled = 0;
         let mut bufs = Bufs::default();
-        let mut sink = BatchSink::new(&self.net);
+        let mut sink = BatchSink::new(&self.net, 0);
         let deadline = tokio::time::Instant::now() + AUTH_WINDOW;
         let mut authenticated = false;
         loop {
