@@ -1,6 +1,7 @@
 //! Per-task output batching: encrypted datagrams are collected and sent as UDP GSO runs
 //! (one `sendmsg` for up to 64 same-size datagrams to one endpoint), decrypted packets are
-//! collected and written to the TUN with GRO coalescing (`tun-rs` `send_multiple`).
+//! collected and written to the TUN with GRO coalescing (TCP: [`gro`](super::gro), as they are
+//! queued; the rest: `tun-rs` `send_multiple`).
 //!
 //! A task handles a whole receive batch through a [`BatchSink`], then calls
 //! [`BatchSink::flush`]. How big a batch is decides what a packet costs: GRO merges only the
@@ -17,6 +18,7 @@ use std::sync::atomic::Ordering;
 use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
 
 use super::engine::Sink;
+use super::gro::{self, Run, Segment};
 use super::io::NetSink;
 use super::peers::Endpoint;
 
@@ -82,51 +84,128 @@ struct UdpQueue {
     runs: Vec<GsoRun>,
 }
 
-/// Packets for the TUN, written together with GRO coalescing (the client's TUN uses it too).
+/// Packets for the TUN (the client's TUN uses it too). TCP segments are merged as they are
+/// queued ([`gro`](super::gro)) and written one buffer per super-packet; everything else goes
+/// through tun-rs `send_multiple` (its UDP coalescing).
 pub struct TunQueue {
+    /// TCP packets, each after room for the virtio-net header; merged runs grow in place.
+    tcp: Vec<Vec<u8>>,
+    /// Per queued `tcp` buffer: its connection's key and, while it may grow, its run.
+    runs: Vec<(u64, Option<Run>)>,
+    /// Everything else, after the same room.
     bufs: Vec<Vec<u8>>,
     used: usize,
     gro: GROTable,
+    /// The TUN takes virtio-net headers: learned at the first flush, no merging before.
+    offload: bool,
 }
+
+/// How far back a segment looks for the last queued packet of its connection.
+const SCAN: usize = 8;
 
 impl Default for TunQueue {
     fn default() -> TunQueue {
         TunQueue {
+            tcp: Vec::new(),
+            runs: Vec::new(),
             bufs: Vec::new(),
             used: 0,
             gro: GROTable::new(),
+            offload: false,
         }
     }
+}
+
+/// Fills buffer `i` of `bufs` (made when missing) with the virtio-net room and `pkt`.
+fn put(bufs: &mut Vec<Vec<u8>>, i: usize, pkt: &[u8]) {
+    if i == bufs.len() {
+        // Room for a whole coalesced super-packet: merging never reallocates (and tun-rs
+        // only merges a segment into a buffer whose capacity already holds the result).
+        bufs.push(Vec::with_capacity(TUN_BUF_CAPACITY));
+    }
+    let b = &mut bufs[i];
+    b.clear();
+    b.resize(VIRTIO_NET_HDR_LEN, 0);
+    b.extend_from_slice(pkt);
 }
 
 impl TunQueue {
     /// Queues one IP packet.
     pub fn push(&mut self, pkt: &[u8]) {
-        let i = self.used;
-        if i == self.bufs.len() {
-            // Room for a whole coalesced super-packet: tun-rs only merges a segment into a
-            // buffer whose capacity already holds the result (it never reallocates), so an
-            // MTU-sized buffer would silently turn GRO off and cost one write per packet.
-            self.bufs.push(Vec::with_capacity(TUN_BUF_CAPACITY));
+        if let Some(key) = self.offload.then(|| gro::flow_key(pkt)).flatten() {
+            let seg = Segment::parse(pkt);
+            let n = self.runs.len();
+            // Only the connection's last queued packet may take it, so its order holds.
+            if let Some(i) = (n.saturating_sub(SCAN)..n)
+                .rev()
+                .find(|&i| self.runs[i].0 == key)
+            {
+                if let (Some(seg), Some(run)) = (&seg, &mut self.runs[i].1) {
+                    if run.append(&mut self.tcp[i], seg, pkt) {
+                        return;
+                    }
+                }
+            }
+            put(&mut self.tcp, n, pkt);
+            self.runs.push((key, seg.map(|s| Run::start(s, pkt))));
+            return;
         }
-        let b = &mut self.bufs[i];
-        b.clear();
-        // Headroom for the virtio-net header `send_multiple` writes in front.
-        b.resize(VIRTIO_NET_HDR_LEN, 0);
-        b.extend_from_slice(pkt);
+        put(&mut self.bufs, self.used, pkt);
         self.used += 1;
     }
 
-    /// Writes what is queued; false when the write failed.
-    pub async fn flush(&mut self, tun: &tun_rs::AsyncDevice) -> bool {
-        if self.used == 0 {
-            return true;
+    /// TCP buffer `i` ready to write (virtio-net header and packet).
+    fn finish(&mut self, i: usize) -> &[u8] {
+        let b = &mut self.tcp[i];
+        match &self.runs[i].1 {
+            Some(r) => r.finish(b),
+            None => b[..VIRTIO_NET_HDR_LEN].fill(0),
         }
-        let n = self.used;
+        b
+    }
+
+    /// A queue that merges from the start (as after a flush to a TUN with offloads).
+    #[cfg(test)]
+    pub fn merging() -> TunQueue {
+        TunQueue {
+            offload: true,
+            ..TunQueue::default()
+        }
+    }
+
+    /// What a flush would write, without a TUN: the TCP buffers (virtio-net header and
+    /// packet), then the other packets (without the header room).
+    #[cfg(test)]
+    pub fn take(&mut self) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let tcp = (0..self.runs.len())
+            .map(|i| self.finish(i).to_vec())
+            .collect();
+        self.runs.clear();
+        let other = self.bufs[..self.used]
+            .iter()
+            .map(|b| b[VIRTIO_NET_HDR_LEN..].to_vec())
+            .collect();
         self.used = 0;
-        tun.send_multiple(&mut self.gro, &mut self.bufs[..n], VIRTIO_NET_HDR_LEN)
-            .await
-            .is_ok()
+        (tcp, other)
+    }
+
+    /// Writes what is queued; false when a write failed.
+    pub async fn flush(&mut self, tun: &tun_rs::AsyncDevice) -> bool {
+        self.offload = tun.tcp_gso();
+        let mut ok = true;
+        for i in 0..self.runs.len() {
+            ok &= tun.send(self.finish(i)).await.is_ok();
+        }
+        self.runs.clear();
+        if self.used > 0 {
+            let n = self.used;
+            self.used = 0;
+            ok &= tun
+                .send_multiple(&mut self.gro, &mut self.bufs[..n], VIRTIO_NET_HDR_LEN)
+                .await
+                .is_ok();
+        }
+        ok
     }
 }
 

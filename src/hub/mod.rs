@@ -18,6 +18,7 @@
 pub mod batch;
 pub mod discovery;
 pub mod engine;
+pub mod gro;
 pub mod io;
 pub mod nat46;
 pub mod nat64;
