@@ -1,6 +1,6 @@
 //! Per-task output batching: encrypted datagrams are collected and sent as UDP GSO runs
 //! (one `sendmsg` for up to 64 same-size datagrams to one endpoint), decrypted packets are
-//! collected and written to the TUN with GRO coalescing (TCP: [`gro`](super::gro), as they are
+//! collected and written to the TUN with GRO coalescing (TCP: [`gro`], as they are
 //! queued; the rest: `tun-rs` `send_multiple`).
 //!
 //! A task handles a whole receive batch through a [`BatchSink`], then calls
@@ -85,7 +85,7 @@ struct UdpQueue {
 }
 
 /// Packets for the TUN (the client's TUN uses it too). TCP segments are merged as they are
-/// queued ([`gro`](super::gro)) and written one buffer per super-packet; everything else goes
+/// queued ([`gro`]) and written one buffer per super-packet; everything else goes
 /// through tun-rs `send_multiple` (its UDP coalescing).
 pub struct TunQueue {
     /// TCP packets, each after room for the virtio-net header; merged runs grow in place.
