@@ -154,12 +154,12 @@ impl TunQueue {
         self.used += 1;
     }
 
-    /// TCP buffer `i` ready to write (virtio-net header and packet).
+    /// TCP buffer `i` ready to write (virtio-net header and packet; a packet that starts no
+    /// run keeps the zeroed header `put` gave it).
     fn finish(&mut self, i: usize) -> &[u8] {
         let b = &mut self.tcp[i];
-        match &self.runs[i].1 {
-            Some(r) => r.finish(b),
-            None => b[..VIRTIO_NET_HDR_LEN].fill(0),
+        if let Some(r) = &self.runs[i].1 {
+            r.finish(b);
         }
         b
     }

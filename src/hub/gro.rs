@@ -215,11 +215,6 @@ impl Run {
         hdr[6..8].copy_from_slice(&(s.ip_len as u16).to_ne_bytes());
         hdr[8..10].copy_from_slice(&(TCP_CSUM_OFFSET as u16).to_ne_bytes());
     }
-
-    /// Segments merged in this run.
-    pub fn count(&self) -> u16 {
-        self.count
-    }
 }
 
 /// `acc` plus the one's-complement sum of `b` (big-endian 16-bit words, an odd last byte

@@ -251,9 +251,9 @@ pub fn create_tun(
             (build(false)?, false)
         }
     };
-    let mut all = Vec::with_capacity(queues);
-    for _ in 1..queues {
-        match first.try_clone() {
+    let mut all = vec![first];
+    while all.len() < queues {
+        match all[0].try_clone() {
             Ok(q) => all.push(q),
             Err(e) => {
                 tracing::info!(error = %e, "no more TUN queues");
@@ -261,7 +261,6 @@ pub fn create_tun(
             }
         }
     }
-    all.insert(0, first);
     Ok((all, offload))
 }
 
@@ -274,8 +273,8 @@ pub enum Reads {
     More(usize),
 }
 
-/// Reads datagram batches from one socket into the engine.
-pub async fn udp_task(reads: Reads, net: Arc<NetSink>, engine: Arc<Engine>) {
+/// Reads datagram batches from one socket into the engine, writing to TUN queue `queue`.
+pub async fn udp_task(reads: Reads, queue: usize, net: Arc<NetSink>, engine: Arc<Engine>) {
     let port = match reads {
         Reads::V4 => &net.v4,
         Reads::V6 => match &net.v6 {
@@ -283,11 +282,6 @@ pub async fn udp_task(reads: Reads, net: Arc<NetSink>, engine: Arc<Engine>) {
             None => return,
         },
         Reads::More(i) => &net.more[i],
-    };
-    let queue = match reads {
-        Reads::V4 => 0,
-        Reads::V6 => 1,
-        Reads::More(i) => i + 2,
     };
     let mut batch = crate::udp::RecvBatch::new(MAX_PACKET);
     let mut bufs = Bufs::default();

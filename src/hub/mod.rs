@@ -289,7 +289,7 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
         tls: Default::default(),
     });
     let mut tasks = vec![
-        tokio::spawn(io::udp_task(io::Reads::V4, sink.clone(), engine.clone())),
+        tokio::spawn(io::udp_task(io::Reads::V4, 0, sink.clone(), engine.clone())),
         tokio::spawn(io::timer_task(engine.clone(), sink.clone())),
         tokio::spawn(uapi::serve(uapi.0, engine.clone(), wg.listen_port)),
         tokio::spawn(egress.clone().run_clock()),
@@ -297,6 +297,7 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
     if sink.v6.is_some() {
         tasks.push(tokio::spawn(io::udp_task(
             io::Reads::V6,
+            0,
             sink.clone(),
             engine.clone(),
         )));
@@ -309,9 +310,12 @@ pub async fn start(p: HubParams) -> Result<HubHandle, HubError> {
             wg.mtu,
         )));
     }
+    // `more` holds each family's sockets after its first (v4's, then v6's): the k-th socket of
+    // a family writes to TUN queue k, so a family's sockets never share a queue.
     for i in 0..sink.more.len() {
         tasks.push(tokio::spawn(io::udp_task(
             io::Reads::More(i),
+            i % (n - 1) + 1,
             sink.clone(),
             engine.clone(),
         )));
