@@ -16,24 +16,23 @@
 //! UDP fallback) and `dns::udp_batch` (in-thread UDP forwarding) move the bytes. Cache hits and
 //! blocked names are answered without allocating beyond the reused output buffer.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::AAAA;
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{Name, RData, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use ipnet::{IpNet, Ipv6Net};
 
-use super::cache::{self, Cache, Entry, MAX_NEGATIVE_TTL, MAX_TTL};
+use super::answer;
+use super::cache::{self, Cache};
 use super::local::LocalData;
 use super::ratelimit::RateLimiter;
 use super::stats::Stats;
 use super::upstream::{UpstreamAnswer, UpstreamError};
 use super::wire::{self, Edns, QueryView, WireError};
-use crate::config::BlockedAnswer;
 use crate::filter::{Groups, Policy, Verdict};
 use crate::querylog::{QueryLog, Verdict as LogVerdict};
 
@@ -441,7 +440,13 @@ impl Resolver {
             let (pid, policy) = self.policy_of(&group);
             let verdict = policy.check(&text);
             if verdict == Verdict::Block {
-                self.write_blocked(&q, query, policy.blocked_answer, out);
+                answer::write_blocked(
+                    &q,
+                    query,
+                    policy.blocked_answer,
+                    self.settings.blocked_ttl,
+                    out,
+                );
                 self.count(client, true);
                 self.log_query(client, &text, q.qtype, LogVerdict::Blocked, out, None);
                 return Step::Answered;
@@ -458,7 +463,7 @@ impl Resolver {
             if let Some(e) = cached {
                 e.write_answer(&q, now, out);
                 Stats::bump(&self.stats.cache_hits);
-                self.finish(&q, query, transport, out);
+                answer::finish(&q, query, transport, out);
                 if fw.is_some_and(|fw| !fw.record_answer(&text, out, now)) {
                     wire::error_answer(&q, query, wire::RCODE_REFUSED, false, out);
                     self.count(client, true);
@@ -534,14 +539,13 @@ impl Resolver {
             }
         }
         Stats::bump(&self.stats.local);
-        let found = Found {
+        let found = answer::Found {
             rcode: a.rcode,
             answers: a.answers,
             authorities: a.authorities,
         };
-        self.template(q, name, found, true, 0, now)
-            .write_answer(q, now, out);
-        self.finish(q, query, transport, out);
+        answer::template(q, name, found, true, 0, now).write_answer(q, now, out);
+        answer::finish(q, query, transport, out);
         self.count(client, false);
         self.log_query(
             client,
@@ -584,7 +588,13 @@ impl Resolver {
                 // unless the owner allowed the name asked for.
                 if pending.verdict != Verdict::Allow && chain_blocked(policy, &a) {
                     let q = pending.query();
-                    self.write_blocked(&q, &pending.head, policy.blocked_answer, out);
+                    answer::write_blocked(
+                        &q,
+                        &pending.head,
+                        policy.blocked_answer,
+                        self.settings.blocked_ttl,
+                        out,
+                    );
                     self.count(pending.client, true);
                     let ms = Some(millis(pending.asked, now));
                     let v = LogVerdict::Blocked;
@@ -628,7 +638,7 @@ impl Resolver {
             }
             Stage::Dns64 { own } => match (answer, self.settings.dns64) {
                 (Ok(a4), Some(prefix)) if !chain_blocked(self.policy_of(&pending.group).1, &a4) => {
-                    synthesise(prefix, &a4).unwrap_or(own)
+                    answer::synthesise(prefix, &a4).unwrap_or(own)
                 }
                 _ => own,
             },
@@ -647,76 +657,26 @@ impl Resolver {
         }
     }
 
-    /// Applies the UDP size limit (TC bit) to a finished answer.
-    fn finish(&self, q: &QueryView<'_>, query: &[u8], transport: Transport, out: &mut Vec<u8>) {
-        if transport == Transport::Udp && out.len() > q.udp_limit() {
-            let rcode = out.get(3).map(|f| f & 0x0F).unwrap_or(0);
-            wire::error_answer(q, query, rcode, true, out);
-        }
-    }
-
-    fn write_blocked(
-        &self,
-        q: &QueryView<'_>,
-        query: &[u8],
-        mode: BlockedAnswer,
-        out: &mut Vec<u8>,
-    ) {
-        match mode {
-            BlockedAnswer::Nxdomain => {
-                wire::error_answer(q, query, wire::RCODE_NXDOMAIN, false, out)
-            }
-            BlockedAnswer::Refused => wire::error_answer(q, query, wire::RCODE_REFUSED, false, out),
-            BlockedAnswer::Null => {
-                let rdlen = match q.qtype {
-                    wire::TYPE_A => 4,
-                    wire::TYPE_AAAA => 16,
-                    _ => 0,
-                };
-                out.clear();
-                let flags = wire::response_flags(q.flags, wire::RCODE_NOERROR, false);
-                wire::put_header(
-                    out,
-                    q.id,
-                    flags,
-                    [1, (rdlen > 0) as u16, 0, q.edns.is_some() as u16],
-                );
-                out.extend_from_slice(&query[wire::HEADER_LEN..q.question_end]);
-                if rdlen > 0 {
-                    out.extend_from_slice(&[0xC0, 12]);
-                    out.extend_from_slice(&q.qtype.to_be_bytes());
-                    out.extend_from_slice(&wire::CLASS_IN.to_be_bytes());
-                    out.extend_from_slice(&self.settings.blocked_ttl.to_be_bytes());
-                    out.extend_from_slice(&(rdlen as u16).to_be_bytes());
-                    out.extend(std::iter::repeat_n(0u8, rdlen));
-                }
-                if let Some(e) = q.edns {
-                    wire::put_opt(out, e.dnssec_ok);
-                }
-            }
-        }
-    }
-
     /// Answers from an upstream's (uncloaked, synthesised) answer and caches it.
     fn answer_forwarded(
         &self,
         p: &Pending,
-        answer: UpstreamAnswer,
+        upstream: UpstreamAnswer,
         now: Instant,
         out: &mut Vec<u8>,
         cache: bool,
     ) {
         let q = p.query();
-        let ttl = cache_ttl(&answer);
-        let found = Found {
-            rcode: answer.rcode,
-            answers: answer.answers,
-            authorities: answer.authorities,
+        let ttl = answer::cache_ttl(&upstream);
+        let found = answer::Found {
+            rcode: upstream.rcode,
+            answers: upstream.answers,
+            authorities: upstream.authorities,
         };
         // Built once: it answers this query and, when cacheable, the ones after it.
-        let entry = Arc::new(self.template(&q, &p.name, found, false, ttl, now));
+        let entry = Arc::new(answer::template(&q, &p.name, found, false, ttl, now));
         entry.write_answer(&q, now, out);
-        self.finish(&q, &p.head, p.transport, out);
+        answer::finish(&q, &p.head, p.transport, out);
         let ms = Some(millis(p.asked, now));
         let fw = self.firewall.device(p.client);
         if fw.is_some_and(|fw| !fw.record_answer(&p.text, out, now)) {
@@ -734,45 +694,6 @@ impl Resolver {
             self.cache.insert(cache::key(&q, pid, &mut kb), entry, now);
         }
     }
-
-    /// Builds the reusable answer (id 0, lower-case question, no OPT), living `ttl` seconds
-    /// from `now`. A message that cannot be emitted becomes a bare SERVFAIL.
-    fn template(
-        &self,
-        q: &QueryView<'_>,
-        name: &Name,
-        found: Found,
-        authoritative: bool,
-        ttl: u32,
-        now: Instant,
-    ) -> Entry {
-        let mut m = Message::new(0, MessageType::Response, OpCode::Query);
-        m.metadata.recursion_available = true;
-        m.metadata.authoritative = authoritative;
-        m.metadata.response_code = found.rcode;
-        m.metadata.recursion_desired = q.rd();
-        let mut query = Query::query(name.clone(), RecordType::from(q.qtype));
-        query.set_query_class(DNSClass::IN);
-        m.add_query(query);
-        m.insert_answers(found.answers);
-        m.insert_authorities(found.authorities);
-        m.to_vec()
-            .ok()
-            .and_then(|bytes| Entry::new(bytes, ttl, now))
-            .unwrap_or_else(|| {
-                let mut b = Vec::new();
-                let flags = wire::response_flags(q.flags, wire::RCODE_SERVFAIL, false);
-                wire::put_header(&mut b, 0, flags, [0; 4]);
-                Entry::new(b, 0, now).expect("a bare header always walks")
-            })
-    }
-}
-
-/// The records an answer is built from (local data or an upstream).
-struct Found {
-    rcode: ResponseCode,
-    answers: Vec<Record>,
-    authorities: Vec<Record>,
 }
 
 /// The question name, lower-case and fully qualified; `None` when it does not read.
@@ -789,35 +710,6 @@ fn millis(from: Instant, to: Instant) -> u32 {
     to.saturating_duration_since(from)
         .as_millis()
         .min(u32::MAX as u128) as u32
-}
-
-/// RFC 6147 §5.1: AAAA records under `prefix` from an A answer (CNAMEs kept); `None` when
-/// the A answer has no address.
-fn synthesise(prefix: Ipv6Net, a: &UpstreamAnswer) -> Option<UpstreamAnswer> {
-    let mut synth = Vec::new();
-    for r in &a.answers {
-        match &r.data {
-            RData::A(v4) => {
-                let mut b = prefix.network().octets();
-                b[12..].copy_from_slice(&v4.0.octets());
-                synth.push(Record::from_rdata(
-                    r.name.clone(),
-                    r.ttl,
-                    RData::AAAA(AAAA(Ipv6Addr::from(b))),
-                ));
-            }
-            RData::CNAME(_) => synth.push(r.clone()),
-            _ => {}
-        }
-    }
-    synth
-        .iter()
-        .any(|r| r.record_type() == RecordType::AAAA)
-        .then_some(UpstreamAnswer {
-            rcode: ResponseCode::NoError,
-            answers: synth,
-            authorities: vec![],
-        })
 }
 
 /// CNAME uncloaking: true when a CNAME target in the answer is blocked by `policy`.
@@ -842,30 +734,6 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
             .map(IpAddr::V4)
             .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
-    }
-}
-
-/// How long an answer may be cached: the smallest TTL in it, or for a negative answer the
-/// SOA's TTL and MINIMUM (RFC 2308 §5); 0 = do not cache.
-fn cache_ttl(a: &UpstreamAnswer) -> u32 {
-    match a.rcode {
-        ResponseCode::NoError if !a.answers.is_empty() => a
-            .answers
-            .iter()
-            .map(|r| r.ttl)
-            .min()
-            .unwrap_or(0)
-            .min(MAX_TTL),
-        ResponseCode::NoError | ResponseCode::NXDomain => a
-            .authorities
-            .iter()
-            .find_map(|r| match &r.data {
-                RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
-                _ => None,
-            })
-            .unwrap_or(30)
-            .min(MAX_NEGATIVE_TTL),
-        _ => 0,
     }
 }
 

@@ -6,9 +6,12 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use hickory_proto::op::{Edns as HickoryEdns, Message, MessageType, OpCode, Query};
-use hickory_proto::rr::rdata::{A, CNAME, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA};
+use hickory_proto::rr::Record;
 
 use super::*;
+use crate::config::BlockedAnswer;
+use crate::dns::cache::Entry;
 use crate::filter::{Filter, FilterSet};
 use crate::store::Device;
 

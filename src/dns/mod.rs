@@ -5,6 +5,7 @@
 //! `doh` and `udp_batch` only move bytes. Cache hits and blocked names are answered without
 //! allocating beyond the reused output buffer.
 
+mod answer;
 pub mod cache;
 pub mod dns46;
 pub mod doh;
