@@ -49,6 +49,11 @@ impl Port {
     }
 }
 
+/// How many sockets (and threads) "one per core" means: the cores this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Binds `addr` (an IPv6 address only for IPv6) non-blocking with `opts`.
 pub fn bind(addr: SocketAddr, opts: Options) -> io::Result<Port> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;

@@ -50,9 +50,9 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<crate::udp::Port> {
 }
 
 /// Serves UDP on `addr`: `threads` sockets (SO_REUSEPORT) and threads, 0 meaning one per core
-/// the process may run on. Each thread
-/// receives and answers in batches (recvmmsg/sendmmsg), answering cache hits and blocked names
-/// in place; queries that need an upstream go to the async runtime and are answered from there.
+/// the process may run on. Each thread receives and answers in batches (recvmmsg/sendmmsg),
+/// answering cache hits and blocked names in place; queries that need an upstream go to the
+/// async runtime and are answered from there.
 pub fn serve_udp(
     service: Arc<DnsService>,
     addr: SocketAddr,
@@ -60,7 +60,7 @@ pub fn serve_udp(
     rt: tokio::runtime::Handle,
 ) -> Result<(), ServeError> {
     let n = match threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => crate::udp::cores(),
         n => n,
     };
     let mut sockets = Vec::new();

@@ -203,7 +203,7 @@ fn per_core(var: &str) -> usize {
     std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .unwrap_or_else(crate::udp::cores)
         .clamp(1, 16)
 }
 
